@@ -1,0 +1,37 @@
+// npm run db:setup -- --admin-url postgres://postgres@host/postgres [--database rowfence]
+// Creates the owner role, the runtime role `app` and the database on a real server, then migrates.
+// Passwords come from OWNER_PASSWORD and APP_PASSWORD, or are generated and printed once.
+import { randomBytes } from 'node:crypto'
+import { parseArgs } from 'node:util'
+import { bootstrapDatabase } from '../src/db/bootstrap.ts'
+import { migrate } from '../src/db/migrate.ts'
+
+async function main (): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      'admin-url': { type: 'string' },
+      database: { type: 'string', default: 'rowfence' },
+      'owner-role': { type: 'string', default: 'rowfence_owner' },
+    },
+  })
+  const adminUrl = values['admin-url'] ?? process.env.ADMIN_DATABASE_URL
+  if (adminUrl === undefined) throw new Error('pass --admin-url (a superuser or a CREATEROLE+CREATEDB login) or set ADMIN_DATABASE_URL')
+  const generated = process.env.OWNER_PASSWORD === undefined || process.env.APP_PASSWORD === undefined
+  const urls = await bootstrapDatabase({
+    adminUrl,
+    database: values.database,
+    ownerRole: values['owner-role'],
+    ownerPassword: process.env.OWNER_PASSWORD ?? randomBytes(24).toString('base64url'),
+    appPassword: process.env.APP_PASSWORD ?? randomBytes(24).toString('base64url'),
+  })
+  const result = await migrate(urls.ownerUrl, { log: (line) => console.error(line) })
+  console.error(`roles and database ready; ${result.applied.length} migration(s) applied`)
+  if (generated) console.error('passwords were generated: keep these URLs, they are not shown again')
+  console.log(`DATABASE_URL=${urls.ownerUrl}`)
+  console.log(`APP_DATABASE_URL=${urls.appUrl}`)
+}
+
+main().catch((error: unknown) => {
+  console.error(`db:setup: ${error instanceof Error ? error.message : String(error)}`)
+  process.exit(1)
+})

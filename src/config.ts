@@ -1,0 +1,73 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+
+const PostgresUrl = Type.String({ pattern: '^postgres(ql)?://', description: 'a postgres:// connection URL' })
+
+export const ConfigSchema = Type.Object({
+  NODE_ENV: Type.Union([Type.Literal('development'), Type.Literal('production'), Type.Literal('test')], { default: 'development' }),
+  HOST: Type.String({ minLength: 1, default: '127.0.0.1' }),
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
+  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
+  /** Owner connection: migrations and operator work (provisioning, export, erasure). */
+  DATABASE_URL: Type.Optional(PostgresUrl),
+  /** Runtime connection as the `app` role: every tenant request. */
+  APP_DATABASE_URL: Type.Optional(PostgresUrl),
+  /** Operator bearer token for /admin/v1. */
+  ADMIN_TOKEN: Type.Optional(Type.String({ minLength: 32, maxLength: 512 })),
+  DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
+  DB_OPERATOR_POOL_MAX: Type.Integer({ minimum: 1, maximum: 100, default: 2 }),
+  DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 60_000, default: 2000 }),
+  /** Where the embedded PostgreSQL and the generated secrets live when no DATABASE_URL is given. */
+  DATA_DIR: Type.String({ minLength: 1, default: '.data' }),
+  EMBEDDED_PG_PORT: Type.Integer({ minimum: 1, maximum: 65535, default: 54329 }),
+  /** Apply pending migrations at start-up (under the migration lock, so several instances may start at once). */
+  MIGRATE_ON_START: Type.Boolean({ default: true }),
+  BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
+})
+
+export type Config = Static<typeof ConfigSchema>
+
+/** A configuration problem; the message is one line and names the variable. */
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+const SECRET_VARS = new Set(['DATABASE_URL', 'APP_DATABASE_URL', 'ADMIN_TOKEN'])
+
+/**
+ * Reads the configuration from an environment-like object. Unknown variables are ignored,
+ * empty strings count as unset, and the first invalid value throws a ConfigError that
+ * names the variable (and echoes the value unless it may hold a secret).
+ */
+export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
+  const input: Record<string, unknown> = {}
+  for (const key of Object.keys(ConfigSchema.properties)) {
+    const value = env[key]
+    if (value !== undefined && value !== '') input[key] = value
+  }
+  const converted = Value.Default(ConfigSchema, Value.Convert(ConfigSchema, input)) as Record<string, unknown>
+  const first = Value.Errors(ConfigSchema, converted).First()
+  if (first !== undefined) {
+    const name = first.path.split('/')[1] ?? '(root)'
+    const raw = input[name]
+    const shown = raw === undefined || SECRET_VARS.has(name) ? '' : ` (got ${JSON.stringify(raw)})`
+    const schema = (ConfigSchema.properties as Record<string, { description?: string }>)[name]
+    const expected = schema?.description ?? first.message.toLowerCase()
+    throw new ConfigError(`invalid environment variable ${name}: expected ${expected}${shown}`)
+  }
+  const config = converted as Config
+  if ((config.DATABASE_URL === undefined) !== (config.APP_DATABASE_URL === undefined)) {
+    const missing = config.DATABASE_URL === undefined ? 'DATABASE_URL' : 'APP_DATABASE_URL'
+    throw new ConfigError(`invalid environment variable ${missing}: set both DATABASE_URL (owner) and APP_DATABASE_URL (runtime role), or neither for the embedded database`)
+  }
+  if (config.NODE_ENV === 'production' && config.ADMIN_TOKEN === undefined) {
+    throw new ConfigError('invalid environment variable ADMIN_TOKEN: required in production (at least 32 characters)')
+  }
+  if (config.NODE_ENV === 'production' && config.DATABASE_URL === undefined) {
+    throw new ConfigError('invalid environment variable DATABASE_URL: required in production (the embedded database is for development)')
+  }
+  return config
+}
+
+/** Configuration once the database URLs are known (from the environment or the embedded server). */
+export type ResolvedConfig = Config & { DATABASE_URL: string, APP_DATABASE_URL: string, ADMIN_TOKEN: string }

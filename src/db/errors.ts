@@ -1,0 +1,73 @@
+import { HttpProblem, conflict, unavailable, unprocessable, badRequest } from '../errors.ts'
+
+/**
+ * The one place where PostgreSQL and driver errors become HTTP problems. Messages are written
+ * here, never copied from the database, so no SQL, table or constraint name reaches a client.
+ */
+
+interface PgLikeError {
+  code?: string
+  constraint?: string
+  detail?: string
+  message?: string
+}
+
+/** Constraint names the API explains in its own words. */
+const UNIQUE_MESSAGES: Record<string, string> = {
+  tenants_slug_key: 'a tenant with this slug already exists',
+  customers_external_ref_key: 'a customer with this external_ref already exists',
+}
+
+const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'EAI_AGAIN'])
+const CONNECTION_MESSAGES = [
+  'timeout exceeded when trying to connect',
+  'Connection terminated',
+  'Client has encountered a connection error',
+  'connect ECONNREFUSED',
+]
+
+function isPgLike (error: unknown): error is PgLikeError & Error {
+  return error instanceof Error
+}
+
+/** True for errors that mean "the database is not reachable right now". */
+export function isConnectionError (error: unknown): boolean {
+  if (!isPgLike(error)) return false
+  const code = error.code ?? ''
+  if (CONNECTION_CODES.has(code)) return true
+  // 08: connection exception; 57P01..57P03: admin/crash shutdown, cannot connect now; 53300: too many connections.
+  if (code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === '53300') return true
+  return CONNECTION_MESSAGES.some((m) => error.message.includes(m))
+}
+
+/** Returns the problem for a database error, or undefined when it is not one we recognise. */
+export function problemFromDatabaseError (error: unknown): HttpProblem | undefined {
+  if (!isPgLike(error)) return undefined
+  if (isConnectionError(error)) return unavailable('the database is unavailable; retry shortly')
+  switch (error.code) {
+    case '23505':
+      return conflict(UNIQUE_MESSAGES[error.constraint ?? ''] ?? 'the request conflicts with an existing resource')
+    case '23503':
+      // The same SQLSTATE covers "a referenced row is missing" (insert/update) and
+      // "this row is still referenced" (delete); only the latter is a state conflict.
+      return /still referenced/.test(error.detail ?? '')
+        ? conflict('the resource is still referenced by other resources', 'still-referenced')
+        : unprocessable('a referenced resource does not exist')
+    case '23502':
+    case '23514':
+    case '22001':
+    case '22003':
+    case '22007':
+    case '22008':
+    case '22P02':
+      return badRequest('a value is invalid or out of range')
+    case '40001':
+    case '40P01':
+    case '55P03':
+      return unavailable('the request collided with a concurrent change; retry it', 1)
+    case '57014':
+      return unavailable('the database took too long to answer; retry shortly')
+    default:
+      return undefined
+  }
+}

@@ -1,0 +1,76 @@
+import path from 'node:path'
+import type { FastifyInstance } from 'fastify'
+import pg from 'pg'
+import { buildApp } from './app.ts'
+import type { Config, ResolvedConfig } from './config.ts'
+import { readOrCreateAdminToken, startEmbedded, type EmbeddedDatabase } from './db/embedded.ts'
+import { migrate } from './db/migrate.ts'
+import { runSafetyChecks, UnsafeDatabaseError } from './db/safety-checks.ts'
+
+/**
+ * Start-up, in order: find the database (the configured one, or an embedded cluster), migrate it,
+ * refuse to go on unless the isolation safety checks hold, then build the app.
+ */
+export interface Started {
+  app: FastifyInstance
+  config: ResolvedConfig
+  embedded: EmbeddedDatabase | undefined
+  adminTokenFile: string | undefined
+  /** Closes the app (finishing in-flight requests), then stops the embedded database. */
+  stop: () => Promise<void>
+}
+
+export interface StartOptions {
+  log?: (line: string) => void
+}
+
+/** Runs the safety checks as the runtime role and throws UnsafeDatabaseError listing every problem. */
+export async function assertSafeDatabase (appDatabaseUrl: string): Promise<void> {
+  const client = new pg.Client({ connectionString: appDatabaseUrl, application_name: 'rowfence-check' })
+  await client.connect()
+  try {
+    const report = await runSafetyChecks(client)
+    if (!report.ok) throw new UnsafeDatabaseError(report.problems)
+  } finally {
+    await client.end()
+  }
+}
+
+export async function start (config: Config, options: StartOptions = {}): Promise<Started> {
+  const log = options.log ?? (() => {})
+  let embedded: EmbeddedDatabase | undefined
+  if (config.DATABASE_URL === undefined) {
+    log(`no DATABASE_URL: starting the embedded PostgreSQL (data in ${path.resolve(config.DATA_DIR)})`)
+    embedded = await startEmbedded({ dataDir: config.DATA_DIR, port: config.EMBEDDED_PG_PORT })
+  }
+  try {
+    const ownerUrl = embedded?.ownerUrl ?? config.DATABASE_URL!
+    const appUrl = embedded?.appUrl ?? config.APP_DATABASE_URL!
+    let adminTokenFile: string | undefined
+    let adminToken = config.ADMIN_TOKEN
+    if (adminToken === undefined) {
+      // Outside production (loadConfig enforces that) a missing token is generated once and kept
+      // in a file only this user can read.
+      adminTokenFile = embedded?.adminTokenFile ?? path.resolve(config.DATA_DIR, 'admin-token')
+      adminToken = embedded?.adminToken ?? await readOrCreateAdminToken(adminTokenFile)
+    }
+    if (embedded !== undefined || config.MIGRATE_ON_START) {
+      const result = await migrate(ownerUrl, { log })
+      if (result.applied.length > 0) log(`applied ${result.applied.length} migration(s)`)
+    }
+    await assertSafeDatabase(appUrl)
+    const resolved: ResolvedConfig = { ...config, DATABASE_URL: ownerUrl, APP_DATABASE_URL: appUrl, ADMIN_TOKEN: adminToken }
+    const app = await buildApp(resolved)
+    const stop = async (): Promise<void> => {
+      try {
+        await app.close()
+      } finally {
+        await embedded?.stop()
+      }
+    }
+    return { app, config: resolved, embedded, adminTokenFile, stop }
+  } catch (error) {
+    await embedded?.stop()
+    throw error
+  }
+}

@@ -1,0 +1,79 @@
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { problemFromDatabaseError } from '../../db/errors.ts'
+import { HttpProblem, PROBLEM_CONTENT_TYPE, type FieldError } from '../../errors.ts'
+
+/**
+ * One error handler and one not-found handler for the whole app: every error leaves as
+ * application/problem+json. Anything unexpected is logged with its stack and answered with a
+ * generic 500 that carries only the request id.
+ */
+
+interface ValidationItem {
+  instancePath: string
+  keyword: string
+  message?: string
+  params: Record<string, unknown>
+}
+
+function fieldErrors (context: string | undefined, validation: ValidationItem[]): FieldError[] {
+  const part = context ?? 'body'
+  return validation.map((v) => {
+    let path = v.instancePath
+    if (v.keyword === 'required' && typeof v.params.missingProperty === 'string') path += `/${v.params.missingProperty}`
+    if (v.keyword === 'additionalProperties' && typeof v.params.additionalProperty === 'string') {
+      path += `/${v.params.additionalProperty}`
+      return { path: `${part}${path}`, message: 'is not a known property' }
+    }
+    return { path: `${part}${path}`, message: v.message ?? `fails ${v.keyword}` }
+  })
+}
+
+/** Errors Fastify raises before a handler runs, with a status chosen by Fastify (400, 404, 413, 415...). */
+function problemFromFastifyError (error: FastifyError): HttpProblem | undefined {
+  if (error.validation !== undefined) {
+    const errors = fieldErrors(error.validationContext, error.validation as ValidationItem[])
+    return new HttpProblem(400, { slug: 'validation', title: 'Validation Failed', detail: 'the request is invalid', errors })
+  }
+  const status = error.statusCode
+  if (typeof status !== 'number' || status < 400 || status >= 500 || typeof error.code !== 'string' || !error.code.startsWith('FST_')) {
+    return undefined
+  }
+  const details: Record<string, string> = {
+    FST_ERR_CTP_INVALID_MEDIA_TYPE: 'send the body as application/json',
+    FST_ERR_CTP_BODY_TOO_LARGE: 'the request body is too large',
+    FST_ERR_CTP_EMPTY_JSON_BODY: 'the JSON body is empty',
+    FST_ERR_CTP_INVALID_JSON_BODY: 'the body is not valid JSON',
+    FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'the content-length does not match the body',
+  }
+  // Fastify's own messages for 4xx describe the client's request, not our internals (e.g. JSON syntax errors).
+  return new HttpProblem(status, { detail: details[error.code] ?? error.message })
+}
+
+function send (reply: FastifyReply, problem: HttpProblem, request: FastifyRequest): FastifyReply {
+  return reply
+    .code(problem.status)
+    .headers(problem.headers)
+    .type(PROBLEM_CONTENT_TYPE)
+    .send(problem.toJSON(request.url.split('?')[0]))
+}
+
+async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
+  fastify.setErrorHandler(function (error: FastifyError, request, reply) {
+    const problem = error instanceof HttpProblem
+      ? error
+      : problemFromFastifyError(error) ?? problemFromDatabaseError(error)
+    if (problem !== undefined) {
+      if (problem.status >= 500) request.log.warn({ err: error }, `request failed: ${problem.detail ?? problem.title}`)
+      return send(reply, problem, request)
+    }
+    request.log.error({ err: error }, 'unhandled error')
+    return send(reply, new HttpProblem(500, { detail: `an internal error occurred; quote request id ${request.id} when reporting it` }), request)
+  })
+
+  fastify.setNotFoundHandler(function (request, reply) {
+    return send(reply, new HttpProblem(404, { detail: `no route for ${request.method} ${request.url.split('?')[0]}` }), request)
+  })
+}
+
+export default fp(errorsPlugin, { name: 'errors' })

@@ -1,0 +1,13 @@
+import type { FastifyInstance } from 'fastify'
+import operatorAuth from '../../../plugins/app/operator-auth.ts'
+import tenants from './tenants/index.ts'
+
+export interface AdminOptions {
+  adminToken: string
+}
+
+/** Operator routes: the operator token only, and the owner connection, never a tenant transaction. */
+export default async function adminV1 (fastify: FastifyInstance, options: AdminOptions): Promise<void> {
+  await fastify.register(operatorAuth, { adminToken: options.adminToken })
+  await fastify.register(tenants, { prefix: '/tenants' })
+}

@@ -1,0 +1,80 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { v7 as uuidv7 } from 'uuid'
+import { notFound } from '../../../errors.ts'
+import { toCustomer } from '../../../mappers/customers.ts'
+import { deleteCustomer, findCustomer, insertCustomer, listCustomers, updateCustomer } from '../../../repositories/customers.ts'
+import { IdParamsSchema, PageQuerySchema, paginate, problems } from '../../../schemas/common.ts'
+import { CreateCustomerSchema, CustomerPage, CustomerSchema, UpdateCustomerSchema } from '../../../schemas/customers.ts'
+
+const tags = ['customers']
+const tenantErrors = [400, 401, 403, 503]
+
+const customers: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.post('/', {
+    schema: {
+      summary: 'Create a customer',
+      tags,
+      body: CreateCustomerSchema,
+      response: { 201: CustomerSchema, ...problems(...tenantErrors, 409) },
+    },
+  }, async (request, reply) => {
+    const row = await insertCustomer(request.db, {
+      id: uuidv7(),
+      name: request.body.name,
+      email: request.body.email ?? null,
+      external_ref: request.body.external_ref ?? null,
+    })
+    return reply.code(201).send(toCustomer(row))
+  })
+
+  fastify.get('/', {
+    schema: {
+      summary: 'List customers, newest first',
+      tags,
+      querystring: PageQuerySchema,
+      response: { 200: CustomerPage, ...problems(...tenantErrors) },
+    },
+  }, async (request) => paginate(request.query, (page) => listCustomers(request.db, page), toCustomer))
+
+  fastify.get('/:id', {
+    schema: {
+      summary: 'Retrieve a customer',
+      tags,
+      params: IdParamsSchema,
+      response: { 200: CustomerSchema, ...problems(...tenantErrors, 404) },
+    },
+  }, async (request) => {
+    const row = await findCustomer(request.db, request.params.id)
+    if (row === undefined) throw notFound('customer')
+    return toCustomer(row)
+  })
+
+  fastify.patch('/:id', {
+    schema: {
+      summary: 'Update a customer',
+      tags,
+      params: IdParamsSchema,
+      body: UpdateCustomerSchema,
+      response: { 200: CustomerSchema, ...problems(...tenantErrors, 404, 409) },
+    },
+  }, async (request) => {
+    const row = await updateCustomer(request.db, request.params.id, request.body)
+    if (row === undefined) throw notFound('customer')
+    return toCustomer(row)
+  })
+
+  fastify.delete('/:id', {
+    schema: {
+      summary: 'Delete a customer',
+      description: 'Refused with 409 while invoices reference the customer.',
+      tags,
+      params: IdParamsSchema,
+      response: { 204: { type: 'null', description: 'deleted' }, ...problems(...tenantErrors, 404, 409) },
+    },
+  }, async (request, reply) => {
+    if (!await deleteCustomer(request.db, request.params.id)) throw notFound('customer')
+    return reply.code(204).send()
+  })
+}
+
+export default customers

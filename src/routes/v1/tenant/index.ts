@@ -1,0 +1,22 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { notFound } from '../../../errors.ts'
+import { toTenant } from '../../../mappers/tenants.ts'
+import { findTenant } from '../../../repositories/tenants.ts'
+import { problems } from '../../../schemas/common.ts'
+import { TenantSchema } from '../../../schemas/tenants.ts'
+
+const tenant: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.get('/', {
+    schema: {
+      summary: "The caller's tenant",
+      tags: ['tenant'],
+      response: { 200: TenantSchema, ...problems(400, 401, 403, 404, 503) },
+    },
+  }, async (request) => {
+    const row = await findTenant(request.db, request.tenant!.tenantId)
+    if (row === undefined) throw notFound('tenant')
+    return toTenant(row)
+  })
+}
+
+export default tenant

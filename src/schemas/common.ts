@@ -1,0 +1,61 @@
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { badRequest } from '../errors.ts'
+
+export const Uuid = Type.String({ format: 'uuid', description: 'UUID (time-ordered v7 for ids the server assigns)' })
+export const Timestamp = Type.String({ format: 'date-time', description: 'ISO 8601 UTC timestamp' })
+
+export const IdParamsSchema = Type.Object({ id: Uuid }, { additionalProperties: false })
+
+export const PageQuerySchema = Type.Object({
+  limit: Type.Integer({ minimum: 1, maximum: 200, default: 50, description: 'page size' }),
+  cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'opaque cursor from next_cursor' })),
+}, { additionalProperties: false })
+export type PageQuery = Static<typeof PageQuerySchema>
+
+export const Page = <T extends TSchema>(item: T) => Type.Object({
+  data: Type.Array(item),
+  next_cursor: Type.Union([Type.String(), Type.Null()], { description: 'pass as ?cursor= for the next page; null on the last page' }),
+})
+
+export const FieldError = Type.Object({ path: Type.String(), message: Type.String() })
+
+export const ProblemSchema = Type.Object({
+  type: Type.String({ format: 'uri' }),
+  title: Type.String(),
+  status: Type.Integer(),
+  detail: Type.Optional(Type.String()),
+  instance: Type.Optional(Type.String()),
+  errors: Type.Optional(Type.Array(FieldError)),
+}, { title: 'Problem', description: 'RFC 9457 problem details (application/problem+json)' })
+
+/** Standard error responses for a route, keyed by status. */
+export function problems (...statuses: number[]): Record<number, typeof ProblemSchema> {
+  return Object.fromEntries(statuses.map((s) => [s, ProblemSchema]))
+}
+
+// Cursors are opaque to clients: base64url of a versioned marker and the last id of the page.
+// Anything that does not decode to exactly that shape is a 400, never a database error.
+const CURSOR = /^c1:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/
+
+export function encodeCursor (id: string): string {
+  return Buffer.from(`c1:${id}`).toString('base64url')
+}
+
+export function decodeCursor (cursor: string | undefined): string | undefined {
+  if (cursor === undefined) return undefined
+  const match = CURSOR.exec(Buffer.from(cursor, 'base64url').toString('utf8'))
+  if (match === null) throw badRequest('the cursor is invalid', [{ path: 'querystring/cursor', message: 'is not a cursor returned by this API' }])
+  return match[1]
+}
+
+/** Fetches limit + 1 rows so the presence of a next page is known without a second query. */
+export async function paginate<R extends { id: string }, T> (
+  query: PageQuery,
+  fetch: (page: { limit: number, before: string | undefined }) => Promise<R[]>,
+  map: (row: R) => T
+): Promise<{ data: T[], next_cursor: string | null }> {
+  const rows = await fetch({ limit: query.limit + 1, before: decodeCursor(query.cursor) })
+  const more = rows.length > query.limit
+  const pageRows = more ? rows.slice(0, query.limit) : rows
+  return { data: pageRows.map(map), next_cursor: more ? encodeCursor(pageRows.at(-1)!.id) : null }
+}

@@ -1,0 +1,158 @@
+import t from 'tap'
+import pg from 'pg'
+import { runSafetyChecks, UnsafeDatabaseError } from '../../src/db/safety-checks.ts'
+import { assertSafeDatabase } from '../../src/main.ts'
+import { createRole, createTestDatabase, query, type TestDatabase } from '../helpers/db.ts'
+
+async function report (url: string): Promise<Awaited<ReturnType<typeof runSafetyChecks>>> {
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  try {
+    return await runSafetyChecks(client)
+  } finally {
+    await client.end()
+  }
+}
+
+/** A runtime role with the same grants as `app`, plus whatever attributes the attack needs. */
+async function roleLikeApp (t: Parameters<typeof createRole>[0], db: TestDatabase, attributes: string): Promise<string> {
+  const url = await createRole(t, db, attributes)
+  const role = decodeURIComponent(new URL(url).username)
+  await query(db.adminUrl, `GRANT app TO ${role}`)
+  return url
+}
+
+t.test('the migrated schema passes every check as the runtime role', async (t) => {
+  const db = await createTestDatabase(t)
+  const result = await report(db.appUrl)
+  t.same(result.problems, [])
+  t.equal(result.role, 'app')
+  t.ok(result.tenantTables >= 3, 'tenants, api_keys and customers are recognised as tenant tables')
+  await t.resolves(assertSafeDatabase(db.appUrl))
+})
+
+t.test('a superuser runtime role is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  const url = await createRole(t, db, 'SUPERUSER')
+  const error = await assertSafeDatabase(url).then(() => undefined, (e: unknown) => e)
+  t.type(error, UnsafeDatabaseError)
+  t.match((error as Error).message, /is a superuser/)
+})
+
+t.test('a BYPASSRLS runtime role is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  const url = await roleLikeApp(t, db, 'BYPASSRLS')
+  const result = await report(url)
+  t.notOk(result.ok)
+  t.match(result.problems.join('\n'), /has BYPASSRLS/)
+})
+
+t.test('a runtime role that inherits BYPASSRLS through a membership is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  const bypassUrl = await createRole(t, db, 'BYPASSRLS')
+  const bypassRole = decodeURIComponent(new URL(bypassUrl).username)
+  const url = await roleLikeApp(t, db, '')
+  await query(db.adminUrl, `GRANT ${bypassRole} TO ${decodeURIComponent(new URL(url).username)}`)
+  const result = await report(url)
+  t.match(result.problems.join('\n'), new RegExp(`member of ${bypassRole}`))
+})
+
+t.test('the database owner as runtime role is refused (it owns every table)', async (t) => {
+  const db = await createTestDatabase(t)
+  const result = await report(db.ownerUrl)
+  t.notOk(result.ok)
+  t.match(result.problems.join('\n'), /owns table customers/)
+  t.match(result.problems.join('\n'), /owns the database/)
+})
+
+t.test('a table whose FORCE ROW LEVEL SECURITY was removed is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, 'ALTER TABLE customers NO FORCE ROW LEVEL SECURITY')
+  const result = await report(db.appUrl)
+  t.same(result.problems, ['table customers does not FORCE ROW LEVEL SECURITY'])
+})
+
+t.test('a table with RLS disabled is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, 'ALTER TABLE api_keys DISABLE ROW LEVEL SECURITY')
+  t.match((await report(db.appUrl)).problems, ['table api_keys does not ENABLE ROW LEVEL SECURITY'])
+})
+
+t.test('a new tenant table without a policy is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, `CREATE TABLE notes (tenant_id uuid NOT NULL, id uuid NOT NULL, PRIMARY KEY (tenant_id, id));
+    ALTER TABLE notes ENABLE ROW LEVEL SECURITY; ALTER TABLE notes FORCE ROW LEVEL SECURITY;
+    GRANT SELECT ON notes TO app`)
+  t.same((await report(db.appUrl)).problems, ['table notes has no row-level security policy for the runtime role'])
+})
+
+t.test('a permissive policy that lets rows through is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, 'CREATE POLICY debug_all ON customers FOR SELECT USING (true)')
+  t.match((await report(db.appUrl)).problems.join('\n'), /policy debug_all has USING true/)
+})
+
+t.test('a policy without WITH CHECK on the tenant is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, `DROP POLICY tenant_isolation ON customers;
+    CREATE POLICY tenant_isolation ON customers USING (tenant_id = current_tenant_id()) WITH CHECK (true)`)
+  t.match((await report(db.appUrl)).problems.join('\n'), /customers: policy tenant_isolation has WITH CHECK true/)
+})
+
+t.test('TRUNCATE or REFERENCES granted to the runtime role is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, 'GRANT TRUNCATE, REFERENCES ON customers TO app')
+  const problems = (await report(db.appUrl)).problems.join('\n')
+  t.match(problems, /TRUNCATE on customers/)
+  t.match(problems, /REFERENCES on customers/)
+})
+
+t.test('a view that is not security_invoker is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, 'CREATE VIEW all_customers AS SELECT * FROM customers; GRANT SELECT ON all_customers TO app')
+  t.match((await report(db.appUrl)).problems.join('\n'), /view all_customers is not security_invoker/)
+  await query(db.ownerUrl, 'ALTER VIEW all_customers SET (security_invoker = true)')
+  t.same((await report(db.appUrl)).problems, [], 'a security_invoker view is accepted')
+})
+
+t.test('a current_tenant_id() that is not fail-closed is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  // The naive version: ''::uuid raises once a transaction-local setting has ended.
+  await query(db.ownerUrl, `CREATE OR REPLACE FUNCTION current_tenant_id() RETURNS uuid LANGUAGE sql STABLE
+    AS $$ SELECT current_setting('app.current_tenant_id', true)::uuid $$`)
+  t.match((await report(db.appUrl)).problems.join('\n'), /not fail-closed/)
+})
+
+t.test('current_tenant_id() is NULL, not an error, once a transaction-local binding has ended', async (t) => {
+  const db = await createTestDatabase(t)
+  const client = new pg.Client({ connectionString: db.appUrl })
+  await client.connect()
+  t.teardown(() => client.end())
+  await client.query('BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', '0190a6d2-0000-7000-8000-000000000000', true)")
+  await client.query('COMMIT')
+  const setting = await client.query("SELECT current_setting('app.current_tenant_id', true) AS s")
+  t.equal(setting.rows[0].s, '', 'PostgreSQL leaves an empty string behind')
+  const after = await client.query('SELECT current_tenant_id() AS t, (SELECT count(*)::int FROM customers) AS n')
+  t.same(after.rows[0], { t: null, n: 0 })
+})
+
+t.test('the tenant policy is an index condition on tenant_id', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.adminUrl, `INSERT INTO tenants (id, name, slug)
+    SELECT gen_random_uuid(), 'T' || i, 'tenant-' || i FROM generate_series(1, 200) i;
+    INSERT INTO customers (tenant_id, id, name) SELECT t.id, gen_random_uuid(), 'c' FROM tenants t, generate_series(1, 50);
+    ANALYZE customers`)
+  const [tenant] = await query<{ id: string }>(db.adminUrl, 'SELECT id FROM tenants LIMIT 1')
+  const client = new pg.Client({ connectionString: db.appUrl })
+  await client.connect()
+  t.teardown(() => client.end())
+  await client.query('BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant!.id])
+  const plan = await client.query('EXPLAIN (FORMAT JSON) SELECT * FROM customers ORDER BY id DESC LIMIT 50')
+  const text = JSON.stringify(plan.rows[0]['QUERY PLAN'])
+  t.match(text, /Index (Only )?Scan/, 'an index scan, not a sequential scan')
+  t.match(text, /"Index Cond":"\(tenant_id = /, 'the policy predicate is the index condition')
+  t.notMatch(text, /Seq Scan/)
+  await client.query('ROLLBACK')
+})

@@ -1,0 +1,67 @@
+// The real entry point (src/server.ts) in a child process: start-up refusals and a clean shutdown.
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import path from 'node:path'
+import t from 'tap'
+import { createTestDatabase, query } from './helpers/db.ts'
+
+interface Run {
+  code: number | null
+  stderr: string
+}
+
+function startServer (env: Record<string, string>): { child: ReturnType<typeof spawn>, output: () => string, exited: Promise<Run> } {
+  const child = spawn(path.resolve('node_modules/.bin/tsx'), ['src/server.ts'], {
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', LOG_LEVEL: 'warn', PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stderr = ''
+  child.stderr!.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+  child.stdout!.resume()
+  const exited = once(child, 'exit').then(([code]) => ({ code: code as number | null, stderr }))
+  return { child, output: () => stderr, exited }
+}
+
+t.test('a bad environment value stops start-up with one line naming it', async (t) => {
+  const { exited } = startServer({ PORT: 'eighty' })
+  const run = await exited
+  t.equal(run.code, 1)
+  t.match(run.stderr, /^rowfence: invalid environment variable PORT: .*"eighty"\)\n$/)
+})
+
+t.test('a superuser runtime role is refused at start-up', async (t) => {
+  const db = await createTestDatabase(t)
+  const { exited } = startServer({ DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.adminUrl, ADMIN_TOKEN: 'x'.repeat(40) })
+  const run = await exited
+  t.equal(run.code, 1)
+  t.match(run.stderr, /rowfence: refusing to start: runtime role \S+ is a superuser/)
+})
+
+t.test('a tenant table without FORCE ROW LEVEL SECURITY is refused at start-up', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, 'ALTER TABLE customers NO FORCE ROW LEVEL SECURITY')
+  const { exited } = startServer({ DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.appUrl, ADMIN_TOKEN: 'x'.repeat(40) })
+  const run = await exited
+  t.equal(run.code, 1)
+  t.match(run.stderr, /refusing to start: table customers does not FORCE ROW LEVEL SECURITY/)
+})
+
+t.test('a correct setup serves, and SIGTERM stops it cleanly with exit code 0', async (t) => {
+  const db = await createTestDatabase(t)
+  const server = startServer({ DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.appUrl, ADMIN_TOKEN: 'x'.repeat(40) })
+  t.teardown(() => { server.child.kill('SIGKILL') })
+  const deadline = Date.now() + 20_000
+  let url: string | undefined
+  while (url === undefined && Date.now() < deadline) {
+    url = /listening on (http:\/\/\S+)/.exec(server.output())?.[1]
+    if (url === undefined) await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.ok(url, 'the server printed its URL')
+  const health = await fetch(`${url}/healthz`)
+  t.equal(health.status, 200)
+  const ready = await fetch(`${url}/readyz`)
+  t.equal(ready.status, 200)
+  server.child.kill('SIGTERM')
+  const run = await server.exited
+  t.equal(run.code, 0)
+})
