@@ -3,8 +3,10 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { ResolvedConfig } from './config.ts'
 import dbPlugin from './plugins/external/db.ts'
+import jwtPlugin from './plugins/external/jwt.ts'
 import swaggerPlugin from './plugins/external/swagger.ts'
 import errorsPlugin from './plugins/app/errors.ts'
+import keyUsagePlugin from './plugins/app/key-usage.ts'
 import adminV1 from './routes/admin/v1/index.ts'
 import service from './routes/service/index.ts'
 import v1 from './routes/v1/index.ts'
@@ -12,7 +14,7 @@ import { validatorCompiler } from './validation.ts'
 
 export type AppConfig = Pick<ResolvedConfig,
   'DATABASE_URL' | 'APP_DATABASE_URL' | 'ADMIN_TOKEN' | 'LOG_LEVEL' | 'DB_POOL_MAX' | 'DB_OPERATOR_POOL_MAX' |
-  'DB_CONNECT_TIMEOUT_MS' | 'BODY_LIMIT_BYTES' | 'NODE_ENV'>
+  'DB_CONNECT_TIMEOUT_MS' | 'BODY_LIMIT_BYTES' | 'NODE_ENV' | 'KEY_USAGE_FLUSH_MS' | 'jwt'>
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -20,12 +22,17 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
  * Builds the whole application with its production options. Tests call this same function and
  * use `inject`, so what they validate is exactly what production runs.
  */
-export async function buildApp (config: AppConfig): Promise<FastifyInstance> {
+export interface BuildOptions {
+  /** Where log lines go (default: stdout). Tests read the access-decision audit from here. */
+  logStream?: NodeJS.WritableStream
+}
+
+export async function buildApp (config: AppConfig, options: BuildOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
     logger: {
       level: config.LOG_LEVEL,
       redact: { paths: ['req.headers.authorization', 'req.headers.cookie'], censor: '[redacted]' },
-      ...(config.NODE_ENV === 'production' ? {} : { transport: undefined }),
+      ...(options.logStream !== undefined && { stream: options.logStream }),
     },
     bodyLimit: config.BODY_LIMIT_BYTES,
     // A caller may pass its own x-request-id (it shows up in our logs and error responses);
@@ -60,8 +67,10 @@ export async function buildApp (config: AppConfig): Promise<FastifyInstance> {
     operatorPoolMax: config.DB_OPERATOR_POOL_MAX,
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
   })
+  await app.register(jwtPlugin, { settings: config.jwt })
   await app.register(swaggerPlugin)
   await app.register(errorsPlugin)
+  await app.register(keyUsagePlugin, { flushEveryMs: config.KEY_USAGE_FLUSH_MS })
 
   await app.register(service)
   await app.register(v1, { prefix: '/v1' })

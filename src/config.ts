@@ -14,6 +14,15 @@ export const ConfigSchema = Type.Object({
   APP_DATABASE_URL: Type.Optional(PostgresUrl),
   /** Operator bearer token for /admin/v1. */
   ADMIN_TOKEN: Type.Optional(Type.String({ minLength: 32, maxLength: 512 })),
+  /** JWT users: HS256 with this shared secret (at least 32 characters)... */
+  JWT_SECRET: Type.Optional(Type.String({ minLength: 32, maxLength: 4096, description: 'a secret of at least 32 characters' })),
+  /** ...or RS256/ES256 with this PEM public key (literal "\n" sequences are accepted for newlines). */
+  JWT_PUBLIC_KEY: Type.Optional(Type.String({ pattern: '-----BEGIN PUBLIC KEY-----', description: 'a PEM public key (-----BEGIN PUBLIC KEY-----)' })),
+  JWT_ALGORITHM: Type.Optional(Type.Union([Type.Literal('HS256'), Type.Literal('RS256'), Type.Literal('ES256')])),
+  JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
+  JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
+  /** How often the batched last_used_at of API keys is written. */
+  KEY_USAGE_FLUSH_MS: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 15_000 }),
   DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
   DB_OPERATOR_POOL_MAX: Type.Integer({ minimum: 1, maximum: 100, default: 2 }),
   DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 60_000, default: 2000 }),
@@ -32,7 +41,7 @@ export class ConfigError extends Error {
   override name = 'ConfigError'
 }
 
-const SECRET_VARS = new Set(['DATABASE_URL', 'APP_DATABASE_URL', 'ADMIN_TOKEN'])
+const SECRET_VARS = new Set(['DATABASE_URL', 'APP_DATABASE_URL', 'ADMIN_TOKEN', 'JWT_SECRET'])
 
 /**
  * Reads the configuration from an environment-like object. Unknown variables are ignored,
@@ -60,6 +69,12 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     const missing = config.DATABASE_URL === undefined ? 'DATABASE_URL' : 'APP_DATABASE_URL'
     throw new ConfigError(`invalid environment variable ${missing}: set both DATABASE_URL (owner) and APP_DATABASE_URL (runtime role), or neither for the embedded database`)
   }
+  if (config.JWT_SECRET !== undefined && config.JWT_PUBLIC_KEY !== undefined) {
+    throw new ConfigError('invalid environment variable JWT_PUBLIC_KEY: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY (RS256/ES256), not both')
+  }
+  if (config.JWT_ALGORITHM !== undefined && (config.JWT_ALGORITHM === 'HS256') !== (config.JWT_PUBLIC_KEY === undefined)) {
+    throw new ConfigError(`invalid environment variable JWT_ALGORITHM: ${config.JWT_ALGORITHM} needs ${config.JWT_ALGORITHM === 'HS256' ? 'JWT_SECRET' : 'JWT_PUBLIC_KEY'}`)
+  }
   if (config.NODE_ENV === 'production' && config.ADMIN_TOKEN === undefined) {
     throw new ConfigError('invalid environment variable ADMIN_TOKEN: required in production (at least 32 characters)')
   }
@@ -69,5 +84,23 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   return config
 }
 
-/** Configuration once the database URLs are known (from the environment or the embedded server). */
-export type ResolvedConfig = Config & { DATABASE_URL: string, APP_DATABASE_URL: string, ADMIN_TOKEN: string }
+export interface JwtSettings {
+  algorithm: 'HS256' | 'RS256' | 'ES256'
+  /** The HS256 secret or the PEM public key. */
+  key: string
+  issuer?: string | undefined
+  audience?: string | undefined
+}
+
+/** The JWT verification settings the environment asks for, or undefined when JWT users are off. */
+export function jwtSettings (config: Config, fallbackSecret?: string): JwtSettings | undefined {
+  const common = { issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE }
+  if (config.JWT_PUBLIC_KEY !== undefined) {
+    return { algorithm: config.JWT_ALGORITHM ?? 'RS256', key: config.JWT_PUBLIC_KEY.replaceAll('\\n', '\n'), ...common }
+  }
+  const secret = config.JWT_SECRET ?? fallbackSecret
+  return secret === undefined ? undefined : { algorithm: 'HS256', key: secret, ...common }
+}
+
+/** Configuration once the database URLs and secrets are known (from the environment or generated). */
+export type ResolvedConfig = Config & { DATABASE_URL: string, APP_DATABASE_URL: string, ADMIN_TOKEN: string, jwt: JwtSettings | undefined }

@@ -2,8 +2,8 @@ import path from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
 import { buildApp } from './app.ts'
-import type { Config, ResolvedConfig } from './config.ts'
-import { readOrCreateAdminToken, startEmbedded, type EmbeddedDatabase } from './db/embedded.ts'
+import { jwtSettings, type Config, type ResolvedConfig } from './config.ts'
+import { readOrCreateSecretFile, startEmbedded, type EmbeddedDatabase } from './db/embedded.ts'
 import { migrate } from './db/migrate.ts'
 import { runSafetyChecks, UnsafeDatabaseError } from './db/safety-checks.ts'
 
@@ -16,6 +16,8 @@ export interface Started {
   config: ResolvedConfig
   embedded: EmbeddedDatabase | undefined
   adminTokenFile: string | undefined
+  /** Where the generated development JWT secret lives (for `npm run token`), when one was generated. */
+  jwtSecretFile: string | undefined
   /** Closes the app (finishing in-flight requests), then stops the embedded database. */
   stop: () => Promise<void>
 }
@@ -52,14 +54,22 @@ export async function start (config: Config, options: StartOptions = {}): Promis
       // Outside production (loadConfig enforces that) a missing token is generated once and kept
       // in a file only this user can read.
       adminTokenFile = embedded?.adminTokenFile ?? path.resolve(config.DATA_DIR, 'admin-token')
-      adminToken = embedded?.adminToken ?? await readOrCreateAdminToken(adminTokenFile)
+      adminToken = embedded?.adminToken ?? await readOrCreateSecretFile(adminTokenFile)
+    }
+    // Outside production, JWT users work out of the box with a generated HS256 secret that
+    // `npm run token` also reads; in production JWT is on only when configured.
+    let jwtSecretFile: string | undefined
+    let devJwtSecret: string | undefined
+    if (config.JWT_SECRET === undefined && config.JWT_PUBLIC_KEY === undefined && config.NODE_ENV !== 'production') {
+      jwtSecretFile = path.resolve(config.DATA_DIR, 'jwt-secret')
+      devJwtSecret = await readOrCreateSecretFile(jwtSecretFile)
     }
     if (embedded !== undefined || config.MIGRATE_ON_START) {
       const result = await migrate(ownerUrl, { log })
       if (result.applied.length > 0) log(`applied ${result.applied.length} migration(s)`)
     }
     await assertSafeDatabase(appUrl)
-    const resolved: ResolvedConfig = { ...config, DATABASE_URL: ownerUrl, APP_DATABASE_URL: appUrl, ADMIN_TOKEN: adminToken }
+    const resolved: ResolvedConfig = { ...config, DATABASE_URL: ownerUrl, APP_DATABASE_URL: appUrl, ADMIN_TOKEN: adminToken, jwt: jwtSettings(config, devJwtSecret) }
     const app = await buildApp(resolved)
     const stop = async (): Promise<void> => {
       try {
@@ -68,7 +78,7 @@ export async function start (config: Config, options: StartOptions = {}): Promis
         await embedded?.stop()
       }
     }
-    return { app, config: resolved, embedded, adminTokenFile, stop }
+    return { app, config: resolved, embedded, adminTokenFile, jwtSecretFile, stop }
   } catch (error) {
     await embedded?.stop()
     throw error

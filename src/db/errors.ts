@@ -16,6 +16,7 @@ interface PgLikeError {
 const UNIQUE_MESSAGES: Record<string, string> = {
   tenants_slug_key: 'a tenant with this slug already exists',
   customers_external_ref_key: 'a customer with this external_ref already exists',
+  memberships_user_key: 'this user is already a member',
 }
 
 const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'EAI_AGAIN'])

@@ -33,6 +33,14 @@ export interface Customers {
   updated_at: Generated<Timestamp>;
 }
 
+export interface Memberships {
+  created_at: Generated<Timestamp>;
+  id: string;
+  role: string;
+  tenant_id: Generated<string>;
+  user_id: string;
+}
+
 export interface Tenants {
   created_at: Generated<Timestamp>;
   id: string;
@@ -43,5 +51,6 @@ export interface Tenants {
 export interface DB {
   api_keys: ApiKeys;
   customers: Customers;
+  memberships: Memberships;
   tenants: Tenants;
 }

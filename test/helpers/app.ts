@@ -1,11 +1,14 @@
 import { randomBytes } from 'node:crypto'
 import type { FastifyInstance, InjectOptions } from 'fastify'
-import { buildApp, type AppConfig } from '../../src/app.ts'
+import { buildApp, type AppConfig, type BuildOptions } from '../../src/app.ts'
 import { createTestDatabase, type TestDatabase } from './db.ts'
 
 interface Teardown {
   teardown: (fn: () => unknown) => void
 }
+
+/** The HS256 secret test apps verify user tokens with (see signUserToken in ./tokens.ts). */
+export const TEST_JWT_SECRET = 'test-only-jwt-secret-0123456789abcdef'
 
 export interface TestApp {
   app: FastifyInstance
@@ -17,10 +20,10 @@ export interface TestApp {
  * The production app (same buildApp, same options) on a database of the test's own, connected as
  * the runtime role `app`: RLS applies to every query the tests make through it.
  */
-export async function buildTestApp (t: Teardown, overrides: Partial<AppConfig> = {}, database?: TestDatabase): Promise<TestApp> {
+export async function buildTestApp (t: Teardown, overrides: Partial<AppConfig> = {}, database?: TestDatabase, options: BuildOptions = {}): Promise<TestApp> {
   const db = database ?? await createTestDatabase(t)
   const adminToken = randomBytes(32).toString('base64url')
-  const app = await buildApp({
+  const config: AppConfig = {
     NODE_ENV: 'test',
     LOG_LEVEL: (process.env.TEST_LOG_LEVEL as AppConfig['LOG_LEVEL'] | undefined) ?? 'silent',
     DATABASE_URL: db.ownerUrl,
@@ -30,8 +33,11 @@ export async function buildTestApp (t: Teardown, overrides: Partial<AppConfig> =
     DB_OPERATOR_POOL_MAX: 2,
     DB_CONNECT_TIMEOUT_MS: 5000,
     BODY_LIMIT_BYTES: 1024 * 1024,
+    KEY_USAGE_FLUSH_MS: 60_000,
+    jwt: { algorithm: 'HS256', key: TEST_JWT_SECRET },
     ...overrides,
-  })
+  }
+  const app = await buildApp(config, options)
   t.teardown(() => app.close())
   return { app, db, adminToken }
 }

@@ -2,7 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { looksLikeApiKey } from '../../auth/api-keys.ts'
-import { bearerToken } from '../../auth/credentials.ts'
+import { bearerToken, CredentialRejected } from '../../auth/credentials.ts'
 import { unauthorized } from '../../errors.ts'
 
 export interface OperatorAuthOptions {
@@ -14,19 +14,26 @@ const digest = (value: string): Buffer => createHash('sha256').update(value).dig
 /**
  * Operator authentication for /admin/v1: the ADMIN_TOKEN bearer and nothing else. Both sides are
  * hashed before the constant-time comparison, so neither the token's length nor its content leaks
- * through timing. Tenant API keys are refused outright.
+ * through timing. Tenant credentials (API keys, JWTs) never match and are refused like any other.
  */
 async function operatorAuth (fastify: FastifyInstance, options: OperatorAuthOptions): Promise<void> {
   const expected = digest(options.adminToken)
   fastify.addHook('onRequest', async (request) => {
-    const token = bearerToken(request.headers)
-    if (looksLikeApiKey(token)) {
-      request.log.info({ reason: 'tenant credential on operator route' }, 'authentication failed')
-      throw unauthorized('operator routes accept only the operator token')
+    let reason: string | undefined
+    let token: string | undefined
+    try {
+      token = bearerToken(request.headers)
+    } catch (error) {
+      if (!(error instanceof CredentialRejected)) throw error
+      reason = error.reason
     }
-    if (!timingSafeEqual(digest(token), expected)) {
-      request.log.info({ reason: 'wrong operator token' }, 'authentication failed')
-      throw unauthorized('the operator token is invalid')
+    if (token !== undefined && !timingSafeEqual(digest(token), expected)) {
+      reason = looksLikeApiKey(token) ? 'tenant API key on an operator route' : 'wrong operator token'
+    }
+    if (reason !== undefined) {
+      const prefix = token !== undefined && looksLikeApiKey(token) ? token.slice(0, 26) : undefined
+      request.log.warn({ event: 'access_denied', status: 401, reason, credentialPrefix: prefix }, `access denied: ${reason}`)
+      throw unauthorized('operator routes accept only the operator token')
     }
   })
 }

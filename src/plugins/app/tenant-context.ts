@@ -1,31 +1,31 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
+import { sql } from 'kysely'
 import { secretMatches, type Scope } from '../../auth/api-keys.ts'
-import { presentedApiKey, requestedTenant } from '../../auth/credentials.ts'
+import { CredentialRejected, presentedCredential, requestedTenant, unauthorizedFor, type JwtVerifier, type TenantCredential } from '../../auth/credentials.ts'
+import { ROLE_SCOPES, type MemberRole, type TenantIdentity } from '../../auth/identity.ts'
 import { beginTenantTransaction, endTenantTransaction, type TenantTransaction } from '../../db/tenant-transaction.ts'
-import { forbidden, unauthorized } from '../../errors.ts'
+import { badRequest, forbidden, unauthorized, type HttpProblem } from '../../errors.ts'
 import { findLiveApiKey } from '../../repositories/api-keys.ts'
+import { findMembershipByUser } from '../../repositories/memberships.ts'
 
 /**
  * The tenant pipeline, installed on the /v1 scope only:
  *
- *  onRequest   parse the credential and x-tenant-id (400/401 without touching the database)
- *  preHandler  after body validation: check a connection out, BEGIN, bind the tenant with a
- *              transaction-local set_config, verify the key under that binding, check the scope
+ *  onRequest   check the credential's form (API key checksum; JWT signature, algorithm, exp, sub) and
+ *              x-tenant-id: 400/401 before the body is read and without touching the database
+ *  preHandler  after body validation: pick the tenant (the key's own; for a user x-tenant-id, else the
+ *              tid claim, else the user's only tenant), check a connection out, BEGIN, bind the tenant
+ *              with a transaction-local set_config, then verify the credential under that binding
+ *              (the key row, or the user's membership) and the route's scope
  *  onSend      COMMIT before the response leaves (a failed COMMIT becomes an error response, never a
  *              false 2xx), or ROLLBACK for any error status or a client that has disconnected
  *  onResponse  safety net: roll back and release whatever is still open
  *
- * The handler sees `request.db`, a Kysely transaction on which only this tenant's rows exist.
+ * Handlers see `request.db`, a Kysely transaction in which only this tenant's rows exist, and
+ * `request.tenant`, who is acting. Every refusal is logged with the request id, a public prefix of
+ * the credential (never the secret) and the reason.
  */
-
-export interface TenantIdentity {
-  tenantId: string
-  /** Who acts: the API key id (or, later, the user id). */
-  actorId: string
-  actorType: 'api_key'
-  scopes: readonly Scope[]
-}
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -34,7 +34,7 @@ declare module 'fastify' {
     /** The tenant-bound transaction of this request; throws outside the tenant pipeline. */
     readonly db: TenantTransaction
     tenantTransaction: TenantTransaction | null
-    tenantCredential: ReturnType<typeof presentedApiKey> | null
+    tenantCredential: TenantCredential | null
     requestedTenantId: string | null
   }
   interface FastifyContextConfig {
@@ -47,6 +47,16 @@ function requiredScope (request: FastifyRequest): Scope {
   const declared = request.routeOptions.config.scope
   if (declared !== undefined) return declared
   return request.method === 'GET' || request.method === 'HEAD' ? 'read' : 'write'
+}
+
+function credentialPrefix (credential: TenantCredential): string {
+  return credential.kind === 'api_key' ? credential.key.prefix : `jwt:${credential.userId}`
+}
+
+/** Logs an access decision against the request and returns the problem to throw. */
+function deny (request: FastifyRequest, problem: HttpProblem, reason: string, prefix: string | undefined, extra: Record<string, unknown> = {}): HttpProblem {
+  request.log.warn({ event: 'access_denied', status: problem.status, reason, credentialPrefix: prefix, ...extra }, `access denied: ${reason}`)
+  return problem
 }
 
 async function release (request: FastifyRequest, commit: boolean): Promise<void> {
@@ -68,9 +78,26 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   fastify.decorateRequest('tenantCredential', null)
   fastify.decorateRequest('requestedTenantId', null)
 
+  const verifyJwt: JwtVerifier | undefined = fastify.hasDecorator('jwt')
+    ? (token) => fastify.jwt.verify<Record<string, unknown>>(token)
+    : undefined
+
+  /** The user's only tenant, when the request names none; the one cross-tenant read, see 0003_memberships.sql. */
+  async function soleTenantOf (request: FastifyRequest, userId: string): Promise<string> {
+    const { rows } = await sql<{ tenant_id: string }>`SELECT t AS tenant_id FROM user_tenant_ids(${userId}) AS t`.execute(fastify.db)
+    if (rows.length === 0) throw deny(request, forbidden('you are not a member of any tenant'), 'user has no membership', `jwt:${userId}`)
+    if (rows.length > 1) throw badRequest('you belong to several tenants: choose one with x-tenant-id', [{ path: 'headers/x-tenant-id', message: 'is required for this user' }])
+    return rows[0]!.tenant_id
+  }
+
   fastify.addHook('onRequest', async (request) => {
     request.requestedTenantId = requestedTenant(request.headers) ?? null
-    request.tenantCredential = presentedApiKey(request.headers)
+    try {
+      request.tenantCredential = presentedCredential(request.headers, verifyJwt)
+    } catch (error) {
+      if (!(error instanceof CredentialRejected)) throw error
+      throw deny(request, unauthorizedFor(error), error.reason, error.credentialPrefix)
+    }
   })
 
   // Requests whose client disconnected before the response was written: their work is rolled back.
@@ -80,26 +107,44 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   fastify.addHook('preHandler', async (request, reply) => {
     const credential = request.tenantCredential
     if (credential === null) throw unauthorized('missing credentials')
-    const trx = await beginTenantTransaction(fastify.db, credential.tenantId)
+    const prefix = credentialPrefix(credential)
+    const tenantId = credential.kind === 'api_key'
+      ? credential.key.tenantId
+      : request.requestedTenantId ?? credential.claimedTenantId ?? await soleTenantOf(request, credential.userId)
+
+    const trx = await beginTenantTransaction(fastify.db, tenantId)
     request.tenantTransaction = trx
     reply.raw.once('close', () => {
       if (reply.raw.writableFinished) return
       abandoned.add(request)
       request.log.info('client disconnected before the response; its transaction will be rolled back')
     })
-    const key = await findLiveApiKey(trx, credential.keyId)
-    if (key === undefined || !secretMatches(key.secret_hash, credential.secretHash)) {
-      request.log.info({ credentialPrefix: credential.prefix, reason: key === undefined ? 'unknown or revoked key' : 'wrong secret' }, 'authentication failed')
-      throw unauthorized('the API key is invalid or revoked')
-    }
-    if (request.requestedTenantId !== null && request.requestedTenantId !== credential.tenantId) {
-      request.log.info({ credentialPrefix: credential.prefix, requestedTenant: request.requestedTenantId }, 'tenant switch denied')
-      throw forbidden('this credential does not belong to the tenant in x-tenant-id')
+
+    let identity: TenantIdentity
+    if (credential.kind === 'api_key') {
+      const key = await findLiveApiKey(trx, credential.key.keyId)
+      if (key === undefined || !secretMatches(key.secret_hash, credential.key.secretHash)) {
+        throw deny(request, unauthorized('the API key is invalid or revoked'), key === undefined ? 'unknown or revoked API key' : 'wrong API key secret', prefix)
+      }
+      if (request.requestedTenantId !== null && request.requestedTenantId !== tenantId) {
+        throw deny(request, forbidden('this credential does not belong to the tenant in x-tenant-id'), 'tenant switch denied', prefix, { requestedTenant: request.requestedTenantId })
+      }
+      identity = { tenantId, actorType: 'api_key', actorId: key.id, scopes: key.scopes as Scope[], role: undefined }
+      fastify.keyUsage.record(tenantId, key.id)
+    } else {
+      const membership = await findMembershipByUser(trx, credential.userId)
+      if (membership === undefined) {
+        throw deny(request, forbidden('you are not a member of this tenant'), 'not a member', prefix, { requestedTenant: tenantId })
+      }
+      const role = membership.role as MemberRole
+      identity = { tenantId, actorType: 'user', actorId: credential.userId, scopes: ROLE_SCOPES[role], role }
     }
     const scope = requiredScope(request)
-    if (!key.scopes.includes(scope)) throw forbidden(`this credential lacks the ${scope} scope`)
-    request.tenant = { tenantId: credential.tenantId, actorId: key.id, actorType: 'api_key', scopes: key.scopes as Scope[] }
-    request.log = request.log.child({ tenantId: credential.tenantId })
+    if (!identity.scopes.includes(scope)) {
+      throw deny(request, forbidden(`this credential lacks the ${scope} scope`), `missing ${scope} scope`, prefix)
+    }
+    request.tenant = identity
+    request.log = request.log.child({ tenantId })
   })
 
   fastify.addHook('onSend', async (request, reply, payload) => {
@@ -112,4 +157,4 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   })
 }
 
-export default fp(tenantContext, { name: 'tenant-context', dependencies: ['db', 'errors'] })
+export default fp(tenantContext, { name: 'tenant-context', dependencies: ['db', 'errors', 'key-usage'] })

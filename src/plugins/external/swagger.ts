@@ -19,14 +19,17 @@ async function swaggerPlugin (fastify: FastifyInstance): Promise<void> {
       },
       components: {
         securitySchemes: {
-          apiKey: { type: 'http', scheme: 'bearer', description: 'tenant API key (rfk_...)' },
+          apiKey: { type: 'http', scheme: 'bearer', description: 'tenant API key (rfk_...); x-tenant-id optional, must match' },
+          user: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'user JWT (sub, exp; tenant from x-tenant-id or the tid claim)' },
           operator: { type: 'http', scheme: 'bearer', description: 'operator token (ADMIN_TOKEN)' },
         },
       },
     },
     transform: ({ schema, url }) => {
       // Declare the credential each route family takes; the pipeline, not the schema, enforces it.
-      const security = url.startsWith('/admin/') ? [{ operator: [] }] : url.startsWith('/v1/') ? [{ apiKey: [] }] : undefined
+      const security: Array<Record<string, string[]>> | undefined = url.startsWith('/admin/')
+        ? [{ operator: [] }]
+        : url.startsWith('/v1/') ? [{ apiKey: [] }, { user: [] }] : undefined
       return { schema: { ...schema, ...(security !== undefined && { security }) }, url }
     },
   })

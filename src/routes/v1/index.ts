@@ -1,6 +1,8 @@
 import type { FastifyInstance } from 'fastify'
 import tenantContext from '../../plugins/app/tenant-context.ts'
+import apiKeys from './api-keys/index.ts'
 import customers from './customers/index.ts'
+import members from './members/index.ts'
 import tenant from './tenant/index.ts'
 
 /**
@@ -10,5 +12,7 @@ import tenant from './tenant/index.ts'
 export default async function v1 (fastify: FastifyInstance): Promise<void> {
   await fastify.register(tenantContext)
   await fastify.register(tenant, { prefix: '/tenant' })
+  await fastify.register(apiKeys, { prefix: '/api-keys' })
+  await fastify.register(members, { prefix: '/members' })
   await fastify.register(customers, { prefix: '/customers' })
 }

@@ -1,0 +1,67 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { generateApiKey } from '../../../auth/api-keys.ts'
+import { conflict, notFound } from '../../../errors.ts'
+import { toApiKey } from '../../../mappers/identity.ts'
+import { insertApiKey, listLiveApiKeys, lockLiveAdminKeys, revokeApiKey } from '../../../repositories/api-keys.ts'
+import { IdParamsSchema, PageQuerySchema, paginate, problems } from '../../../schemas/common.ts'
+import { ApiKeyPage, CreateApiKeySchema, CreatedApiKeySchema } from '../../../schemas/identity.ts'
+
+const tags = ['api-keys']
+const errors = [400, 401, 403, 503]
+const config = { scope: 'admin' as const }
+
+const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.post('/', {
+    config,
+    schema: {
+      summary: 'Create an API key',
+      description: 'The key is returned once, in this response; only its hash is stored.',
+      tags,
+      body: CreateApiKeySchema,
+      response: { 201: CreatedApiKeySchema, ...problems(...errors) },
+    },
+  }, async (request, reply) => {
+    const key = generateApiKey(request.tenant!.tenantId)
+    const row = await insertApiKey(request.db, {
+      id: key.id,
+      name: request.body.name,
+      prefix: key.prefix,
+      secret_hash: key.secretHash,
+      scopes: request.body.scopes,
+    })
+    request.log.info({ keyPrefix: key.prefix, scopes: row.scopes, actor: request.tenant!.actorId }, 'API key created')
+    return reply.code(201).send({ ...toApiKey(row), key: key.key })
+  })
+
+  fastify.get('/', {
+    config,
+    schema: {
+      summary: 'List live API keys (never their secrets)',
+      tags,
+      querystring: PageQuerySchema,
+      response: { 200: ApiKeyPage, ...problems(...errors) },
+    },
+  }, async (request) => paginate(request.query, (page) => listLiveApiKeys(request.db, page), toApiKey))
+
+  fastify.delete('/:id', {
+    config,
+    schema: {
+      summary: 'Revoke an API key',
+      description: 'The key fails with 401 from its next request on, on every server instance. ' +
+        'The last live key with the admin scope cannot be revoked (409): create its replacement first.',
+      tags,
+      params: IdParamsSchema,
+      response: { 204: { type: 'null', description: 'revoked' }, ...problems(...errors, 404, 409) },
+    },
+  }, async (request, reply) => {
+    const adminKeys = await lockLiveAdminKeys(request.db)
+    if (adminKeys.length === 1 && adminKeys[0] === request.params.id) {
+      throw conflict('this is the last API key with the admin scope; create another one before revoking it', 'last-admin-key')
+    }
+    if (!await revokeApiKey(request.db, request.params.id)) throw notFound('API key')
+    request.log.info({ keyId: request.params.id, actor: request.tenant!.actorId }, 'API key revoked')
+    return reply.code(204).send()
+  })
+}
+
+export default apiKeys

@@ -1,0 +1,64 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { v7 as uuidv7 } from 'uuid'
+import { actsAsOwner } from '../../../auth/identity.ts'
+import { conflict, forbidden, notFound } from '../../../errors.ts'
+import { toMember } from '../../../mappers/identity.ts'
+import { deleteMembership, findMembershipByUser, insertMembership, listMemberships, lockOwners } from '../../../repositories/memberships.ts'
+import { PageQuerySchema, paginate, problems } from '../../../schemas/common.ts'
+import { CreateMemberSchema, MemberPage, MemberSchema, UserIdParamsSchema } from '../../../schemas/identity.ts'
+
+const tags = ['members']
+const errors = [400, 401, 403, 503]
+const config = { scope: 'admin' as const }
+
+const members: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.post('/', {
+    config,
+    schema: {
+      summary: 'Add a member',
+      description: 'Only an owner (or an API key with the admin scope) may add an owner. An existing member is a 409.',
+      tags,
+      body: CreateMemberSchema,
+      response: { 201: MemberSchema, ...problems(...errors, 409) },
+    },
+  }, async (request, reply) => {
+    if (request.body.role === 'owner' && !actsAsOwner(request.tenant!)) throw forbidden('only an owner can add an owner')
+    const row = await insertMembership(request.db, { id: uuidv7(), user_id: request.body.user_id, role: request.body.role })
+    request.log.info({ userId: row.user_id, role: row.role, actor: request.tenant!.actorId }, 'member added')
+    return reply.code(201).send(toMember(row))
+  })
+
+  fastify.get('/', {
+    config,
+    schema: {
+      summary: 'List members, newest first',
+      tags,
+      querystring: PageQuerySchema,
+      response: { 200: MemberPage, ...problems(...errors) },
+    },
+  }, async (request) => paginate(request.query, (page) => listMemberships(request.db, page), toMember))
+
+  fastify.delete('/:user_id', {
+    config,
+    schema: {
+      summary: 'Remove a member',
+      description: 'The last owner cannot be removed (409). Only an owner (or an admin API key) may remove an owner.',
+      tags,
+      params: UserIdParamsSchema,
+      response: { 204: { type: 'null', description: 'removed' }, ...problems(...errors, 404, 409) },
+    },
+  }, async (request, reply) => {
+    const owners = await lockOwners(request.db)
+    const target = await findMembershipByUser(request.db, request.params.user_id)
+    if (target === undefined) throw notFound('member')
+    if (target.role === 'owner') {
+      if (!actsAsOwner(request.tenant!)) throw forbidden('only an owner can remove an owner')
+      if (owners.length <= 1) throw conflict('the last owner cannot be removed', 'last-owner')
+    }
+    await deleteMembership(request.db, target.user_id)
+    request.log.info({ userId: target.user_id, role: target.role, actor: request.tenant!.actorId }, 'member removed')
+    return reply.code(204).send()
+  })
+}
+
+export default members

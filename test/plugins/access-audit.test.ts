@@ -1,0 +1,46 @@
+import { PassThrough } from 'node:stream'
+import t from 'tap'
+import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
+
+// Access decisions are logged with the request id, a public credential prefix and the reason,
+// and never with the secret.
+const lines: Array<Record<string, unknown>> = []
+const stream = new PassThrough()
+stream.on('data', (chunk: Buffer) => {
+  for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+})
+const ctx = await buildTestApp(t, { LOG_LEVEL: 'info' }, undefined, { logStream: stream })
+const acme = await provisionTenant(ctx)
+const other = await provisionTenant(ctx)
+
+function denials (requestId: string): Array<Record<string, unknown>> {
+  return lines.filter((l) => l.reqId === requestId && l.event === 'access_denied')
+}
+
+t.test('a wrong secret is logged with the key prefix and the reason, not the key', async (t) => {
+  const forged = acme.key.slice(0, 48) + 'A'.repeat(43)
+  const { crc32 } = await import('node:zlib')
+  const sum = Buffer.alloc(4)
+  sum.writeUInt32BE(crc32(forged))
+  const key = forged + sum.toString('base64url')
+  const res = await ctx.app.inject({ method: 'GET', url: '/v1/tenant', headers: { authorization: `Bearer ${key}`, 'x-request-id': 'audit-wrong-secret' } })
+  t.equal(res.statusCode, 401)
+  const [entry] = denials('audit-wrong-secret')
+  t.match(entry, { status: 401, reason: 'wrong API key secret', credentialPrefix: acme.key.slice(0, 26) })
+  t.notOk(JSON.stringify(lines).includes(key.slice(30)), 'no secret in any log line')
+  t.notOk(JSON.stringify(lines).includes(acme.key.slice(30)), 'nor the real key')
+})
+
+t.test('a denied tenant switch is logged with the tenant asked for', async (t) => {
+  const res = await ctx.app.inject(as(acme, { method: 'GET', url: '/v1/tenant', headers: { 'x-tenant-id': other.id, 'x-request-id': 'audit-switch' } }))
+  t.equal(res.statusCode, 403)
+  t.match(denials('audit-switch')[0], { status: 403, reason: 'tenant switch denied', requestedTenant: other.id })
+})
+
+t.test('a missing credential and an operator token on a tenant route are logged', async (t) => {
+  await ctx.app.inject({ method: 'GET', url: '/v1/tenant', headers: { 'x-request-id': 'audit-none' } })
+  t.match(denials('audit-none')[0], { status: 401, reason: 'missing credentials' })
+  await ctx.app.inject({ method: 'GET', url: '/admin/v1/tenants', headers: { authorization: `Bearer ${acme.key}`, 'x-request-id': 'audit-key-on-admin' } })
+  t.match(denials('audit-key-on-admin')[0], { status: 401, reason: 'tenant API key on an operator route' })
+  t.notOk(JSON.stringify(lines).includes(ctx.adminToken), 'the operator token is never logged')
+})

@@ -1,0 +1,84 @@
+import t from 'tap'
+import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
+import { query } from '../helpers/db.ts'
+
+const ctx = await buildTestApp(t)
+const tenant = await provisionTenant(ctx)
+const other = await provisionTenant(ctx)
+
+interface CreatedKey { id: string, name: string, scopes: string[], prefix: string, key: string, created_at: string }
+
+async function createKey (owner: { key: string }, scopes: string[], name = 'key'): Promise<CreatedKey> {
+  const res = await ctx.app.inject(as(owner, { method: 'POST', url: '/v1/api-keys', payload: { name, scopes } }))
+  if (res.statusCode !== 201) throw new Error(`create key failed: ${res.statusCode} ${res.body}`)
+  return res.json<CreatedKey>()
+}
+
+t.test('a created key is shown once and works with exactly its scopes', async (t) => {
+  const reader = await createKey(tenant, ['read'], 'reporting')
+  t.match(reader, { name: 'reporting', scopes: ['read'] })
+  t.ok(reader.key.startsWith(reader.prefix))
+  t.equal((await ctx.app.inject(as(reader, { method: 'GET', url: '/v1/customers' }))).statusCode, 200)
+  t.equal((await ctx.app.inject(as(reader, { method: 'POST', url: '/v1/customers', payload: { name: 'x' } }))).statusCode, 403)
+  t.equal((await ctx.app.inject(as(reader, { method: 'GET', url: '/v1/api-keys' }))).statusCode, 403, 'api-keys need the admin scope')
+
+  const list = await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/api-keys' }))
+  t.equal(list.statusCode, 200)
+  const listed = list.json<{ data: Array<Record<string, unknown>> }>().data.find((k) => k.id === reader.id)
+  t.ok(listed)
+  t.notOk('key' in listed!, 'no secret in the list')
+  t.notOk(list.body.includes(reader.key.slice(30)), 'no part of the secret anywhere')
+  t.same(Object.keys(listed!).sort(), ['created_at', 'id', 'last_used_at', 'name', 'prefix', 'scopes'])
+})
+
+t.test('a revoked key gets 401 on its very next request', async (t) => {
+  const doomed = await createKey(tenant, ['read', 'write'])
+  t.equal((await ctx.app.inject(as(doomed, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)
+  const revoked = await ctx.app.inject(as(tenant, { method: 'DELETE', url: `/v1/api-keys/${doomed.id}` }))
+  t.equal(revoked.statusCode, 204)
+  t.equal((await ctx.app.inject(as(doomed, { method: 'GET', url: '/v1/tenant' }))).statusCode, 401)
+  // A second server instance on the same database has no cache to go stale either.
+  const second = await buildTestApp(t, {}, ctx.db)
+  t.equal((await second.app.inject(as(doomed, { method: 'GET', url: '/v1/tenant' }))).statusCode, 401)
+  t.equal((await ctx.app.inject(as(tenant, { method: 'DELETE', url: `/v1/api-keys/${doomed.id}` }))).statusCode, 404, 'revoking twice')
+  const list = await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/api-keys?limit=200' }))
+  t.notOk(list.json<{ data: Array<{ id: string }> }>().data.some((k) => k.id === doomed.id), 'revoked keys are not listed')
+})
+
+t.test("a tenant can neither see nor revoke another tenant's keys", async (t) => {
+  const theirs = await createKey(other, ['read'])
+  const revoke = await ctx.app.inject(as(tenant, { method: 'DELETE', url: `/v1/api-keys/${theirs.id}` }))
+  t.equal(revoke.statusCode, 404)
+  t.equal((await ctx.app.inject(as(theirs, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200, 'still works')
+  const list = await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/api-keys?limit=200' }))
+  t.notOk(list.body.includes(theirs.id))
+})
+
+t.test('the last admin key cannot be revoked until it has a successor', async (t) => {
+  const solo = await provisionTenant(ctx)
+  const last = await ctx.app.inject(as(solo, { method: 'DELETE', url: `/v1/api-keys/${solo.keyId}` }))
+  t.equal(last.statusCode, 409)
+  const successor = await createKey(solo, ['read', 'write', 'admin'])
+  const now = await ctx.app.inject(as(successor, { method: 'DELETE', url: `/v1/api-keys/${solo.keyId}` }))
+  t.equal(now.statusCode, 204, 'rotation works')
+  t.equal((await ctx.app.inject(as(solo, { method: 'GET', url: '/v1/tenant' }))).statusCode, 401)
+})
+
+t.test('key creation is validated', async (t) => {
+  for (const payload of [{ name: 'x', scopes: [] }, { name: 'x', scopes: ['root'] }, { name: 'x', scopes: ['read', 'read'] }, { name: '', scopes: ['read'] }, { scopes: ['read'] }]) {
+    const res = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload }))
+    t.equal(res.statusCode, 400, JSON.stringify(payload))
+  }
+})
+
+t.test('last_used_at is recorded in batches, not written by each request', async (t) => {
+  const key = await createKey(tenant, ['read'])
+  await ctx.app.inject(as(key, { method: 'GET', url: '/v1/tenant' }))
+  const before = await query<{ last_used_at: Date | null }>(ctx.db.adminUrl, 'SELECT last_used_at FROM api_keys WHERE id = $1', [key.id])
+  t.equal(before[0]?.last_used_at, null, 'the request itself wrote nothing')
+  await ctx.app.keyUsage.flush()
+  const after = await query<{ last_used_at: Date | null }>(ctx.db.adminUrl, 'SELECT last_used_at FROM api_keys WHERE id = $1', [key.id])
+  t.type(after[0]?.last_used_at, Date, 'the flush recorded the use')
+  const list = await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/api-keys?limit=200' }))
+  t.ok(list.json<{ data: Array<{ id: string, last_used_at: string | null }> }>().data.find((k) => k.id === key.id)?.last_used_at)
+})
