@@ -133,6 +133,30 @@ async function checkViews (client: pg.ClientBase, problems: string[]): Promise<v
   }
 }
 
+/**
+ * SECURITY DEFINER functions run with their owner's rights, so each one the runtime role may call is
+ * a door around RLS. Only the ones below were designed as such (each narrow, with a pinned
+ * search_path); any other is refused.
+ */
+export const ALLOWED_DEFINER_FUNCTIONS = new Set(['user_tenant_ids'])
+
+async function checkDefinerFunctions (client: pg.ClientBase, problems: string[]): Promise<void> {
+  const { rows } = await client.query<{ name: string, proname: string, pinned: boolean }>(`
+    SELECT p.oid::regprocedure::text AS name, p.proname,
+           coalesce(EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%'), false) AS pinned
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE p.prosecdef AND ${USER_SCHEMAS}
+       AND p.prorettype <> 'trigger'::regtype
+       AND has_function_privilege(current_user, p.oid, 'EXECUTE')`)
+  for (const fn of rows) {
+    if (!ALLOWED_DEFINER_FUNCTIONS.has(fn.proname)) {
+      problems.push(`runtime role may execute SECURITY DEFINER function ${fn.name}, which could read around row-level security`)
+    } else if (!fn.pinned) {
+      problems.push(`SECURITY DEFINER function ${fn.name} does not pin its search_path`)
+    }
+  }
+}
+
 async function checkTenantFunction (client: pg.ClientBase, tables: TableRow[], problems: string[]): Promise<void> {
   const fn = await client.query<{ provolatile: string, prosecdef: boolean, runtime_owns: boolean }>(`
     SELECT p.provolatile::text AS provolatile, p.prosecdef, pg_has_role(current_user, p.proowner, 'MEMBER') AS runtime_owns
@@ -186,6 +210,7 @@ export async function runSafetyChecks (runtime: pg.Pool | pg.ClientBase): Promis
       checkPolicies(table, policies.filter((p) => p.table_name === name), problems)
     }
     await checkViews(client, problems)
+    await checkDefinerFunctions(client, problems)
     await checkTenantFunction(client, tables, problems)
     return { ok: problems.length === 0, role, tenantTables: tables.length, problems }
   } finally {

@@ -115,6 +115,15 @@ t.test('a view that is not security_invoker is refused', async (t) => {
   t.same((await report(db.appUrl)).problems, [], 'a security_invoker view is accepted')
 })
 
+t.test('an unexpected SECURITY DEFINER function the runtime role can call is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, `CREATE FUNCTION all_customer_names() RETURNS SETOF text LANGUAGE sql SECURITY DEFINER
+    SET search_path = public AS $$ SELECT name FROM customers $$`)
+  t.match((await report(db.appUrl)).problems.join('\n'), /may execute SECURITY DEFINER function all_customer_names\(\)/)
+  await query(db.ownerUrl, 'REVOKE EXECUTE ON FUNCTION all_customer_names() FROM PUBLIC')
+  t.same((await report(db.appUrl)).problems, [], 'one the runtime role cannot execute is fine')
+})
+
 t.test('a current_tenant_id() that is not fail-closed is refused', async (t) => {
   const db = await createTestDatabase(t)
   // The naive version: ''::uuid raises once a transaction-local setting has ended.
