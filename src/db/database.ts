@@ -4,6 +4,10 @@ import type { DB } from './schema.ts'
 
 export type Database = Kysely<DB>
 
+// DATE columns stay 'YYYY-MM-DD' strings: the driver's default turns them into a Date at local
+// midnight, which shifts the day in any time zone west of UTC.
+pg.types.setTypeParser(pg.types.builtins.DATE, (value: string) => value)
+
 export interface PoolOptions {
   connectionString: string
   max: number

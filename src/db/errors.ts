@@ -17,6 +17,16 @@ const UNIQUE_MESSAGES: Record<string, string> = {
   tenants_slug_key: 'a tenant with this slug already exists',
   customers_external_ref_key: 'a customer with this external_ref already exists',
   memberships_user_key: 'this user is already a member',
+  invoices_number_key: 'this invoice number is already taken',
+}
+
+/** Foreign keys the API explains: the field that failed to resolve, and what "still referenced" means. */
+const FOREIGN_KEYS: Record<string, { field: string, missing: string, referenced: string }> = {
+  invoices_customer_fkey: {
+    field: 'body/customer_id',
+    missing: 'customer_id does not refer to one of your customers',
+    referenced: 'the customer still has invoices',
+  },
 }
 
 const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'EAI_AGAIN'])
@@ -48,12 +58,17 @@ export function problemFromDatabaseError (error: unknown): HttpProblem | undefin
   switch (error.code) {
     case '23505':
       return conflict(UNIQUE_MESSAGES[error.constraint ?? ''] ?? 'the request conflicts with an existing resource')
-    case '23503':
-      // The same SQLSTATE covers "a referenced row is missing" (insert/update) and
-      // "this row is still referenced" (delete); only the latter is a state conflict.
-      return /still referenced/.test(error.detail ?? '')
-        ? conflict('the resource is still referenced by other resources', 'still-referenced')
-        : unprocessable('a referenced resource does not exist')
+    case '23503': {
+      // The same SQLSTATE covers "a referenced row is missing" (insert/update: 422) and
+      // "this row is still referenced" (delete: a state conflict, 409).
+      const known = FOREIGN_KEYS[error.constraint ?? '']
+      if (/still referenced/.test(error.detail ?? '')) {
+        return conflict(known?.referenced ?? 'the resource is still referenced by other resources', 'still-referenced')
+      }
+      return known === undefined
+        ? unprocessable('a referenced resource does not exist')
+        : unprocessable(known.missing, [{ path: known.field, message: 'does not resolve inside your tenant' }])
+    }
     case '23502':
     case '23514':
     case '22001':

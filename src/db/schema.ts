@@ -9,6 +9,20 @@ export type Generated<T> = T extends ColumnType<infer S, infer I, infer U>
   ? ColumnType<S, I | undefined, U>
   : ColumnType<T, T | undefined, T>;
 
+export type Int8 = ColumnType<string, bigint | number | string, bigint | number | string>;
+
+export type Json = JsonValue;
+
+export type JsonArray = JsonValue[];
+
+export type JsonObject = {
+  [x: string]: JsonValue | undefined;
+};
+
+export type JsonPrimitive = boolean | number | string | null;
+
+export type JsonValue = JsonArray | JsonObject | JsonPrimitive;
+
 export type Timestamp = ColumnType<Date, Date | string, Date | string>;
 
 export interface ApiKeys {
@@ -23,6 +37,28 @@ export interface ApiKeys {
   tenant_id: Generated<string>;
 }
 
+export interface AuditEvents {
+  action: string;
+  actor_id: string;
+  actor_type: string;
+  data: Generated<Json>;
+  hash: Generated<Buffer>;
+  id: string;
+  occurred_at: Generated<Timestamp>;
+  prev_hash: Buffer | null;
+  request_id: string | null;
+  resource_id: string;
+  resource_type: string;
+  seq: Generated<Int8>;
+  tenant_id: Generated<string>;
+}
+
+export interface AuditHeads {
+  hash: Buffer;
+  seq: Int8;
+  tenant_id: Generated<string>;
+}
+
 export interface Customers {
   created_at: Generated<Timestamp>;
   email: string | null;
@@ -31,6 +67,48 @@ export interface Customers {
   name: string;
   tenant_id: Generated<string>;
   updated_at: Generated<Timestamp>;
+}
+
+export interface IdempotencyKeys {
+  created_at: Generated<Timestamp>;
+  expires_at: Generated<Timestamp>;
+  fingerprint: Buffer;
+  key: string;
+  response: string | null;
+  status: number | null;
+  tenant_id: Generated<string>;
+}
+
+export interface InvoiceCounters {
+  last_number: Int8;
+  tenant_id: Generated<string>;
+}
+
+export interface InvoiceLines {
+  amount_cents: Int8;
+  description: string;
+  invoice_id: string;
+  position: number;
+  quantity: number;
+  tenant_id: Generated<string>;
+  unit_amount_cents: Int8;
+}
+
+export interface Invoices {
+  amount_cents: Int8;
+  created_at: Generated<Timestamp>;
+  currency: string;
+  customer_id: string;
+  due_date: string | null;
+  finalized_at: Timestamp | null;
+  id: string;
+  memo: string | null;
+  number: string | null;
+  paid_at: Timestamp | null;
+  status: Generated<string>;
+  tenant_id: Generated<string>;
+  updated_at: Generated<Timestamp>;
+  voided_at: Timestamp | null;
 }
 
 export interface Memberships {
@@ -50,7 +128,13 @@ export interface Tenants {
 
 export interface DB {
   api_keys: ApiKeys;
+  audit_events: AuditEvents;
+  audit_heads: AuditHeads;
   customers: Customers;
+  idempotency_keys: IdempotencyKeys;
+  invoice_counters: InvoiceCounters;
+  invoice_lines: InvoiceLines;
+  invoices: Invoices;
   memberships: Memberships;
   tenants: Tenants;
 }

@@ -28,9 +28,22 @@ export const ProblemSchema = Type.Object({
   errors: Type.Optional(Type.Array(FieldError)),
 }, { title: 'Problem', description: 'RFC 9457 problem details (application/problem+json)' })
 
-/** Standard error responses for a route, keyed by status. */
-export function problems (...statuses: number[]): Record<number, typeof ProblemSchema> {
-  return Object.fromEntries(statuses.map((s) => [s, ProblemSchema]))
+const PROBLEM_DESCRIPTIONS: Record<number, string> = {
+  400: 'the body, query or a header is invalid',
+  401: 'missing, malformed, expired or revoked credential',
+  403: 'valid credential, but the wrong tenant, no membership or a missing scope',
+  404: 'no such resource in your tenant',
+  409: 'the request conflicts with the current state',
+  422: 'a reference in the body does not resolve inside your tenant',
+  503: 'the database is unavailable; retry after retry-after seconds',
+}
+
+/** Error responses for a route: problem+json, documented per status. */
+export function problems (...statuses: number[]): Record<number, { description: string, content: { 'application/problem+json': { schema: typeof ProblemSchema } } }> {
+  return Object.fromEntries(statuses.map((s) => [s, {
+    description: PROBLEM_DESCRIPTIONS[s] ?? 'error',
+    content: { 'application/problem+json': { schema: ProblemSchema } },
+  }]))
 }
 
 // Cursors are opaque to clients: base64url of a versioned marker and the last id of the page.

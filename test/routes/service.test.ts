@@ -1,6 +1,15 @@
+import { Validator } from '@seriousme/openapi-schema-validator'
 import t from 'tap'
 import { buildTestApp } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
+
+interface Operation {
+  summary?: string
+  tags?: string[]
+  security?: unknown[]
+  requestBody?: unknown
+  responses: Record<string, { content?: Record<string, unknown> }>
+}
 
 t.test('/healthz and /readyz answer without credentials', async (t) => {
   const ctx = await buildTestApp(t)
@@ -22,24 +31,50 @@ t.test('/readyz turns 503 when a safety check stops holding, without naming inte
   t.notMatch(ready.body, /customers|FORCE/)
 })
 
-t.test('/openapi.json is an OpenAPI 3.1 document listing every route, and /docs is a page', async (t) => {
+t.test('/openapi.json is a valid OpenAPI 3.1 document listing every route, and /docs is a page', async (t) => {
   const ctx = await buildTestApp(t)
   const res = await ctx.app.inject({ method: 'GET', url: '/openapi.json' })
   t.equal(res.statusCode, 200)
-  const doc = res.json<{ openapi: string, paths: Record<string, Record<string, { summary?: string, responses: Record<string, unknown> }>> }>()
+  const doc = res.json<{ openapi: string, paths: Record<string, Record<string, Operation>> }>()
   t.equal(doc.openapi, '3.1.0')
-  const expected: Array<[string, string]> = [
-    ['/healthz', 'get'], ['/readyz', 'get'], ['/v1/tenant', 'get'],
-    ['/v1/customers', 'post'], ['/v1/customers', 'get'], ['/v1/customers/{id}', 'get'],
-    ['/v1/customers/{id}', 'patch'], ['/v1/customers/{id}', 'delete'],
-    ['/admin/v1/tenants', 'post'], ['/admin/v1/tenants', 'get'], ['/admin/v1/tenants/{id}', 'get'],
+  const validator = new Validator()
+  const result = await validator.validate(doc)
+  t.same(result.errors ?? [], [], 'the document validates against the OpenAPI 3.1 schema')
+  t.equal(result.valid, true)
+
+  // Every API route is in the document, and nothing else.
+  const documented = new Set(Object.entries(doc.paths).flatMap(([path, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${path}`)))
+  const expected = [
+    'GET /healthz', 'GET /readyz', 'GET /v1/tenant',
+    'POST /v1/api-keys', 'GET /v1/api-keys', 'DELETE /v1/api-keys/{id}',
+    'POST /v1/members', 'GET /v1/members', 'DELETE /v1/members/{user_id}',
+    'POST /v1/customers', 'GET /v1/customers', 'GET /v1/customers/{id}', 'PATCH /v1/customers/{id}', 'DELETE /v1/customers/{id}',
+    'POST /v1/invoices', 'GET /v1/invoices', 'GET /v1/invoices/{id}', 'PATCH /v1/invoices/{id}',
+    'POST /v1/invoices/{id}/finalize', 'POST /v1/invoices/{id}/pay', 'POST /v1/invoices/{id}/void',
+    'GET /v1/audit-events', 'GET /v1/audit-events/verify',
+    'POST /admin/v1/tenants', 'GET /admin/v1/tenants', 'GET /admin/v1/tenants/{id}',
   ]
-  for (const [path, method] of expected) {
-    const op = doc.paths[path]?.[method]
-    t.ok(op, `${method.toUpperCase()} ${path} is documented`)
-    t.ok(op?.summary, `${method.toUpperCase()} ${path} has a summary`)
+  t.same([...documented].sort(), [...expected].sort(), 'exactly the API routes')
+
+  for (const [path, ops] of Object.entries(doc.paths)) {
+    for (const [method, op] of Object.entries(ops)) {
+      const name = `${method.toUpperCase()} ${path}`
+      t.ok(op.summary, `${name} has a summary`)
+      t.ok(op.tags?.length, `${name} has tags`)
+      const success = Object.keys(op.responses).filter((s) => s.startsWith('2'))
+      t.equal(success.length, 1, `${name} documents its success response`)
+      if (path.startsWith('/v1/') || path.startsWith('/admin/')) {
+        t.ok(op.responses['401']?.content?.['application/problem+json'], `${name} documents 401 as problem+json`)
+        t.ok(op.security?.length, `${name} declares its credentials`)
+      }
+      if (method === 'post' || method === 'patch') {
+        const hasBody = op.requestBody !== undefined
+        const isTransition = /\/(finalize|pay|void)$/.test(path)
+        t.ok(hasBody || isTransition, `${name} documents its request body`)
+      }
+    }
   }
-  t.ok(doc.paths['/v1/customers']?.post?.responses['400'], 'errors are documented')
+
   const docs = await ctx.app.inject({ method: 'GET', url: '/docs' })
   t.equal(docs.statusCode, 200)
   t.match(docs.headers['content-type'], /text\/html/)

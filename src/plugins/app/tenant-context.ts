@@ -36,6 +36,11 @@ declare module 'fastify' {
     tenantTransaction: TenantTransaction | null
     tenantCredential: TenantCredential | null
     requestedTenantId: string | null
+    /**
+     * Work to do inside the request's transaction after the handler, just before a successful
+     * COMMIT, with the serialised response (e.g. storing it for an idempotency key).
+     */
+    beforeCommit: Array<(status: number, payload: unknown) => Promise<void>> | null
   }
   interface FastifyContextConfig {
     /** The scope a credential needs for this route; defaults to read for GET/HEAD, write otherwise. */
@@ -77,6 +82,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   fastify.decorateRequest('tenantTransaction', null)
   fastify.decorateRequest('tenantCredential', null)
   fastify.decorateRequest('requestedTenantId', null)
+  fastify.decorateRequest('beforeCommit', null)
 
   const verifyJwt: JwtVerifier | undefined = fastify.hasDecorator('jwt')
     ? (token) => fastify.jwt.verify<Record<string, unknown>>(token)
@@ -114,6 +120,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
 
     const trx = await beginTenantTransaction(fastify.db, tenantId)
     request.tenantTransaction = trx
+    request.beforeCommit = []
     reply.raw.once('close', () => {
       if (reply.raw.writableFinished) return
       abandoned.add(request)
@@ -148,7 +155,18 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   })
 
   fastify.addHook('onSend', async (request, reply, payload) => {
-    await release(request, reply.statusCode < 400 && !abandoned.has(request))
+    const commit = reply.statusCode < 400 && !abandoned.has(request) && request.tenantTransaction !== null
+    if (commit) {
+      const work = request.beforeCommit ?? []
+      request.beforeCommit = null
+      try {
+        for (const step of work) await step(reply.statusCode, payload)
+      } catch (error) {
+        await release(request, false)
+        throw error
+      }
+    }
+    await release(request, commit)
     return payload
   })
 

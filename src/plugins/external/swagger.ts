@@ -25,12 +25,24 @@ async function swaggerPlugin (fastify: FastifyInstance): Promise<void> {
         },
       },
     },
-    transform: ({ schema, url }) => {
-      // Declare the credential each route family takes; the pipeline, not the schema, enforces it.
+    transform: ({ schema, url, route }) => {
+      // Declare the credential and headers each route family takes; the pipeline, not the schema,
+      // enforces them (they are documented here and validated in src/plugins/app/).
+      const tenantRoute = url.startsWith('/v1/')
+      const isPost = ([] as string[]).concat(route.method).includes('POST')
+      const headers = tenantRoute
+        ? {
+            type: 'object',
+            properties: {
+              'x-tenant-id': { type: 'string', format: 'uuid', description: 'optional; must be the tenant of an API key, selects the tenant of a user' },
+              ...(isPost && { 'idempotency-key': { type: 'string', minLength: 1, maxLength: 255, description: 'replays the first response for 24 hours; another body with the same key is a 409' } }),
+            },
+          }
+        : undefined
       const security: Array<Record<string, string[]>> | undefined = url.startsWith('/admin/')
         ? [{ operator: [] }]
         : url.startsWith('/v1/') ? [{ apiKey: [] }, { user: [] }] : undefined
-      return { schema: { ...schema, ...(security !== undefined && { security }) }, url }
+      return { schema: { ...schema, ...(security !== undefined && { security }), ...(headers !== undefined && { headers }) }, url }
     },
   })
   await fastify.register(swaggerUi, { routePrefix: '/docs' })

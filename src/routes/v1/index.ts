@@ -1,7 +1,10 @@
 import type { FastifyInstance } from 'fastify'
+import idempotency from '../../plugins/app/idempotency.ts'
 import tenantContext from '../../plugins/app/tenant-context.ts'
 import apiKeys from './api-keys/index.ts'
+import auditEvents from './audit-events/index.ts'
 import customers from './customers/index.ts'
+import invoices from './invoices/index.ts'
 import members from './members/index.ts'
 import tenant from './tenant/index.ts'
 
@@ -11,8 +14,11 @@ import tenant from './tenant/index.ts'
  */
 export default async function v1 (fastify: FastifyInstance): Promise<void> {
   await fastify.register(tenantContext)
+  await fastify.register(idempotency)
   await fastify.register(tenant, { prefix: '/tenant' })
   await fastify.register(apiKeys, { prefix: '/api-keys' })
   await fastify.register(members, { prefix: '/members' })
   await fastify.register(customers, { prefix: '/customers' })
+  await fastify.register(invoices, { prefix: '/invoices' })
+  await fastify.register(auditEvents, { prefix: '/audit-events' })
 }

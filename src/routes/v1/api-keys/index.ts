@@ -1,4 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { audit } from '../../../audit.ts'
 import { generateApiKey } from '../../../auth/api-keys.ts'
 import { conflict, notFound } from '../../../errors.ts'
 import { toApiKey } from '../../../mappers/identity.ts'
@@ -12,7 +13,8 @@ const config = { scope: 'admin' as const }
 
 const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/', {
-    config,
+    // The response holds the secret key, which is never stored: a repeated idempotency key is a 409.
+    config: { ...config, idempotency: 'no-replay' },
     schema: {
       summary: 'Create an API key',
       description: 'The key is returned once, in this response; only its hash is stored.',
@@ -29,7 +31,7 @@ const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
       secret_hash: key.secretHash,
       scopes: request.body.scopes,
     })
-    request.log.info({ keyPrefix: key.prefix, scopes: row.scopes, actor: request.tenant!.actorId }, 'API key created')
+    await audit(request, 'api_key.created', { type: 'api_key', id: row.id }, { name: row.name, scopes: row.scopes, prefix: row.prefix })
     return reply.code(201).send({ ...toApiKey(row), key: key.key })
   })
 
@@ -59,7 +61,7 @@ const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
       throw conflict('this is the last API key with the admin scope; create another one before revoking it', 'last-admin-key')
     }
     if (!await revokeApiKey(request.db, request.params.id)) throw notFound('API key')
-    request.log.info({ keyId: request.params.id, actor: request.tenant!.actorId }, 'API key revoked')
+    await audit(request, 'api_key.revoked', { type: 'api_key', id: request.params.id })
     return reply.code(204).send()
   })
 }

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { v7 as uuidv7 } from 'uuid'
+import { audit } from '../../../audit.ts'
 import { notFound } from '../../../errors.ts'
 import { toCustomer } from '../../../mappers/customers.ts'
 import { deleteCustomer, findCustomer, insertCustomer, listCustomers, updateCustomer } from '../../../repositories/customers.ts'
@@ -24,6 +25,7 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
       email: request.body.email ?? null,
       external_ref: request.body.external_ref ?? null,
     })
+    await audit(request, 'customer.created', { type: 'customer', id: row.id })
     return reply.code(201).send(toCustomer(row))
   })
 
@@ -60,6 +62,7 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const row = await updateCustomer(request.db, request.params.id, request.body)
     if (row === undefined) throw notFound('customer')
+    await audit(request, 'customer.updated', { type: 'customer', id: row.id }, { fields: Object.keys(request.body).sort() })
     return toCustomer(row)
   })
 
@@ -73,6 +76,7 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
     },
   }, async (request, reply) => {
     if (!await deleteCustomer(request.db, request.params.id)) throw notFound('customer')
+    await audit(request, 'customer.deleted', { type: 'customer', id: request.params.id })
     return reply.code(204).send()
   })
 }

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { v7 as uuidv7 } from 'uuid'
+import { audit } from '../../../audit.ts'
 import { actsAsOwner } from '../../../auth/identity.ts'
 import { conflict, forbidden, notFound } from '../../../errors.ts'
 import { toMember } from '../../../mappers/identity.ts'
@@ -24,7 +25,7 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     if (request.body.role === 'owner' && !actsAsOwner(request.tenant!)) throw forbidden('only an owner can add an owner')
     const row = await insertMembership(request.db, { id: uuidv7(), user_id: request.body.user_id, role: request.body.role })
-    request.log.info({ userId: row.user_id, role: row.role, actor: request.tenant!.actorId }, 'member added')
+    await audit(request, 'member.added', { type: 'member', id: row.user_id }, { role: row.role })
     return reply.code(201).send(toMember(row))
   })
 
@@ -56,7 +57,7 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
       if (owners.length <= 1) throw conflict('the last owner cannot be removed', 'last-owner')
     }
     await deleteMembership(request.db, target.user_id)
-    request.log.info({ userId: target.user_id, role: target.role, actor: request.tenant!.actorId }, 'member removed')
+    await audit(request, 'member.removed', { type: 'member', id: target.user_id }, { role: target.role })
     return reply.code(204).send()
   })
 }

@@ -5,6 +5,7 @@ import { withTenantTransaction } from '../../../../db/tenant-transaction.ts'
 import { notFound } from '../../../../errors.ts'
 import { toTenant } from '../../../../mappers/tenants.ts'
 import { insertApiKey } from '../../../../repositories/api-keys.ts'
+import { insertAuditEvent } from '../../../../repositories/audit-events.ts'
 import { findTenant, insertTenant, listTenants } from '../../../../repositories/tenants.ts'
 import { IdParamsSchema, PageQuerySchema, paginate, problems } from '../../../../schemas/common.ts'
 import { CreatedTenantSchema, CreateTenantSchema, TenantPage, TenantSchema } from '../../../../schemas/tenants.ts'
@@ -27,6 +28,16 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
     const tenant = await withTenantTransaction(fastify.ownerDb, id, async (trx) => {
       const row = await insertTenant(trx, { id, name: request.body.name, slug: request.body.slug })
       await insertApiKey(trx, { id: key.id, name: 'initial admin key', prefix: key.prefix, secret_hash: key.secretHash, scopes: [...ALL_SCOPES] })
+      await insertAuditEvent(trx, {
+        id: uuidv7(),
+        actor_type: 'operator',
+        actor_id: 'operator',
+        action: 'tenant.created',
+        resource_type: 'tenant',
+        resource_id: id,
+        request_id: request.id,
+        data: JSON.stringify({ slug: row.slug, initial_key_prefix: key.prefix }),
+      })
       return row
     })
     request.log.info({ tenantId: id, slug: tenant.slug, keyPrefix: key.prefix }, 'tenant provisioned')

@@ -1,0 +1,121 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyRequest } from 'fastify'
+import { v7 as uuidv7 } from 'uuid'
+import { audit } from '../../../audit.ts'
+import { conflict, notFound } from '../../../errors.ts'
+import { formatInvoiceNumber, toInvoice } from '../../../mappers/invoices.ts'
+import { priceLines } from '../../../money.ts'
+import { findInvoice, insertInvoice, listInvoices, lockInvoiceStatus, nextInvoiceNumber, updateInvoice, type InvoiceRow } from '../../../repositories/invoices.ts'
+import { IdParamsSchema, paginate, problems } from '../../../schemas/common.ts'
+import { CreateInvoiceSchema, InvoiceListQuerySchema, InvoicePage, InvoiceSchema, UpdateInvoiceSchema } from '../../../schemas/invoices.ts'
+
+const tags = ['invoices']
+const errors = [400, 401, 403, 503]
+
+/**
+ * Locks the invoice and checks it is in `from`: 404 when the tenant has no such invoice, 409 for
+ * any other status. The lock serialises concurrent transitions of one invoice.
+ */
+async function requireStatus (request: FastifyRequest, id: string, from: 'draft' | 'open', attempted: string): Promise<void> {
+  const status = await lockInvoiceStatus(request.db, id)
+  if (status === undefined) throw notFound('invoice')
+  if (status !== from) throw conflict(`a ${status} invoice cannot be ${attempted}; only ${from} invoices can`, 'invalid-transition')
+}
+
+const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.post('/', {
+    schema: {
+      summary: 'Create a draft invoice',
+      description: 'amount_cents is computed by the server. A customer_id that is not one of your customers is a 422 and nothing is written.',
+      tags,
+      body: CreateInvoiceSchema,
+      response: { 201: InvoiceSchema, ...problems(...errors, 409, 422) },
+    },
+  }, async (request, reply) => {
+    const priced = priceLines(request.body.lines)
+    const row = await insertInvoice(request.db, {
+      id: uuidv7(),
+      customer_id: request.body.customer_id,
+      currency: request.body.currency,
+      amount_cents: priced.amount_cents,
+      due_date: request.body.due_date ?? null,
+      memo: request.body.memo ?? null,
+    }, priced.lines)
+    await audit(request, 'invoice.created', { type: 'invoice', id: row.id }, { amount_cents: priced.amount_cents, currency: row.currency })
+    return reply.code(201).send(toInvoice(row))
+  })
+
+  fastify.get('/', {
+    schema: {
+      summary: 'List invoices, newest first',
+      tags,
+      querystring: InvoiceListQuerySchema,
+      response: { 200: InvoicePage, ...problems(...errors) },
+    },
+  }, async (request) => paginate(request.query, (page) => listInvoices(request.db, {
+    ...page, status: request.query.status, customerId: request.query.customer_id,
+  }), toInvoice))
+
+  fastify.get('/:id', {
+    schema: {
+      summary: 'Retrieve an invoice with its lines',
+      tags,
+      params: IdParamsSchema,
+      response: { 200: InvoiceSchema, ...problems(...errors, 404) },
+    },
+  }, async (request) => {
+    const row = await findInvoice(request.db, request.params.id)
+    if (row === undefined) throw notFound('invoice')
+    return toInvoice(row)
+  })
+
+  fastify.patch('/:id', {
+    schema: {
+      summary: 'Edit a draft invoice',
+      description: 'Only drafts can be edited (409 otherwise). lines, when given, replace all lines.',
+      tags,
+      params: IdParamsSchema,
+      body: UpdateInvoiceSchema,
+      response: { 200: InvoiceSchema, ...problems(...errors, 404, 409, 422) },
+    },
+  }, async (request) => {
+    const { id } = request.params
+    await requireStatus(request, id, 'draft', 'edited')
+    const { lines, ...fields } = request.body
+    const priced = lines === undefined ? undefined : priceLines(lines)
+    const row = await updateInvoice(request.db, id, {
+      ...fields,
+      ...(priced !== undefined && { amount_cents: priced.amount_cents }),
+    }, { lines: priced?.lines })
+    await audit(request, 'invoice.updated', { type: 'invoice', id }, { fields: Object.keys(request.body).sort() })
+    return toInvoice(row)
+  })
+
+  const transition = (path: string, summary: string, from: 'draft' | 'open', verb: string, apply: (request: FastifyRequest, id: string) => Promise<InvoiceRow>): void => {
+    fastify.post(`/:id/${path}`, {
+      schema: {
+        summary,
+        tags,
+        params: IdParamsSchema,
+        response: { 200: InvoiceSchema, ...problems(...errors, 404, 409) },
+      },
+    }, async (request) => {
+      const { id } = request.params
+      await requireStatus(request, id, from, verb)
+      const row = await apply(request, id)
+      await audit(request, `invoice.${verb}`, { type: 'invoice', id }, { status: row.status, ...(row.number !== null && { number: row.number }) })
+      return toInvoice(row)
+    })
+  }
+
+  transition('finalize', 'Finalize a draft: it becomes open and gets the next gap-free number', 'draft', 'finalized', async (request, id) => {
+    const number = formatInvoiceNumber(await nextInvoiceNumber(request.db))
+    return updateInvoice(request.db, id, { status: 'open', number }, { stamp: 'finalized_at' })
+  })
+  transition('pay', 'Mark an open invoice paid', 'open', 'paid', async (request, id) =>
+    updateInvoice(request.db, id, { status: 'paid' }, { stamp: 'paid_at' }))
+  transition('void', 'Void an open invoice', 'open', 'voided', async (request, id) =>
+    updateInvoice(request.db, id, { status: 'void' }, { stamp: 'voided_at' }))
+}
+
+export default invoices

@@ -1,0 +1,70 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { Page, Timestamp, Uuid } from './common.ts'
+
+export const InvoiceStatusSchema = Type.Union([Type.Literal('draft'), Type.Literal('open'), Type.Literal('paid'), Type.Literal('void')])
+export type InvoiceStatus = Static<typeof InvoiceStatusSchema>
+
+const Currency = Type.String({ pattern: '^[A-Z]{3}$', description: 'ISO 4217 code, e.g. EUR' })
+const DueDate = Type.String({ format: 'date', description: 'YYYY-MM-DD' })
+const Memo = Type.String({ maxLength: 2000 })
+
+export const LineInputSchema = Type.Object({
+  description: Type.String({ minLength: 1, maxLength: 500 }),
+  quantity: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+  unit_amount_cents: Type.Integer({ minimum: 0, maximum: 100_000_000_000 }),
+}, { additionalProperties: false })
+export type LineInput = Static<typeof LineInputSchema>
+
+const Lines = Type.Array(LineInputSchema, { minItems: 1, maxItems: 100 })
+
+export const LineSchema = Type.Object({
+  description: Type.String(),
+  quantity: Type.Integer(),
+  unit_amount_cents: Type.Integer(),
+  amount_cents: Type.Integer({ description: 'quantity × unit_amount_cents' }),
+})
+
+export const InvoiceSchema = Type.Object({
+  id: Uuid,
+  customer_id: Uuid,
+  number: Type.Union([Type.String({ description: 'INV-000001, assigned at finalization, gap-free per tenant' }), Type.Null()]),
+  status: InvoiceStatusSchema,
+  currency: Type.String(),
+  lines: Type.Array(LineSchema),
+  amount_cents: Type.Integer({ description: 'Σ lines.amount_cents, at most 2^53 − 1' }),
+  due_date: Type.Union([DueDate, Type.Null()]),
+  memo: Type.Union([Type.String(), Type.Null()]),
+  created_at: Timestamp,
+  updated_at: Timestamp,
+  finalized_at: Type.Union([Timestamp, Type.Null()]),
+  paid_at: Type.Union([Timestamp, Type.Null()]),
+  voided_at: Type.Union([Timestamp, Type.Null()]),
+}, { title: 'Invoice' })
+export type Invoice = Static<typeof InvoiceSchema>
+
+export const CreateInvoiceSchema = Type.Object({
+  customer_id: Uuid,
+  currency: Currency,
+  lines: Lines,
+  due_date: Type.Optional(Type.Union([DueDate, Type.Null()])),
+  memo: Type.Optional(Type.Union([Memo, Type.Null()])),
+}, { additionalProperties: false })
+export type CreateInvoice = Static<typeof CreateInvoiceSchema>
+
+export const UpdateInvoiceSchema = Type.Object({
+  customer_id: Type.Optional(Uuid),
+  currency: Type.Optional(Currency),
+  lines: Type.Optional(Lines),
+  due_date: Type.Optional(Type.Union([DueDate, Type.Null()])),
+  memo: Type.Optional(Type.Union([Memo, Type.Null()])),
+}, { additionalProperties: false, minProperties: 1 })
+export type UpdateInvoice = Static<typeof UpdateInvoiceSchema>
+
+export const InvoiceListQuerySchema = Type.Object({
+  limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
+  cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  status: Type.Optional(InvoiceStatusSchema),
+  customer_id: Type.Optional(Uuid),
+}, { additionalProperties: false })
+
+export const InvoicePage = Page(InvoiceSchema)

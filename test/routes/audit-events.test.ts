@@ -1,0 +1,109 @@
+import t from 'tap'
+import pg from 'pg'
+import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
+import { query } from '../helpers/db.ts'
+import { inAnHour, signUserToken } from '../helpers/tokens.ts'
+
+const ctx = await buildTestApp(t)
+
+interface Event { id: string, seq: number, action: string, actor: { type: string, id: string }, resource: { type: string, id: string }, request_id: string | null, hash: string }
+
+async function events (who: { key: string }): Promise<Event[]> {
+  const res = await ctx.app.inject(as(who, { method: 'GET', url: '/v1/audit-events?limit=200' }))
+  return res.json<{ data: Event[] }>().data
+}
+
+t.test('every change writes an audit event with actor, resource and request id', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  const c = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'A' }, headers: { 'x-request-id': 'req-create-customer' } }))
+  const customerId = c.json<{ id: string }>().id
+  await ctx.app.inject(as(tenant, { method: 'PATCH', url: `/v1/customers/${customerId}`, payload: { name: 'B' } }))
+  const inv = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload: { customer_id: customerId, currency: 'EUR', lines: [{ description: 'x', quantity: 1, unit_amount_cents: 5 }] } }))
+  const invoiceId = inv.json<{ id: string }>().id
+  await ctx.app.inject(as(tenant, { method: 'PATCH', url: `/v1/invoices/${invoiceId}`, payload: { memo: 'm' } }))
+  for (const action of ['finalize', 'pay']) await ctx.app.inject(as(tenant, { method: 'POST', url: `/v1/invoices/${invoiceId}/${action}` }))
+  const key = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'k', scopes: ['read'] } }))
+  await ctx.app.inject(as(tenant, { method: 'DELETE', url: `/v1/api-keys/${key.json<{ id: string }>().id}` }))
+  await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: 'ann', role: 'member' } }))
+  await ctx.app.inject({ method: 'POST', url: '/v1/customers', headers: { authorization: `Bearer ${signUserToken({ sub: 'ann', tid: tenant.id, exp: inAnHour() })}` }, payload: { name: 'by Ann' } })
+  await ctx.app.inject(as(tenant, { method: 'DELETE', url: '/v1/members/ann' }))
+  const second = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'gone' } }))
+  await ctx.app.inject(as(tenant, { method: 'DELETE', url: `/v1/customers/${second.json<{ id: string }>().id}` }))
+
+  const trail = await events(tenant)
+  t.same(trail.map((e) => e.action).reverse(), [
+    'tenant.created', 'customer.created', 'customer.updated', 'invoice.created', 'invoice.updated', 'invoice.finalized', 'invoice.paid',
+    'api_key.created', 'api_key.revoked', 'member.added', 'customer.created', 'member.removed', 'customer.created', 'customer.deleted',
+  ])
+  t.same(trail.map((e) => e.seq), Array.from({ length: trail.length }, (_, i) => trail.length - i), 'seq runs without gaps')
+  const created = trail.find((e) => e.request_id === 'req-create-customer')
+  t.match(created, { action: 'customer.created', actor: { type: 'api_key', id: tenant.keyId }, resource: { type: 'customer', id: customerId } })
+  t.match(trail.find((e) => e.actor.type === 'user'), { actor: { id: 'ann' }, action: 'customer.created' })
+  t.match(trail.at(-1), { action: 'tenant.created', actor: { type: 'operator' } })
+})
+
+t.test('a failed change leaves no audit event', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  const before = (await events(tenant)).length
+  await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload: { customer_id: '0190a6d2-0000-7000-8000-000000000000', currency: 'EUR', lines: [{ description: 'x', quantity: 1, unit_amount_cents: 5 }] } }))
+  t.equal((await events(tenant)).length, before)
+})
+
+t.test('the runtime role can insert and read audit events but never change or remove them', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  const client = new pg.Client({ connectionString: ctx.db.appUrl })
+  await client.connect()
+  t.teardown(() => client.end())
+  await client.query('BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
+  t.equal((await client.query('SELECT 1 FROM audit_events')).rowCount, 1)
+  await t.rejects(client.query("UPDATE audit_events SET action = 'nothing'"), { code: '42501' })
+  await client.query('ROLLBACK; BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
+  await t.rejects(client.query('DELETE FROM audit_events'), { code: '42501' })
+  await client.query('ROLLBACK; BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
+  await t.rejects(client.query('UPDATE audit_heads SET seq = 0'), { code: '42501' }, 'nor rewind the chain head')
+  await client.query('ROLLBACK; BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
+  // A forged seq and hash are ignored: the trigger chains the event itself.
+  await client.query(`INSERT INTO audit_events (id, seq, hash, actor_type, actor_id, action, resource_type, resource_id)
+    VALUES (gen_random_uuid(), 999, '\\xdead', 'system', 'x', 'forged', 'x', 'x')`)
+  const { rows: [forged] } = await client.query("SELECT seq, encode(hash, 'hex') AS hash FROM audit_events WHERE action = 'forged'")
+  t.equal(Number(forged.seq), 2)
+  t.not(forged.hash, 'dead')
+  await client.query('ROLLBACK')
+})
+
+t.test('verification passes on an intact chain and reports the first broken link', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  for (const name of ['one', 'two', 'three']) await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name } }))
+  const verify = async () => (await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events/verify' }))).json<{ ok: boolean, events: number, first_broken: { seq: number, reason: string } | null }>()
+  t.same(await verify(), { ok: true, events: 4, first_broken: null })
+
+  // Someone with database access edits event 2.
+  await query(ctx.db.adminUrl, "UPDATE audit_events SET actor_id = 'someone-else' WHERE tenant_id = $1 AND seq = 2", [tenant.id])
+  t.match(await verify(), { ok: false, first_broken: { seq: 2, reason: /altered/ } })
+  // ...and recomputes its hash: the next link breaks instead.
+  await query(ctx.db.adminUrl, 'UPDATE audit_events e SET hash = audit_event_hash(e.prev_hash, e) WHERE tenant_id = $1 AND seq = 2', [tenant.id])
+  t.match(await verify(), { ok: false, first_broken: { seq: 3, reason: /link/ } })
+})
+
+t.test('verification notices deleted events, in the middle or at the end', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  for (const name of ['one', 'two', 'three']) await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name } }))
+  const verify = async () => (await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events/verify' }))).json<{ ok: boolean, first_broken: { seq: number, reason: string } | null }>()
+  await query(ctx.db.adminUrl, 'DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 4', [tenant.id])
+  t.match(await verify(), { ok: false, first_broken: { seq: 4, reason: /end of the chain/ } })
+  await query(ctx.db.adminUrl, 'DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 2', [tenant.id])
+  t.match(await verify(), { ok: false, first_broken: { seq: 3, reason: /missing/ } })
+})
+
+t.test("a tenant's audit trail holds only its own events", async (t) => {
+  const a = await provisionTenant(ctx)
+  const b = await provisionTenant(ctx)
+  await ctx.app.inject(as(a, { method: 'POST', url: '/v1/customers', payload: { name: 'secret' } }))
+  const trail = await events(b)
+  t.same(trail.map((e) => e.action), ['tenant.created'])
+  t.equal(trail[0]!.resource.id, b.id)
+})
