@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { ResolvedConfig } from './config.ts'
+import type { QueryListener } from './db/database.ts'
 import dbPlugin from './plugins/external/db.ts'
 import jwtPlugin from './plugins/external/jwt.ts'
 import swaggerPlugin from './plugins/external/swagger.ts'
@@ -25,6 +26,8 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 export interface BuildOptions {
   /** Where log lines go (default: stdout). Tests read the access-decision audit from here. */
   logStream?: NodeJS.WritableStream
+  /** Sees every statement sent through Kysely on the runtime connection. */
+  onQuery?: QueryListener
 }
 
 export async function buildApp (config: AppConfig, options: BuildOptions = {}): Promise<FastifyInstance> {
@@ -66,6 +69,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
     poolMax: config.DB_POOL_MAX,
     operatorPoolMax: config.DB_OPERATOR_POOL_MAX,
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
+    onQuery: options.onQuery,
   })
   await app.register(jwtPlugin, { settings: config.jwt })
   await app.register(swaggerPlugin)

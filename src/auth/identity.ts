@@ -20,6 +20,8 @@ export interface TenantIdentity {
   scopes: readonly Scope[]
   /** The member role, for users. */
   role: MemberRole | undefined
+  /** Where the tenant's rows of the sharded tables live (see src/db/placement.ts). */
+  shard: number
 }
 
 /** Owner-level rights: an owner, or a tenant API key with the admin scope (a service credential). */

@@ -33,6 +33,13 @@ export function createPool (options: PoolOptions): pg.Pool {
   return pool
 }
 
-export function createDatabase (pool: pg.Pool): Database {
-  return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
+export type QueryListener = (sql: string, parameters: readonly unknown[]) => void
+
+export function createDatabase (pool: pg.Pool, onQuery?: QueryListener): Database {
+  return new Kysely<DB>({
+    dialect: new PostgresDialect({ pool }),
+    ...(onQuery !== undefined && {
+      log: (event) => { if (event.level === 'query') onQuery(event.query.sql, event.query.parameters) },
+    }),
+  })
 }

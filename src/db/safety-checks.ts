@@ -157,6 +157,34 @@ async function checkDefinerFunctions (client: pg.ClientBase, problems: string[])
   }
 }
 
+/**
+ * Distribution readiness: every primary key, unique constraint or index and foreign key of a tenant
+ * table includes tenant_id. That is what keeps uniqueness from acting as a cross-tenant existence
+ * oracle, and what lets the schema be distributed by tenant_id (Citus). The tenants registry is the
+ * exception by design (a reference table there).
+ */
+async function checkDistributionKeys (client: pg.ClientBase, problems: string[]): Promise<void> {
+  const { rows } = await client.query<{ table_name: string, name: string, kind: string }>(`
+    WITH tenant_tables AS (
+      SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND ${USER_SCHEMAS} AND c.relname <> 'tenants'
+         AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
+    ), tenant_attnum AS (
+      SELECT a.attrelid, a.attnum FROM pg_attribute a JOIN tenant_tables t ON t.oid = a.attrelid WHERE a.attname = 'tenant_id'
+    )
+    SELECT k.conrelid::regclass::text AS table_name, k.conname AS name,
+           CASE k.contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique constraint' ELSE 'foreign key' END AS kind
+      FROM pg_constraint k JOIN tenant_attnum ta ON ta.attrelid = k.conrelid
+     WHERE k.contype IN ('p', 'u', 'f') AND NOT (ta.attnum = ANY (k.conkey))
+    UNION ALL
+    SELECT i.indrelid::regclass::text, i.indexrelid::regclass::text, 'unique index'
+      FROM pg_index i JOIN tenant_attnum ta ON ta.attrelid = i.indrelid
+     WHERE i.indisunique AND NOT (ta.attnum = ANY (i.indkey::int2[]))
+       AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+     ORDER BY 1, 2`)
+  for (const r of rows) problems.push(`table ${r.table_name}: ${r.kind} ${r.name} does not include tenant_id (a global key is a cross-tenant existence oracle, and blocks distribution by tenant)`)
+}
+
 async function checkTenantFunction (client: pg.ClientBase, tables: TableRow[], problems: string[]): Promise<void> {
   const fn = await client.query<{ provolatile: string, prosecdef: boolean, runtime_owns: boolean }>(`
     SELECT p.provolatile::text AS provolatile, p.prosecdef, pg_has_role(current_user, p.proowner, 'MEMBER') AS runtime_owns
@@ -211,6 +239,7 @@ export async function runSafetyChecks (runtime: pg.Pool | pg.ClientBase): Promis
     }
     await checkViews(client, problems)
     await checkDefinerFunctions(client, problems)
+    await checkDistributionKeys(client, problems)
     await checkTenantFunction(client, tables, problems)
     return { ok: problems.length === 0, role, tenantTables: tables.length, problems }
   } finally {

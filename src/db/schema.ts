@@ -50,6 +50,7 @@ export interface AuditEvents {
   resource_id: string;
   resource_type: string;
   seq: Generated<Int8>;
+  shard: Generated<number>;
   tenant_id: Generated<string>;
 }
 
@@ -67,6 +68,20 @@ export interface Customers {
   name: string;
   tenant_id: Generated<string>;
   updated_at: Generated<Timestamp>;
+}
+
+export interface ErasureReceipts {
+  finished_at: Timestamp;
+  id: string;
+  partitions_dropped: boolean;
+  placement: string;
+  request_id: string | null;
+  requested_by: string;
+  rows_removed: Json;
+  started_at: Timestamp;
+  subject_slug: string;
+  subject_tenant_id: string;
+  verified: boolean;
 }
 
 export interface IdempotencyKeys {
@@ -90,6 +105,7 @@ export interface InvoiceLines {
   invoice_id: string;
   position: number;
   quantity: number;
+  shard: Generated<number>;
   tenant_id: Generated<string>;
   unit_amount_cents: Int8;
 }
@@ -105,6 +121,7 @@ export interface Invoices {
   memo: string | null;
   number: string | null;
   paid_at: Timestamp | null;
+  shard: Generated<number>;
   status: Generated<string>;
   tenant_id: Generated<string>;
   updated_at: Generated<Timestamp>;
@@ -123,7 +140,10 @@ export interface Tenants {
   created_at: Generated<Timestamp>;
   id: string;
   name: string;
+  placement: Generated<string>;
+  shard: number;
   slug: string;
+  status: Generated<string>;
 }
 
 export interface DB {
@@ -131,6 +151,7 @@ export interface DB {
   audit_events: AuditEvents;
   audit_heads: AuditHeads;
   customers: Customers;
+  erasure_receipts: ErasureReceipts;
   idempotency_keys: IdempotencyKeys;
   invoice_counters: InvoiceCounters;
   invoice_lines: InvoiceLines;

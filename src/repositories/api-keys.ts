@@ -4,16 +4,6 @@ import type { ApiKeys, DB } from '../db/schema.ts'
 type Executor = Kysely<DB>
 export type ApiKeyRow = Selectable<ApiKeys>
 
-/** A key that has not been revoked, as seen by the tenant the transaction is bound to. */
-export async function findLiveApiKey (trx: Executor, id: string): Promise<Pick<ApiKeyRow, 'id' | 'tenant_id' | 'scopes' | 'secret_hash'> | undefined> {
-  return trx
-    .selectFrom('api_keys')
-    .select(['id', 'tenant_id', 'scopes', 'secret_hash'])
-    .where('id', '=', id)
-    .where('revoked_at', 'is', null)
-    .executeTakeFirst()
-}
-
 export async function insertApiKey (trx: Executor, key: Omit<Insertable<ApiKeys>, 'tenant_id'>): Promise<ApiKeyRow> {
   return trx.insertInto('api_keys').values(key).returningAll().executeTakeFirstOrThrow()
 }

@@ -25,7 +25,8 @@ export interface ChainVerification {
  * Recomputes the tenant's chain in the database: every event's hash must match its content and its
  * predecessor's hash, seq must run 1, 2, 3... without gaps, and the head must point at the last event.
  */
-export async function verifyAuditChain (trx: Executor): Promise<ChainVerification> {
+export async function verifyAuditChain (trx: Executor, scope: { tenantId: string, shard: number }): Promise<ChainVerification> {
+  // Raw SQL (window functions): the tenant predicates are written here, the plugin cannot add them.
   const { rows: [first] } = await sql<{ id: string, seq: string, ok_hash: boolean, ok_prev: boolean, ok_seq: boolean }>`
     SELECT id, seq, ok_hash, ok_prev, ok_seq FROM (
       SELECT e.id, e.seq,
@@ -33,17 +34,19 @@ export async function verifyAuditChain (trx: Executor): Promise<ChainVerificatio
              e.prev_hash IS NOT DISTINCT FROM lag(e.hash) OVER w AS ok_prev,
              e.seq = coalesce(lag(e.seq) OVER w, 0) + 1 AS ok_seq
         FROM audit_events e
+       WHERE e.tenant_id = ${scope.tenantId} AND e.shard = ${scope.shard}
       WINDOW w AS (ORDER BY e.seq)
     ) links
     WHERE NOT (ok_hash AND ok_prev AND ok_seq)
     ORDER BY seq
     LIMIT 1`.execute(trx)
   const { rows: [summary] } = await sql<{ events: string, last_seq: string | null, last_hash: Buffer | null, head_seq: string | null, head_hash: Buffer | null }>`
-    SELECT (SELECT count(*) FROM audit_events) AS events,
+    SELECT (SELECT count(*) FROM audit_events WHERE tenant_id = ${scope.tenantId} AND shard = ${scope.shard}) AS events,
            last.seq AS last_seq, last.hash AS last_hash, h.seq AS head_seq, h.hash AS head_hash
       FROM (SELECT 1) one
-      LEFT JOIN LATERAL (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) last ON true
-      LEFT JOIN audit_heads h ON true`.execute(trx)
+      LEFT JOIN LATERAL (SELECT seq, hash FROM audit_events WHERE tenant_id = ${scope.tenantId} AND shard = ${scope.shard}
+                          ORDER BY seq DESC LIMIT 1) last ON true
+      LEFT JOIN audit_heads h ON h.tenant_id = ${scope.tenantId}`.execute(trx)
   const events = Number(summary!.events)
   if (first !== undefined) {
     const reason = !first.ok_seq ? 'an event is missing before this one' : !first.ok_prev ? 'the link to the previous event is broken' : 'the event was altered after it was written'

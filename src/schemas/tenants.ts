@@ -11,13 +11,36 @@ export const TenantSchema = Type.Object({
 }, { title: 'Tenant' })
 export type Tenant = Static<typeof TenantSchema>
 
+export const PlacementSchema = Type.Union([Type.Literal('pooled'), Type.Literal('dedicated')], {
+  description: 'pooled: a shared shard (default, no DDL at onboarding); dedicated: partitions of its own in every sharded table',
+})
+
+/** What the operator sees of a tenant: its placement and lifecycle status too. */
+export const OperatorTenantSchema = Type.Object({
+  id: Uuid,
+  name: Type.String(),
+  slug: Type.String(),
+  placement: PlacementSchema,
+  status: Type.Union([Type.Literal('active'), Type.Literal('erasing')]),
+  created_at: Timestamp,
+}, { title: 'OperatorTenant' })
+export type OperatorTenant = Static<typeof OperatorTenantSchema>
+
 export const CreateTenantSchema = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 200 }),
   slug: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{1,62}$', description: 'lowercase letters, digits and dashes; 2..63 characters' }),
+  placement: Type.Optional(PlacementSchema),
 }, { additionalProperties: false })
 
+export const PlacementChangeSchema = Type.Object({ placement: PlacementSchema }, { additionalProperties: false })
+
+export const PlacementResultSchema = Type.Object({
+  tenant: OperatorTenantSchema,
+  rows_moved: Type.Record(Type.String(), Type.Integer(), { description: 'rows re-sharded per table' }),
+})
+
 export const CreatedTenantSchema = Type.Object({
-  tenant: TenantSchema,
+  tenant: OperatorTenantSchema,
   api_key: Type.Object({
     id: Uuid,
     key: Type.String({ description: 'the secret key: shown this once, stored only as a hash' }),
@@ -25,4 +48,18 @@ export const CreatedTenantSchema = Type.Object({
   }),
 })
 
-export const TenantPage = Page(TenantSchema)
+export const TenantPage = Page(OperatorTenantSchema)
+
+export const ErasureReceiptSchema = Type.Object({
+  id: Uuid,
+  tenant_id: Uuid,
+  slug: Type.String(),
+  placement: PlacementSchema,
+  requested_by: Type.String(),
+  request_id: Type.Union([Type.String(), Type.Null()]),
+  started_at: Timestamp,
+  finished_at: Timestamp,
+  rows_removed: Type.Record(Type.String(), Type.Integer(), { description: 'rows removed per table' }),
+  partitions_dropped: Type.Boolean({ description: 'dedicated tenants: the emptied partitions were dropped (false: they are left empty, for a later retry)' }),
+  verified: Type.Boolean({ description: 'no table holds a row of the tenant any more (checked from the catalog)' }),
+}, { title: 'ErasureReceipt' })

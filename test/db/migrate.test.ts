@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, writeFile, copyFile, readdir } from 'node:fs/promises'
+import { mkdtemp, readFile, writeFile, copyFile, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
@@ -58,4 +58,34 @@ t.test('a badly named file is refused before anything runs', async (t) => {
   const dir = await sqlCopy()
   await writeFile(path.join(dir, 'add-stuff.sql'), 'CREATE TABLE stuff (x int);')
   await t.rejects(migrate(db.ownerUrl, { dir }), /must be named NNNN_lower_snake_name\.sql/)
+})
+
+t.test('0007 turns the large tables into sharded ones and keeps every row and the audit chain', async (t) => {
+  const db = await createTestDatabase(t, { empty: true })
+  const dir = await sqlCopy()
+  for (const file of await readdir(dir)) if (file >= '0007') await rm(path.join(dir, file))
+  await migrate(db.ownerUrl, { dir })
+  const tenant = '0190a6d2-0000-7000-8000-00000000000a'
+  // Data written under the 0006 schema, as the runtime role would.
+  await query(db.appUrl, 'SELECT 1') // the runtime role can connect
+  await query(db.ownerUrl, `BEGIN;
+    SELECT set_config('app.current_tenant_id', '${tenant}', true);
+    INSERT INTO tenants (id, name, slug) VALUES ('${tenant}', 'Old', 'old');
+    INSERT INTO customers (id, name) VALUES ('0190a6d2-0000-7000-8000-0000000000c1', 'C');
+    INSERT INTO invoices (id, customer_id, currency, amount_cents) VALUES ('0190a6d2-0000-7000-8000-0000000000e1', '0190a6d2-0000-7000-8000-0000000000c1', 'EUR', 10);
+    INSERT INTO invoice_lines (invoice_id, position, description, quantity, unit_amount_cents, amount_cents) VALUES ('0190a6d2-0000-7000-8000-0000000000e1', 1, 'x', 2, 5, 10);
+    INSERT INTO audit_events (id, actor_type, actor_id, action, resource_type, resource_id) VALUES
+      ('0190a6d2-0000-7000-8000-0000000000a1', 'system', 's', 'one', 'x', 'x'), ('0190a6d2-0000-7000-8000-0000000000a2', 'system', 's', 'two', 'x', 'x');
+    COMMIT`)
+  const result = await migrate(db.ownerUrl)
+  t.ok(result.applied.includes('0007_placement.sql'))
+  const [after] = await query<{ kind: string, invoices: number, lines: number, events: number, shard: number, broken: number }>(db.ownerUrl, `BEGIN;
+    SELECT set_config('app.current_tenant_id', '${tenant}', true);
+    SELECT (SELECT relkind::text FROM pg_class WHERE relname = 'invoices') AS kind,
+           (SELECT count(*)::int FROM invoices) AS invoices, (SELECT count(*)::int FROM invoice_lines) AS lines,
+           (SELECT count(*)::int FROM audit_events) AS events, (SELECT shard FROM tenants) AS shard,
+           (SELECT count(*)::int FROM audit_events e WHERE e.hash <> audit_event_hash(e.prev_hash, e)) AS broken;
+    COMMIT`)
+  t.match(after, { kind: 'p', invoices: 1, lines: 1, events: 2, broken: 0 })
+  t.ok(after!.shard >= 0 && after!.shard < 16, 'existing tenants are pooled')
 })

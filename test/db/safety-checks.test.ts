@@ -124,6 +124,15 @@ t.test('an unexpected SECURITY DEFINER function the runtime role can call is ref
   t.same((await report(db.appUrl)).problems, [], 'one the runtime role cannot execute is fine')
 })
 
+t.test('a unique key or foreign key of a tenant table without tenant_id is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, 'ALTER TABLE customers ADD CONSTRAINT customers_email_key UNIQUE (email)')
+  await query(db.ownerUrl, 'CREATE UNIQUE INDEX customers_ref_idx ON customers (external_ref)')
+  const problems = (await report(db.appUrl)).problems.join('\n')
+  t.match(problems, /table customers: unique constraint customers_email_key does not include tenant_id/)
+  t.match(problems, /table customers: unique index customers_ref_idx does not include tenant_id/)
+})
+
 t.test('a current_tenant_id() that is not fail-closed is refused', async (t) => {
   const db = await createTestDatabase(t)
   // The naive version: ''::uuid raises once a transaction-local setting has ended.
@@ -148,8 +157,8 @@ t.test('current_tenant_id() is NULL, not an error, once a transaction-local bind
 
 t.test('the tenant policy is an index condition on tenant_id', async (t) => {
   const db = await createTestDatabase(t)
-  await query(db.adminUrl, `INSERT INTO tenants (id, name, slug)
-    SELECT gen_random_uuid(), 'T' || i, 'tenant-' || i FROM generate_series(1, 200) i;
+  await query(db.adminUrl, `INSERT INTO tenants (id, name, slug, shard)
+    SELECT id, 'T' || i, 'tenant-' || i, pooled_shard_for(id) FROM (SELECT gen_random_uuid() AS id, i FROM generate_series(1, 200) i) g;
     INSERT INTO customers (tenant_id, id, name) SELECT t.id, gen_random_uuid(), 'c' FROM tenants t, generate_series(1, 50);
     ANALYZE customers`)
   const [tenant] = await query<{ id: string }>(db.adminUrl, 'SELECT id FROM tenants LIMIT 1')

@@ -17,12 +17,14 @@ export interface TestDatabase {
   appUrl: string
 }
 
-/** Runs one statement batch on a fresh connection and returns the last result's rows. */
+/** Runs a statement (or a batch) on a fresh connection and returns the rows of its last SELECT. */
 export async function query<R extends pg.QueryResultRow = Record<string, unknown>> (url: string, text: string, values: unknown[] = []): Promise<R[]> {
   const client = new pg.Client({ connectionString: url })
   await client.connect()
   try {
-    return (await client.query<R>(text, values)).rows
+    const result = await client.query<R>(text, values) as pg.QueryResult<R> | Array<pg.QueryResult<R>>
+    if (!Array.isArray(result)) return result.rows
+    return (result.filter((r) => r.command === 'SELECT').at(-1) ?? result.at(-1))?.rows ?? []
   } finally {
     await client.end()
   }
@@ -32,14 +34,16 @@ export async function query<R extends pg.QueryResultRow = Record<string, unknown
  * A database of this test file's own, cloned from the migrated template and dropped at teardown,
  * so test files can run in parallel and never depend on each other's data.
  */
-export async function createTestDatabase (t: Teardown): Promise<TestDatabase> {
+export async function createTestDatabase (t: Teardown, options: { empty?: boolean } = {}): Promise<TestDatabase> {
   const env = testDatabaseEnv()
   const name = `rowfence_test_${randomBytes(6).toString('hex')}`
   const admin = new pg.Client({ connectionString: env.adminUrl })
   await admin.connect()
   try {
     const db = admin.escapeIdentifier(name)
-    await admin.query(`CREATE DATABASE ${db} TEMPLATE ${admin.escapeIdentifier(env.template)} OWNER ${admin.escapeIdentifier(env.ownerRole)}`)
+    // empty: no migrations applied yet (template0 is a pristine cluster template).
+    const template = options.empty === true ? 'template0' : env.template
+    await admin.query(`CREATE DATABASE ${db} TEMPLATE ${admin.escapeIdentifier(template)} OWNER ${admin.escapeIdentifier(env.ownerRole)}`)
     // Database-level privileges are not copied from the template: restate them as the bootstrap does.
     await admin.query(`REVOKE ALL ON DATABASE ${db} FROM PUBLIC`)
     await admin.query(`GRANT CONNECT ON DATABASE ${db} TO ${admin.escapeIdentifier(APP_ROLE)}`)
@@ -49,6 +53,7 @@ export async function createTestDatabase (t: Teardown): Promise<TestDatabase> {
   t.teardown(async () => {
     await query(env.adminUrl, `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`)
   })
+  if (options.empty === true) await query(withDatabase(env.adminUrl, name), `ALTER SCHEMA public OWNER TO ${env.ownerRole}`)
   return {
     name,
     adminUrl: withDatabase(env.adminUrl, name),

@@ -32,10 +32,13 @@ t.test('a pooled connection reused after a request carries no tenant', async (t)
 
 t.test('routes that need no tenant never check out a connection', async (t) => {
   const ctx = await buildTestApp(t)
+  await ctx.app.ready()
+  const opened = ctx.app.dbPool.totalCount // the catalog read at start-up
   for (const url of ['/healthz', '/openapi.json', '/nope']) {
     await ctx.app.inject({ method: 'GET', url })
   }
-  t.equal(ctx.app.dbPool.totalCount, 0)
+  t.equal(ctx.app.dbPool.totalCount, opened, 'no connection was opened')
+  t.equal(ctx.app.dbPool.idleCount, opened, 'none is checked out')
 })
 
 t.test('every request releases its connection, whatever its outcome', async (t) => {

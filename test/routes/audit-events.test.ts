@@ -66,12 +66,15 @@ t.test('the runtime role can insert and read audit events but never change or re
   await t.rejects(client.query('UPDATE audit_heads SET seq = 0'), { code: '42501' }, 'nor rewind the chain head')
   await client.query('ROLLBACK; BEGIN')
   await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
-  // A forged seq and hash are ignored: the trigger chains the event itself.
-  await client.query(`INSERT INTO audit_events (id, seq, hash, actor_type, actor_id, action, resource_type, resource_id)
-    VALUES (gen_random_uuid(), 999, '\\xdead', 'system', 'x', 'forged', 'x', 'x')`)
-  const { rows: [forged] } = await client.query("SELECT seq, encode(hash, 'hex') AS hash FROM audit_events WHERE action = 'forged'")
-  t.equal(Number(forged.seq), 2)
-  t.not(forged.hash, 'dead')
+  // The runtime role cannot even supply seq or hash: the trigger alone chains an event.
+  await t.rejects(client.query(`INSERT INTO audit_events (id, seq, hash, actor_type, actor_id, action, resource_type, resource_id)
+    VALUES (gen_random_uuid(), 999, '\\xdead', 'system', 'x', 'forged', 'x', 'x')`), { code: '42501' })
+  await client.query('ROLLBACK; BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
+  await client.query(`INSERT INTO audit_events (id, actor_type, actor_id, action, resource_type, resource_id)
+    VALUES (gen_random_uuid(), 'system', 'x', 'appended', 'x', 'x')`)
+  const { rows: [appended] } = await client.query("SELECT seq, prev_hash IS NOT NULL AS linked FROM audit_events WHERE action = 'appended'")
+  t.same({ seq: Number(appended.seq), linked: appended.linked }, { seq: 2, linked: true }, 'chained after the first event')
   await client.query('ROLLBACK')
 })
 

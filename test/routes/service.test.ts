@@ -52,7 +52,8 @@ t.test('/openapi.json is a valid OpenAPI 3.1 document listing every route, and /
     'POST /v1/invoices', 'GET /v1/invoices', 'GET /v1/invoices/{id}', 'PATCH /v1/invoices/{id}',
     'POST /v1/invoices/{id}/finalize', 'POST /v1/invoices/{id}/pay', 'POST /v1/invoices/{id}/void',
     'GET /v1/audit-events', 'GET /v1/audit-events/verify',
-    'POST /admin/v1/tenants', 'GET /admin/v1/tenants', 'GET /admin/v1/tenants/{id}',
+    'POST /admin/v1/tenants', 'GET /admin/v1/tenants', 'GET /admin/v1/tenants/{id}', 'PUT /admin/v1/tenants/{id}/placement',
+    'GET /admin/v1/tenants/{id}/export', 'DELETE /admin/v1/tenants/{id}',
   ]
   t.same([...documented].sort(), [...expected].sort(), 'exactly the API routes')
 
@@ -67,7 +68,7 @@ t.test('/openapi.json is a valid OpenAPI 3.1 document listing every route, and /
         t.ok(op.responses['401']?.content?.['application/problem+json'], `${name} documents 401 as problem+json`)
         t.ok(op.security?.length, `${name} declares its credentials`)
       }
-      if (method === 'post' || method === 'patch') {
+      if (method === 'post' || method === 'patch' || method === 'put') {
         const hasBody = op.requestBody !== undefined
         const isTransition = /\/(finalize|pay|void)$/.test(path)
         t.ok(hasBody || isTransition, `${name} documents its request body`)

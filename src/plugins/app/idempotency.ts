@@ -55,9 +55,13 @@ async function idempotency (fastify: FastifyInstance): Promise<void> {
     const trx = request.db
     const print = fingerprint(request)
     // This key if it has expired (it may then be used afresh), and a few other expired ones in passing.
-    await sql`DELETE FROM idempotency_keys
-      WHERE (key = ${header} AND expires_at < now())
-         OR ctid IN (SELECT ctid FROM idempotency_keys WHERE expires_at < now() LIMIT ${SWEEP_BATCH})`.execute(trx)
+    const now = sql<Date>`now()`
+    await trx.deleteFrom('idempotency_keys')
+      .where((eb) => eb.or([
+        eb.and([eb('key', '=', header), eb('expires_at', '<', now)]),
+        eb(sql`ctid`, 'in', eb.selectFrom('idempotency_keys').select(sql`ctid`.as('ctid')).where('expires_at', '<', now).limit(SWEEP_BATCH)),
+      ]))
+      .execute()
     const inserted = await trx.insertInto('idempotency_keys')
       .values({ key: header, fingerprint: print })
       .onConflict((oc) => oc.columns(['tenant_id', 'key']).doNothing())

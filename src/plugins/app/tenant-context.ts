@@ -1,13 +1,14 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { sql } from 'kysely'
+import { sql, type Kysely } from 'kysely'
 import { secretMatches, type Scope } from '../../auth/api-keys.ts'
 import { CredentialRejected, presentedCredential, requestedTenant, unauthorizedFor, type JwtVerifier, type TenantCredential } from '../../auth/credentials.ts'
 import { ROLE_SCOPES, type MemberRole, type TenantIdentity } from '../../auth/identity.ts'
+import type { DB } from '../../db/schema.ts'
 import { beginTenantTransaction, endTenantTransaction, type TenantTransaction } from '../../db/tenant-transaction.ts'
 import { badRequest, forbidden, unauthorized, type HttpProblem } from '../../errors.ts'
-import { findLiveApiKey } from '../../repositories/api-keys.ts'
-import { findMembershipByUser } from '../../repositories/memberships.ts'
+import { TenantScopePlugin } from '../../db/tenant-scope.ts'
+import { authenticateApiKey, authenticateMember } from '../../repositories/tenant-auth.ts'
 
 /**
  * The tenant pipeline, installed on the /v1 scope only:
@@ -31,8 +32,12 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** Set by the tenant pipeline before any /v1 handler runs; null elsewhere. */
     tenant: TenantIdentity | null
-    /** The tenant-bound transaction of this request; throws outside the tenant pipeline. */
-    readonly db: TenantTransaction
+    /**
+     * The request's tenant-bound transaction, with every query scoped to the tenant (and its shard)
+     * by the TenantScopePlugin; throws outside the tenant pipeline.
+     */
+    readonly db: Kysely<DB>
+    tenantDb: Kysely<DB> | null
     tenantTransaction: TenantTransaction | null
     tenantCredential: TenantCredential | null
     requestedTenantId: string | null
@@ -68,17 +73,19 @@ async function release (request: FastifyRequest, commit: boolean): Promise<void>
   const trx = request.tenantTransaction
   if (trx === null) return
   request.tenantTransaction = null
+  request.tenantDb = null
   await endTenantTransaction(trx, commit)
 }
 
 async function tenantContext (fastify: FastifyInstance): Promise<void> {
   fastify.decorateRequest('tenant', null)
   fastify.decorateRequest('db', {
-    getter (this: FastifyRequest): TenantTransaction {
-      if (this.tenantTransaction === null) throw new Error('request.db is only available inside the tenant pipeline')
-      return this.tenantTransaction
+    getter (this: FastifyRequest): Kysely<DB> {
+      if (this.tenantDb === null || this.tenantTransaction === null) throw new Error('request.db is only available inside the tenant pipeline')
+      return this.tenantDb
     },
   })
+  fastify.decorateRequest('tenantDb', null)
   fastify.decorateRequest('tenantTransaction', null)
   fastify.decorateRequest('tenantCredential', null)
   fastify.decorateRequest('requestedTenantId', null)
@@ -128,29 +135,34 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     })
 
     let identity: TenantIdentity
+    let shard: number
     if (credential.kind === 'api_key') {
-      const key = await findLiveApiKey(trx, credential.key.keyId)
+      const key = await authenticateApiKey(trx, tenantId, credential.key.keyId)
       if (key === undefined || !secretMatches(key.secret_hash, credential.key.secretHash)) {
         throw deny(request, unauthorized('the API key is invalid or revoked'), key === undefined ? 'unknown or revoked API key' : 'wrong API key secret', prefix)
       }
+      if (key.tenant_status !== 'active') throw deny(request, unauthorized('the API key is invalid or revoked'), 'tenant is being erased', prefix)
       if (request.requestedTenantId !== null && request.requestedTenantId !== tenantId) {
         throw deny(request, forbidden('this credential does not belong to the tenant in x-tenant-id'), 'tenant switch denied', prefix, { requestedTenant: request.requestedTenantId })
       }
-      identity = { tenantId, actorType: 'api_key', actorId: key.id, scopes: key.scopes as Scope[], role: undefined }
+      shard = key.shard
+      identity = { tenantId, actorType: 'api_key', actorId: key.id, scopes: key.scopes as Scope[], role: undefined, shard }
       fastify.keyUsage.record(tenantId, key.id)
     } else {
-      const membership = await findMembershipByUser(trx, credential.userId)
-      if (membership === undefined) {
-        throw deny(request, forbidden('you are not a member of this tenant'), 'not a member', prefix, { requestedTenant: tenantId })
+      const membership = await authenticateMember(trx, tenantId, credential.userId)
+      if (membership === undefined || membership.tenant_status !== 'active') {
+        throw deny(request, forbidden('you are not a member of this tenant'), membership === undefined ? 'not a member' : 'tenant is being erased', prefix, { requestedTenant: tenantId })
       }
       const role = membership.role as MemberRole
-      identity = { tenantId, actorType: 'user', actorId: credential.userId, scopes: ROLE_SCOPES[role], role }
+      shard = membership.shard
+      identity = { tenantId, actorType: 'user', actorId: credential.userId, scopes: ROLE_SCOPES[role], role, shard }
     }
     const scope = requiredScope(request)
     if (!identity.scopes.includes(scope)) {
       throw deny(request, forbidden(`this credential lacks the ${scope} scope`), `missing ${scope} scope`, prefix)
     }
     request.tenant = identity
+    request.tenantDb = trx.withPlugin(new TenantScopePlugin(fastify.tenantTables, { tenantId, shard }))
     request.log = request.log.child({ tenantId })
   })
 

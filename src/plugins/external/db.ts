@@ -1,7 +1,8 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type pg from 'pg'
-import { createDatabase, createPool, type Database } from '../../db/database.ts'
+import { createDatabase, createPool, type Database, type QueryListener } from '../../db/database.ts'
+import { loadTenantTables, type TenantTables } from '../../db/tenant-scope.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -10,6 +11,9 @@ declare module 'fastify' {
     dbPool: pg.Pool
     /** Owner connection: the operator API only (provisioning, and later export and erasure). */
     ownerDb: Database
+    ownerPool: pg.Pool
+    /** Tenant tables and which of them are sharded, read from the catalog when the app starts. */
+    tenantTables: TenantTables
   }
 }
 
@@ -19,6 +23,8 @@ export interface DbPluginOptions {
   poolMax: number
   operatorPoolMax: number
   connectTimeoutMs: number
+  /** Sees every statement the runtime connection sends through Kysely (tests audit the scoping with it). */
+  onQuery?: QueryListener | undefined
 }
 
 async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Promise<void> {
@@ -40,8 +46,13 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
     onIdleError: onIdleError('owner'),
   })
   fastify.decorate('dbPool', appPool)
-  fastify.decorate('db', createDatabase(appPool))
+  fastify.decorate('db', createDatabase(appPool, options.onQuery))
   fastify.decorate('ownerDb', createDatabase(ownerPool))
+  fastify.decorate('ownerPool', ownerPool)
+  fastify.decorate('tenantTables', new Map())
+  fastify.addHook('onReady', async () => {
+    fastify.tenantTables = await loadTenantTables(appPool)
+  })
   fastify.addHook('onClose', async () => {
     // Kysely.destroy() ends the pg pool it wraps.
     await Promise.all([fastify.db.destroy(), fastify.ownerDb.destroy()])

@@ -24,7 +24,7 @@ const auditEvents: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: AuditVerificationSchema, ...problems(401, 403, 503) },
     },
   }, async (request) => {
-    const result = await verifyAuditChain(request.db)
+    const result = await verifyAuditChain(request.db, request.tenant!)
     return { ok: result.broken === null, events: result.events, first_broken: result.broken }
   })
 }

@@ -1,47 +1,65 @@
+import { Readable } from 'node:stream'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from '@sinclair/typebox'
+import type { FastifyRequest } from 'fastify'
+import type { Kysely } from 'kysely'
 import { v7 as uuidv7 } from 'uuid'
 import { ALL_SCOPES, generateApiKey } from '../../../../auth/api-keys.ts'
+import { eraseTenant } from '../../../../db/erasure.ts'
+import { allocateShard, changePlacement } from '../../../../db/placement.ts'
+import type { DB } from '../../../../db/schema.ts'
+import { exportTenant } from '../../../../db/tenant-data.ts'
 import { withTenantTransaction } from '../../../../db/tenant-transaction.ts'
 import { notFound } from '../../../../errors.ts'
-import { toTenant } from '../../../../mappers/tenants.ts'
+import { toOperatorTenant } from '../../../../mappers/tenants.ts'
 import { insertApiKey } from '../../../../repositories/api-keys.ts'
 import { insertAuditEvent } from '../../../../repositories/audit-events.ts'
 import { findTenant, insertTenant, listTenants } from '../../../../repositories/tenants.ts'
 import { IdParamsSchema, PageQuerySchema, paginate, problems } from '../../../../schemas/common.ts'
-import { CreatedTenantSchema, CreateTenantSchema, TenantPage, TenantSchema } from '../../../../schemas/tenants.ts'
+import { CreatedTenantSchema, CreateTenantSchema, ErasureReceiptSchema, OperatorTenantSchema, PlacementChangeSchema, PlacementResultSchema, TenantPage } from '../../../../schemas/tenants.ts'
 
 const tags = ['operator']
+
+/** An operator action in the tenant's own audit trail (same transaction as the action). */
+async function auditOperator (trx: Kysely<DB>, request: FastifyRequest, action: string, tenantId: string, data: Record<string, unknown>): Promise<void> {
+  await insertAuditEvent(trx, {
+    id: uuidv7(),
+    actor_type: 'operator',
+    actor_id: 'operator',
+    action,
+    resource_type: 'tenant',
+    resource_id: tenantId,
+    request_id: request.id,
+    data: JSON.stringify(data),
+  })
+}
 
 const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/', {
     schema: {
       summary: 'Provision a tenant and its first admin API key',
+      description: 'placement defaults to pooled; dedicated creates the tenant\'s own partitions in the same transaction.',
       tags,
       body: CreateTenantSchema,
       response: { 201: CreatedTenantSchema, ...problems(400, 401, 409, 503) },
     },
   }, async (request, reply) => {
     const id = uuidv7()
+    const placement = request.body.placement ?? 'pooled'
     const key = generateApiKey(id)
+    const started = performance.now()
     // The operator connection binds the new tenant like any request does, so the policies'
-    // WITH CHECK accepts exactly this tenant's rows; tenant row and key commit together or not at all.
+    // WITH CHECK accepts exactly this tenant's rows; the tenant row, its partitions (dedicated), its
+    // key and the audit event commit together or not at all.
     const tenant = await withTenantTransaction(fastify.ownerDb, id, async (trx) => {
-      const row = await insertTenant(trx, { id, name: request.body.name, slug: request.body.slug })
+      const shard = await allocateShard(trx, id, placement)
+      const row = await insertTenant(trx, { id, name: request.body.name, slug: request.body.slug, placement, shard })
       await insertApiKey(trx, { id: key.id, name: 'initial admin key', prefix: key.prefix, secret_hash: key.secretHash, scopes: [...ALL_SCOPES] })
-      await insertAuditEvent(trx, {
-        id: uuidv7(),
-        actor_type: 'operator',
-        actor_id: 'operator',
-        action: 'tenant.created',
-        resource_type: 'tenant',
-        resource_id: id,
-        request_id: request.id,
-        data: JSON.stringify({ slug: row.slug, initial_key_prefix: key.prefix }),
-      })
+      await auditOperator(trx, request, 'tenant.created', id, { slug: row.slug, placement, initial_key_prefix: key.prefix })
       return row
     })
-    request.log.info({ tenantId: id, slug: tenant.slug, keyPrefix: key.prefix }, 'tenant provisioned')
-    return reply.code(201).send({ tenant: toTenant(tenant), api_key: { id: key.id, key: key.key, scopes: [...ALL_SCOPES] } })
+    request.log.info({ tenantId: id, slug: tenant.slug, placement, keyPrefix: key.prefix, ms: Math.round(performance.now() - started) }, 'tenant provisioned')
+    return reply.code(201).send({ tenant: toOperatorTenant(tenant), api_key: { id: key.id, key: key.key, scopes: [...ALL_SCOPES] } })
   })
 
   fastify.get('/', {
@@ -51,19 +69,87 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
       querystring: PageQuerySchema,
       response: { 200: TenantPage, ...problems(400, 401, 503) },
     },
-  }, async (request) => paginate(request.query, (page) => listTenants(fastify.ownerDb, page), toTenant))
+  }, async (request) => paginate(request.query, (page) => listTenants(fastify.ownerDb, page), toOperatorTenant))
 
   fastify.get('/:id', {
     schema: {
       summary: 'Retrieve a tenant',
       tags,
       params: IdParamsSchema,
-      response: { 200: TenantSchema, ...problems(400, 401, 404, 503) },
+      response: { 200: OperatorTenantSchema, ...problems(400, 401, 404, 503) },
     },
   }, async (request) => {
     const row = await findTenant(fastify.ownerDb, request.params.id)
     if (row === undefined) throw notFound('tenant')
-    return toTenant(row)
+    return toOperatorTenant(row)
+  })
+
+  fastify.put('/:id/placement', {
+    schema: {
+      summary: "Change a tenant's placement (pooled ⇄ dedicated)",
+      description: 'Moves every row of the sharded tables in one transaction. The tenant\'s requests wait for the move, then continue on the new placement.',
+      tags,
+      params: IdParamsSchema,
+      body: PlacementChangeSchema,
+      response: { 200: PlacementResultSchema, ...problems(400, 401, 404, 503) },
+    },
+  }, async (request) => {
+    const { id } = request.params
+    const result = await withTenantTransaction(fastify.ownerDb, id, async (trx) => {
+      const change = await changePlacement(trx, id, request.body.placement)
+      if (change === undefined) return undefined
+      if (change.from.placement !== change.to.placement) {
+        await auditOperator(trx, request, 'tenant.placement_changed', id, { from: change.from.placement, to: change.to.placement, rows_moved: change.rowsMoved })
+      }
+      return { change, tenant: (await findTenant(trx, id))! }
+    })
+    if (result === undefined) throw notFound('tenant')
+    request.log.info({ tenantId: id, from: result.change.from, to: result.change.to, rowsMoved: result.change.rowsMoved }, 'tenant placement changed')
+    return { tenant: toOperatorTenant(result.tenant), rows_moved: result.change.rowsMoved }
+  })
+
+  fastify.get('/:id/export', {
+    schema: {
+      summary: 'Export every row the tenant owns (NDJSON)',
+      description: 'One JSON object per line, `{"table": ..., "row": {...}}`, parents before children, from one consistent snapshot, ' +
+        'streamed with constant memory. `npm run import` loads it into another deployment.',
+      tags,
+      params: IdParamsSchema,
+      response: {
+        200: { description: 'the export', content: { 'application/x-ndjson': { schema: Type.String() } } },
+        ...problems(400, 401, 404, 503),
+      },
+    },
+  }, async (request, reply) => {
+    const { id } = request.params
+    if (await findTenant(fastify.ownerDb, id) === undefined) throw notFound('tenant')
+    let rows = 0
+    const lines = exportTenant(fastify.ownerPool, id, (plan) => { rows = plan.total })
+    request.log.info({ tenantId: id }, 'tenant export started')
+    reply.raw.once('finish', () => { request.log.info({ tenantId: id, rows }, 'tenant export finished') })
+    return reply
+      .type('application/x-ndjson')
+      .header('content-disposition', `attachment; filename="tenant-${id}.ndjson"`)
+      // A stream, not the documented string: the route's 200 schema only describes the body for OpenAPI.
+      .send(Readable.from(lines) as unknown as string)
+  })
+
+  fastify.delete('/:id', {
+    schema: {
+      summary: 'Erase a tenant (right to be forgotten)',
+      description: 'Revokes the tenant\'s credentials first (its next request fails), waits for its in-flight requests, ' +
+        'removes every row (dropping dedicated partitions), verifies from the catalog that nothing is left and keeps a receipt outside the tenant\'s data.',
+      tags,
+      params: IdParamsSchema,
+      response: { 200: ErasureReceiptSchema, ...problems(400, 401, 404, 503) },
+    },
+  }, async (request) => {
+    const { id } = request.params
+    request.log.info({ tenantId: id }, 'tenant erasure started: credentials revoked first')
+    const receipt = await eraseTenant(fastify.ownerPool, id, { requestedBy: 'operator', requestId: request.id })
+    if (receipt === undefined) throw notFound('tenant')
+    request.log.info({ tenantId: id, rowsRemoved: receipt.rows_removed, verified: receipt.verified }, 'tenant erased')
+    return receipt
   })
 }
 

@@ -1,0 +1,41 @@
+// npm run export -- --tenant ID [--out FILE]
+// Streams every row of the tenant as NDJSON (to FILE, or stdout) from one consistent snapshot, with a
+// progress bar on stderr. Connects as the owner (DATABASE_URL), or to the embedded database.
+import { createWriteStream } from 'node:fs'
+import { once } from 'node:events'
+import { parseArgs } from 'node:util'
+import cliProgress from 'cli-progress'
+import pg from 'pg'
+import { loadConfig } from '../src/config.ts'
+import { startEmbedded } from '../src/db/embedded.ts'
+import { exportTenant } from '../src/db/tenant-data.ts'
+
+async function main (): Promise<void> {
+  const { values } = parseArgs({ options: { tenant: { type: 'string' }, out: { type: 'string' } } })
+  if (values.tenant === undefined || !/^[0-9a-f-]{36}$/i.test(values.tenant)) throw new Error('--tenant <uuid> is required')
+  const config = loadConfig()
+  const embedded = config.DATABASE_URL === undefined ? await startEmbedded({ dataDir: config.DATA_DIR, port: config.EMBEDDED_PG_PORT }) : undefined
+  const pool = new pg.Pool({ connectionString: embedded?.ownerUrl ?? config.DATABASE_URL, max: 1, application_name: 'rowfence-export' })
+  const out = values.out === undefined ? process.stdout : createWriteStream(values.out)
+  const bar = new cliProgress.SingleBar({ format: 'export {bar} {percentage}% | {value}/{total} rows | {eta_buffer}s left', stream: process.stderr, etaBuffer: 1000 }, cliProgress.Presets.shades_classic)
+  let done = 0
+  try {
+    for await (const line of exportTenant(pool, values.tenant, (plan) => { bar.start(plan.total, 0) })) {
+      if (!out.write(line)) await once(out, 'drain')
+      if (++done % 1000 === 0) bar.update(done)
+    }
+    bar.update(done)
+    bar.stop()
+    if (out !== process.stdout) { out.end(); await once(out, 'finish') }
+    process.stderr.write(`exported ${done} rows of tenant ${values.tenant}\n`)
+  } finally {
+    bar.stop()
+    await pool.end()
+    await embedded?.stop()
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`export: ${error instanceof Error ? error.message : String(error)}\n`)
+  process.exit(1)
+})

@@ -1,0 +1,48 @@
+// npm run import -- --file EXPORT.ndjson [--placement pooled|dedicated]
+// Loads a tenant exported by `npm run export` (or GET /admin/v1/tenants/:id/export) into this
+// deployment, in one transaction: all of it or nothing. The tenant must not exist here yet.
+import { createReadStream } from 'node:fs'
+import { stat } from 'node:fs/promises'
+import { createInterface } from 'node:readline'
+import { parseArgs } from 'node:util'
+import cliProgress from 'cli-progress'
+import pg from 'pg'
+import { loadConfig } from '../src/config.ts'
+import { startEmbedded } from '../src/db/embedded.ts'
+import { migrate } from '../src/db/migrate.ts'
+import { allocateShard, type Placement } from '../src/db/placement.ts'
+import { importTenant } from '../src/db/tenant-data.ts'
+
+async function main (): Promise<void> {
+  const { values } = parseArgs({ options: { file: { type: 'string' }, placement: { type: 'string', default: 'pooled' } } })
+  if (values.file === undefined) throw new Error('--file <export.ndjson> is required')
+  if (values.placement !== 'pooled' && values.placement !== 'dedicated') throw new Error('--placement must be pooled or dedicated')
+  const placement: Placement = values.placement
+  const size = (await stat(values.file)).size
+  const config = loadConfig()
+  const embedded = config.DATABASE_URL === undefined ? await startEmbedded({ dataDir: config.DATA_DIR, port: config.EMBEDDED_PG_PORT }) : undefined
+  const ownerUrl = embedded?.ownerUrl ?? config.DATABASE_URL!
+  await migrate(ownerUrl)
+  const pool = new pg.Pool({ connectionString: ownerUrl, max: 1, application_name: 'rowfence-import' })
+  const input = createReadStream(values.file)
+  const bar = new cliProgress.SingleBar({ format: 'import {bar} {percentage}% of the file | {rows} rows', stream: process.stderr }, cliProgress.Presets.shades_classic)
+  bar.start(size, 0, { rows: 0 })
+  let rows = 0
+  try {
+    // Allocated on the import's own connection, so a dedicated shard's partitions are part of its transaction.
+    const result = await importTenant(pool, createInterface({ input, crlfDelay: Infinity }), async (client, tenantId) =>
+      ({ shard: await allocateShard(client, tenantId, placement), placement }), (n) => { rows += n; bar.update(input.bytesRead, { rows }) })
+    bar.update(size, { rows })
+    bar.stop()
+    process.stderr.write(`imported tenant ${result.tenantId} (${placement}): ${JSON.stringify(result.rows)}\n`)
+  } finally {
+    bar.stop()
+    await pool.end()
+    await embedded?.stop()
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`import: ${error instanceof Error ? error.message : String(error)}\n`)
+  process.exit(1)
+})

@@ -1,0 +1,227 @@
+import pg from 'pg'
+import QueryStream from 'pg-query-stream'
+
+/**
+ * A tenant's data as a whole: every table holding tenant rows, found in the catalog (so a new table
+ * is exported and erased without code changes), in foreign-key order.
+ */
+export interface TenantTableInfo {
+  name: string
+  /** tenant_id, or id for the tenants registry. */
+  keyColumn: string
+  sharded: boolean
+  /** Columns that travel in an export (placement columns stay behind: they belong to a deployment). */
+  columns: string[]
+  /** Export order: the primary key without shard, or seq for a hash-chained table. */
+  orderBy: string[]
+}
+
+/** Columns that describe where and how a deployment keeps a tenant, not the tenant's data. */
+const PLACEMENT_COLUMNS: Record<string, string[]> = { tenants: ['shard', 'placement', 'status'], '*': ['shard'] }
+
+const CHAIN_COLUMNS = ['seq', 'prev_hash', 'hash']
+
+const ident = (name: string): string => `"${name.replaceAll('"', '""')}"`
+
+/** Tenant tables, parents before children (tenants first): the order to export and import in. */
+export async function tenantTablesInOrder (client: pg.ClientBase): Promise<TenantTableInfo[]> {
+  const { rows } = await client.query<{ name: string, sharded: boolean, columns: string[], pk: string[], has_seq: boolean }>(`
+    SELECT c.relname AS name,
+           c.relkind = 'p' AS sharded,
+           array(SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)::text[] AS columns,
+           array(SELECT a.attname FROM pg_index i CROSS JOIN unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+                   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                  WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.ord)::text[] AS pk,
+           EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'seq' AND NOT a.attisdropped) AS has_seq
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+       AND (c.relname = 'tenants' OR EXISTS (SELECT 1 FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND a.attnum > 0 AND NOT a.attisdropped))`)
+  const { rows: edges } = await client.query<{ child: string, parent: string }>(`
+    SELECT DISTINCT cc.relname AS child, pc.relname AS parent
+      FROM pg_constraint k
+      JOIN pg_class cc ON cc.oid = k.conrelid
+      JOIN pg_class pc ON pc.oid = k.confrelid
+     WHERE k.contype = 'f' AND NOT cc.relispartition AND NOT pc.relispartition AND cc.oid <> pc.oid`)
+  const byName = new Map(rows.map((r) => [r.name, r]))
+  const parents = new Map<string, Set<string>>(rows.map((r) => [r.name, new Set()]))
+  for (const e of edges) if (byName.has(e.child) && byName.has(e.parent)) parents.get(e.child)!.add(e.parent)
+  // Topological order, ties broken by name so the order (and every export) is deterministic.
+  const ordered: string[] = []
+  const placed = new Set<string>()
+  while (ordered.length < rows.length) {
+    const ready = [...parents.keys()].filter((n) => !placed.has(n) && [...parents.get(n)!].every((p) => placed.has(p))).sort()
+    if (ready.length === 0) throw new Error('tenant tables have a foreign-key cycle')
+    for (const n of ready) { ordered.push(n); placed.add(n) }
+  }
+  return ordered.map((name) => {
+    const r = byName.get(name)!
+    const excluded = PLACEMENT_COLUMNS[name] ?? PLACEMENT_COLUMNS['*']!
+    return {
+      name,
+      keyColumn: name === 'tenants' ? 'id' : 'tenant_id',
+      sharded: r.sharded,
+      columns: r.columns.filter((c) => !excluded.includes(c)),
+      orderBy: r.has_seq ? ['seq'] : r.pk.filter((c) => c !== 'shard'),
+    }
+  })
+}
+
+/** Binds a tenant on an owner connection: FORCE RLS then shows the owner exactly that tenant. */
+async function bind (client: pg.ClientBase, tenantId: string): Promise<void> {
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenantId])
+}
+
+export class TenantNotFound extends Error {
+  override name = 'TenantNotFound'
+}
+
+export interface ExportPlan {
+  tables: Array<{ name: string, rows: number }>
+  total: number
+}
+
+/**
+ * Streams every row the tenant owns as NDJSON lines `{"table": ..., "row": {...}}`, from one
+ * REPEATABLE READ snapshot, through a server-side cursor (memory stays flat whatever the size).
+ * Times are rendered in UTC and rows in a fixed order, so exporting the same data twice gives the
+ * same bytes. `onPlan` receives the row counts (same snapshot) before the first line.
+ */
+export async function * exportTenant (pool: pg.Pool, tenantId: string, onPlan?: (plan: ExportPlan) => void): AsyncGenerator<string> {
+  const client = await pool.connect()
+  let committed = false
+  try {
+    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+    await bind(client, tenantId)
+    await client.query("SET LOCAL TimeZone = 'UTC'")
+    const found = await client.query('SELECT 1 FROM tenants WHERE id = $1', [tenantId])
+    if (found.rowCount === 0) throw new TenantNotFound(`tenant ${tenantId} not found`)
+    const tables = await tenantTablesInOrder(client)
+    if (onPlan !== undefined) {
+      const counts: ExportPlan['tables'] = []
+      for (const t of tables) {
+        const { rows: [r] } = await client.query<{ n: string }>(`SELECT count(*) AS n FROM ${ident(t.name)} WHERE ${ident(t.keyColumn)} = $1`, [tenantId])
+        counts.push({ name: t.name, rows: Number(r!.n) })
+      }
+      onPlan({ tables: counts, total: counts.reduce((s, c) => s + c.rows, 0) })
+    }
+    for (const t of tables) {
+      const prefix = `{"table":${JSON.stringify(t.name)},"row":`
+      const text = `SELECT row_to_json(r)::text AS j FROM (SELECT ${t.columns.map(ident).join(', ')} FROM ${ident(t.name)}
+                     WHERE ${ident(t.keyColumn)} = $1 ORDER BY ${t.orderBy.map(ident).join(', ')}) r`
+      const stream = client.query(new QueryStream(text, [tenantId], { batchSize: 500 }))
+      for await (const row of stream as AsyncIterable<{ j: string }>) yield `${prefix}${row.j}}\n`
+    }
+    await client.query('COMMIT')
+    committed = true
+  } finally {
+    // On an error, or a consumer that stopped reading (a client gone mid-download), the connection
+    // may still have a cursor open: destroy it rather than return it to the pool mid-transaction.
+    client.release(committed ? undefined : true)
+  }
+}
+
+export interface ImportResult {
+  tenantId: string
+  rows: Record<string, number>
+}
+
+export class ImportError extends Error {
+  override name = 'ImportError'
+}
+
+/**
+ * Loads an export into this deployment, in one transaction as the owner (all or nothing). The
+ * tenant must not exist yet. Tables arrive parents first; the audit chain is re-linked by its
+ * trigger as events arrive in seq order, and the result must equal the exported chain head, so a
+ * tampered export is refused. `placeShard` chooses where the tenant lives here.
+ */
+export async function importTenant (
+  pool: pg.Pool,
+  lines: AsyncIterable<string>,
+  placeShard: (client: pg.ClientBase, tenantId: string) => Promise<{ shard: number, placement: string }>,
+  onRows?: (n: number) => void
+): Promise<ImportResult> {
+  // Start reading at once: a readline interface drops the lines it emits before it is iterated.
+  const iterator = lines[Symbol.asyncIterator]()
+  const client = await pool.connect()
+  let ok = false
+  try {
+    await client.query('BEGIN')
+    await client.query("SET LOCAL TimeZone = 'UTC'")
+    const tables = new Map((await tenantTablesInOrder(client)).map((t) => [t.name, t]))
+    const order = [...tables.keys()]
+    const counts: Record<string, number> = {}
+    let tenantId: string | undefined
+    let exportedHead: Record<string, unknown> | undefined
+    let batch: { table: string, rows: Array<Record<string, unknown>> } | undefined
+    let position = 0
+
+    const flush = async (): Promise<void> => {
+      if (batch === undefined || batch.rows.length === 0) return
+      const info = tables.get(batch.table)!
+      // The audit chain's own columns are recomputed by its trigger as events arrive in order; the
+      // result is compared with the exported chain head at the end.
+      const cols = info.columns.filter((c) => info.name !== 'audit_events' || !CHAIN_COLUMNS.includes(c)).map(ident).join(', ')
+      await client.query(`INSERT INTO ${ident(info.name)} (${cols}) SELECT ${cols} FROM json_populate_recordset(NULL::${ident(info.name)}, $1::json)`,
+        [JSON.stringify(batch.rows)])
+      counts[batch.table] = (counts[batch.table] ?? 0) + batch.rows.length
+      onRows?.(batch.rows.length)
+      batch.rows = []
+    }
+
+    let lineNo = 0
+    for await (const raw of { [Symbol.asyncIterator]: () => iterator }) {
+      lineNo++
+      if (raw.trim() === '') continue
+      let parsed: { table?: unknown, row?: unknown }
+      try {
+        parsed = JSON.parse(raw) as { table?: unknown, row?: unknown }
+      } catch {
+        throw new ImportError(`line ${lineNo}: not JSON`)
+      }
+      const { table, row } = parsed
+      if (typeof table !== 'string' || !tables.has(table) || row === null || typeof row !== 'object') {
+        throw new ImportError(`line ${lineNo}: expected {"table": <a tenant table>, "row": {...}}`)
+      }
+      const record = row as Record<string, unknown>
+      if (tenantId === undefined) {
+        if (table !== 'tenants' || typeof record.id !== 'string') throw new ImportError('the export must start with the tenants row')
+        tenantId = record.id
+        const exists = await client.query('SELECT 1 FROM tenants WHERE id = $1 OR slug = $2', [tenantId, record.slug])
+        if (exists.rowCount !== 0) throw new ImportError(`a tenant with id ${tenantId} or slug ${String(record.slug)} already exists here`)
+        await bind(client, tenantId)
+        const { shard, placement } = await placeShard(client, tenantId)
+        await client.query('INSERT INTO tenants (id, name, slug, created_at, shard, placement) VALUES ($1, $2, $3, $4, $5, $6)',
+          [tenantId, record.name, record.slug, record.created_at, shard, placement])
+        counts.tenants = 1
+        onRows?.(1)
+        continue
+      }
+      const key = table === 'tenants' ? record.id : record.tenant_id
+      if (key !== tenantId) throw new ImportError(`line ${lineNo}: a row of another tenant`)
+      const at = order.indexOf(table)
+      if (at < position) throw new ImportError(`line ${lineNo}: ${table} rows must come before ${order[position]} rows`)
+      position = at
+      if (table === 'audit_heads') { exportedHead = record; continue } // rebuilt by the chaining trigger
+      if (batch?.table !== table) { await flush(); batch = { table, rows: [] } }
+      batch.rows.push(record)
+      if (batch.rows.length >= 500) await flush()
+    }
+    await flush()
+    if (tenantId === undefined) throw new ImportError('the export is empty')
+    if (exportedHead !== undefined) {
+      const { rows: [head] } = await client.query<{ seq: string, hash: string }>("SELECT seq::text, '\\x' || encode(hash, 'hex') AS hash FROM audit_heads WHERE tenant_id = $1", [tenantId])
+      if (head === undefined || head.seq !== String(exportedHead.seq) || head.hash !== exportedHead.hash) {
+        throw new ImportError('the imported audit trail does not reproduce the exported chain head: the export was altered')
+      }
+      counts.audit_heads = 1
+    }
+    await client.query('COMMIT')
+    ok = true
+    return { tenantId, rows: counts }
+  } finally {
+    if (!ok) await client.query('ROLLBACK').catch(() => {})
+    client.release()
+  }
+}

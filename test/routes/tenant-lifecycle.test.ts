@@ -1,0 +1,156 @@
+import { Readable } from 'node:stream'
+import { createInterface } from 'node:readline'
+import t from 'tap'
+import pg from 'pg'
+import { allocateShard } from '../../src/db/placement.ts'
+import { importTenant } from '../../src/db/tenant-data.ts'
+import { as, buildTestApp, provisionTenant, type ProvisionedTenant, type TestApp } from '../helpers/app.ts'
+import { query } from '../helpers/db.ts'
+
+const admin = (c: TestApp) => ({ authorization: `Bearer ${c.adminToken}` })
+
+async function populate (c: TestApp, tenant: ProvisionedTenant, invoices = 3): Promise<void> {
+  const customer = (await c.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'Ünïcødé "quoted"', email: 'a@example.com' } }))).json<{ id: string }>()
+  for (let i = 0; i < invoices; i++) {
+    const inv = (await c.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload: { customer_id: customer.id, currency: 'EUR', due_date: '2027-03-01', memo: `m${i}`, lines: [{ description: 'a', quantity: 3, unit_amount_cents: 1234 }, { description: 'b', quantity: 1, unit_amount_cents: 9007199254 }] } }))).json<{ id: string }>()
+    if (i > 0) await c.app.inject(as(tenant, { method: 'POST', url: `/v1/invoices/${inv.id}/finalize` }))
+  }
+  await c.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: 'owner@idp', role: 'owner' } }))
+  await c.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'keyed' }, headers: { 'idempotency-key': 'import-me' } }))
+}
+
+async function exportOf (c: TestApp, id: string): Promise<string> {
+  const res = await c.app.inject({ method: 'GET', url: `/admin/v1/tenants/${id}/export`, headers: admin(c) })
+  if (res.statusCode !== 200) throw new Error(`export failed: ${res.statusCode} ${res.body}`)
+  return res.body
+}
+
+async function importInto (c: TestApp, ndjson: string, placement: 'pooled' | 'dedicated' = 'pooled') {
+  const pool = new pg.Pool({ connectionString: c.db.ownerUrl, max: 1 })
+  try {
+    return await importTenant(pool, createInterface({ input: Readable.from([ndjson]) }), async (client, tenantId) =>
+      ({ shard: await allocateShard(client, tenantId, placement), placement }))
+  } finally {
+    await pool.end()
+  }
+}
+
+t.test('an export holds every row the tenant owns, one JSON object a line with its table name, and nothing of others', async (t) => {
+  const ctx = await buildTestApp(t)
+  const tenant = await provisionTenant(ctx, 'exported')
+  const other = await provisionTenant(ctx, 'bystander')
+  await populate(ctx, tenant)
+  await populate(ctx, other)
+  const res = await ctx.app.inject({ method: 'GET', url: `/admin/v1/tenants/${tenant.id}/export`, headers: admin(ctx) })
+  t.equal(res.statusCode, 200)
+  t.match(res.headers['content-type'], /application\/x-ndjson/)
+  const lines = res.body.trimEnd().split('\n').map((l) => JSON.parse(l) as { table: string, row: Record<string, unknown> })
+  t.equal(lines[0]!.table, 'tenants', 'the tenant first')
+  const counts: Record<string, number> = {}
+  for (const l of lines) counts[l.table] = (counts[l.table] ?? 0) + 1
+  t.match(counts, { tenants: 1, customers: 2, invoices: 3, invoice_lines: 6, api_keys: 1, memberships: 1, invoice_counters: 1, idempotency_keys: 1, audit_heads: 1 })
+  t.ok(counts.audit_events! >= 9)
+  for (const l of lines) {
+    t.equal(l.table === 'tenants' ? l.row.id : l.row.tenant_id, tenant.id, `${l.table} row belongs to the tenant`)
+    t.notOk('shard' in l.row, 'no placement columns')
+  }
+  t.notOk(res.body.includes(other.id), 'nothing of the other tenant')
+  t.notOk(res.body.includes(tenant.key), 'no secret: keys are exported as hashes')
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/admin/v1/tenants/0190a6d2-0000-7000-8000-000000000000/export', headers: admin(ctx) })).statusCode, 404)
+  t.equal((await ctx.app.inject(as(tenant, { method: 'GET', url: `/admin/v1/tenants/${tenant.id}/export` }))).statusCode, 401, 'tenant keys cannot export')
+})
+
+t.test('export → import into an empty instance → export gives identical output, and the tenant works there', async (t) => {
+  const source = await buildTestApp(t)
+  const tenant = await provisionTenant(source, 'migrating')
+  await populate(source, tenant)
+  const first = await exportOf(source, tenant.id)
+
+  const target = await buildTestApp(t)
+  const result = await importInto(target, first, 'dedicated')
+  t.equal(result.tenantId, tenant.id)
+  const second = await exportOf(target, tenant.id)
+  t.equal(second, first, 'byte for byte')
+  t.match((await target.app.inject(as(tenant, { method: 'GET', url: '/v1/invoices' }))).json(), { data: [{}, {}, {}] }, 'the same API key works on the new deployment')
+  t.match((await target.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events/verify' }))).json(), { ok: true }, 'the audit chain verifies')
+  t.match((await target.app.inject({ method: 'GET', url: `/admin/v1/tenants/${tenant.id}`, headers: admin(target) })).json(), { placement: 'dedicated' })
+  const again = await importInto(target, first).then(() => undefined, (e: unknown) => e)
+  t.match(again, { name: 'ImportError', message: /already exists/ }, 'importing over an existing tenant is refused')
+})
+
+t.test('an altered export is refused and nothing is written', async (t) => {
+  const source = await buildTestApp(t)
+  const tenant = await provisionTenant(source, 'tampered')
+  await populate(source, tenant)
+  const original = await exportOf(source, tenant.id)
+  // Someone edits who created an invoice, leaving the recorded hashes as they were.
+  const altered = original.replace(/"actor_id":"[^"]+","action":"invoice\.created"/, '"actor_id":"someone-else","action":"invoice.created"')
+  t.not(altered, original)
+  const target = await buildTestApp(t)
+  await t.rejects(importInto(target, altered), { name: 'ImportError', message: /audit trail/ })
+  t.same(await query(target.db.adminUrl, 'SELECT 1 FROM tenants WHERE id = $1', [tenant.id]), [], 'all or nothing')
+  const foreign = original.replace(/"tenant_id":"[^"]+"/, '"tenant_id":"0190a6d2-0000-7000-8000-000000000000"')
+  await t.rejects(importInto(target, foreign), { name: 'ImportError', message: /another tenant/ })
+})
+
+t.test('erasure revokes first, removes every row, verifies, and keeps a receipt outside the tenant data', async (t) => {
+  const ctx = await buildTestApp(t)
+  for (const placement of ['pooled', 'dedicated'] as const) {
+    const res = await ctx.app.inject({ method: 'POST', url: '/admin/v1/tenants', headers: admin(ctx), payload: { name: 'doomed', slug: `doomed-${placement}`, placement } })
+    const body = res.json<{ tenant: { id: string }, api_key: { key: string, id: string } }>()
+    const doomed: ProvisionedTenant = { id: body.tenant.id, slug: `doomed-${placement}`, key: body.api_key.key, keyId: body.api_key.id }
+    const survivor = await provisionTenant(ctx, `survivor-${placement}`)
+    await populate(ctx, doomed)
+    await populate(ctx, survivor)
+    const survivorBefore = await exportOf(ctx, survivor.id)
+    const [{ shard }] = await query<{ shard: number }>(ctx.db.adminUrl, 'SELECT shard FROM tenants WHERE id = $1', [doomed.id]) as [{ shard: number }]
+
+    const erased = await ctx.app.inject({ method: 'DELETE', url: `/admin/v1/tenants/${doomed.id}`, headers: admin(ctx) })
+    t.equal(erased.statusCode, 200, placement)
+    const receipt = erased.json<{ verified: boolean, rows_removed: Record<string, number>, placement: string, requested_by: string }>()
+    t.match(receipt, { verified: true, placement, requested_by: 'operator', rows_removed: { tenants: 1, invoices: 3, invoice_lines: 6, customers: 2 } })
+    t.equal((await ctx.app.inject(as(doomed, { method: 'GET', url: '/v1/tenant' }))).statusCode, 401, "the erased tenant's key is refused")
+
+    const left = await query<{ n: number }>(ctx.db.adminUrl, `SELECT count(*)::int AS n FROM (
+      SELECT tenant_id FROM customers UNION ALL SELECT tenant_id FROM invoices UNION ALL SELECT tenant_id FROM invoice_lines
+      UNION ALL SELECT tenant_id FROM audit_events UNION ALL SELECT tenant_id FROM api_keys UNION ALL SELECT tenant_id FROM memberships
+      UNION ALL SELECT tenant_id FROM idempotency_keys UNION ALL SELECT tenant_id FROM invoice_counters UNION ALL SELECT tenant_id FROM audit_heads
+      UNION ALL SELECT id FROM tenants) x WHERE tenant_id = $1`, [doomed.id])
+    t.equal(left[0]!.n, 0, 'no row of the tenant anywhere')
+    if (placement === 'dedicated') {
+      t.equal(erased.json<{ partitions_dropped: boolean }>().partitions_dropped, true)
+      t.same(await query(ctx.db.adminUrl, "SELECT relname FROM pg_class WHERE relname ~ ('_s' || $1 || '$')", [shard]), [], 'its partitions are dropped')
+    }
+    const receipts = await query<{ subject_tenant_id: string, verified: boolean }>(ctx.db.adminUrl, 'SELECT subject_tenant_id, verified FROM erasure_receipts WHERE subject_tenant_id = $1', [doomed.id])
+    t.same(receipts, [{ subject_tenant_id: doomed.id, verified: true }], 'the receipt is kept')
+    t.equal(await exportOf(ctx, survivor.id), survivorBefore, 'the other tenant is untouched')
+    t.equal((await ctx.app.inject({ method: 'DELETE', url: `/admin/v1/tenants/${doomed.id}`, headers: admin(ctx) })).statusCode, 404)
+  }
+})
+
+t.test("other tenants' traffic keeps flowing during an erasure", async (t) => {
+  const ctx = await buildTestApp(t, { DB_POOL_MAX: 6 })
+  const res = await ctx.app.inject({ method: 'POST', url: '/admin/v1/tenants', headers: admin(ctx), payload: { name: 'big', slug: 'big-one', placement: 'dedicated' } })
+  const doomed = res.json<{ tenant: { id: string }, api_key: { key: string, id: string } }>()
+  const victimTenant: ProvisionedTenant = { id: doomed.tenant.id, slug: 'big-one', key: doomed.api_key.key, keyId: doomed.api_key.id }
+  await populate(ctx, victimTenant, 20)
+  const others = [await provisionTenant(ctx, 'busy-a'), await provisionTenant(ctx, 'busy-b')]
+  for (const o of others) await populate(ctx, o, 2)
+  const running = { stop: false }
+  const statuses: number[] = []
+  const traffic = Promise.all(others.map(async (o) => {
+    while (!running.stop) {
+      const r = await ctx.app.inject(as(o, { method: 'POST', url: '/v1/customers', payload: { name: 'during' } }))
+      statuses.push(r.statusCode)
+      statuses.push((await ctx.app.inject(as(o, { method: 'GET', url: '/v1/invoices?limit=5' }))).statusCode)
+    }
+  }))
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const erased = await ctx.app.inject({ method: 'DELETE', url: `/admin/v1/tenants/${victimTenant.id}`, headers: admin(ctx) })
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  running.stop = true
+  await traffic
+  t.equal(erased.statusCode, 200)
+  t.ok(statuses.length > 10, `${statuses.length} requests ran alongside`)
+  t.same([...new Set(statuses)].sort(), [200, 201], 'none of them failed')
+})
