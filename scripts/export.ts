@@ -27,7 +27,8 @@ async function main (): Promise<void> {
     bar.update(done)
     bar.stop()
     if (out !== process.stdout) { out.end(); await once(out, 'finish') }
-    process.stderr.write(`exported ${done} rows of tenant ${values.tenant}\n`)
+    const peakMb = (process.resourceUsage().maxRSS / 1024).toFixed(1)
+    process.stderr.write(`exported ${done} rows of tenant ${values.tenant} (peak RSS ${peakMb} MB)\n`)
   } finally {
     bar.stop()
     await pool.end()

@@ -28,7 +28,9 @@ export interface DbPluginOptions {
 }
 
 async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Promise<void> {
+  let closing = false
   const onIdleError = (role: string) => (error: Error): void => {
+    if (closing) return // connections ended by our own shutdown, or the server's
     fastify.log.warn({ err: error, role }, 'an idle database connection failed and was discarded')
   }
   const appPool = createPool({
@@ -54,6 +56,7 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
     fastify.tenantTables = await loadTenantTables(appPool)
   })
   fastify.addHook('onClose', async () => {
+    closing = true
     // Kysely.destroy() ends the pg pool it wraps.
     await Promise.all([fastify.db.destroy(), fastify.ownerDb.destroy()])
   })
