@@ -26,7 +26,7 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 export interface BuildOptions {
   /** Where log lines go (default: stdout). Tests read the access-decision audit from here. */
   logStream?: NodeJS.WritableStream
-  /** Sees every statement sent through Kysely on the runtime connection. */
+  /** Sees every statement sent on the runtime connections. */
   onQuery?: QueryListener
 }
 

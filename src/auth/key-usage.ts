@@ -1,5 +1,5 @@
 import { sql } from 'kysely'
-import type { Database } from '../db/database.ts'
+import type pg from 'pg'
 import { withTenantTransaction } from '../db/tenant-transaction.ts'
 
 /**
@@ -9,13 +9,13 @@ import { withTenantTransaction } from '../db/tenant-transaction.ts'
  * adding a write to every request is not.
  */
 export class KeyUsageRecorder {
-  readonly #db: Database
+  readonly #pool: pg.Pool
   readonly #pending = new Map<string, { tenantId: string, at: Date }>()
   #timer: NodeJS.Timeout | undefined
   #flushing: Promise<void> = Promise.resolve()
 
-  constructor (db: Database, flushEveryMs: number, onError: (error: unknown) => void) {
-    this.#db = db
+  constructor (pool: pg.Pool, flushEveryMs: number, onError: (error: unknown) => void) {
+    this.#pool = pool
     this.#timer = setInterval(() => { this.flush().catch(onError) }, flushEveryMs)
     this.#timer.unref()
   }
@@ -46,10 +46,11 @@ export class KeyUsageRecorder {
     }
     this.#pending.clear()
     for (const [tenantId, uses] of byTenant) {
-      await withTenantTransaction(this.#db, tenantId, async (trx) => {
+      await withTenantTransaction(this.#pool, tenantId, async (trx) => {
         for (const use of uses) {
-          await trx.updateTable('api_keys')
+          await trx.db.updateTable('api_keys')
             .set({ last_used_at: sql<Date>`greatest(last_used_at, ${use.at})` })
+            .where('tenant_id', '=', tenantId)
             .where('id', '=', use.keyId)
             .execute()
         }

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import pg from 'pg'
 import { dropShardPartitions, type Placement } from './placement.ts'
 import { tenantTablesInOrder } from './tenant-data.ts'
-import { TENANT_LOCK_SALT } from './tenant-transaction.ts'
+import { TENANT_LOCK_SALT, withTenantTransaction } from './tenant-transaction.ts'
 
 /**
  * Erasure (the right to be forgotten), in three steps:
@@ -32,20 +32,9 @@ export interface ErasureReceipt {
 
 const ident = (name: string): string => `"${name.replaceAll('"', '""')}"`
 
+/** A tenant-bound transaction on a raw owner connection (see withTenantTransaction). */
 async function inTenantTransaction<T> (pool: pg.Pool, tenantId: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect()
-  try {
-    await client.query('BEGIN')
-    await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenantId])
-    const result = await work(client)
-    await client.query('COMMIT')
-    return result
-  } catch (error) {
-    await client.query('ROLLBACK').catch(() => {})
-    throw error
-  } finally {
-    client.release()
-  }
+  return withTenantTransaction(pool, tenantId, async (trx) => work(trx.client))
 }
 
 /** Rows of the tenant left in any tenant table (the tenants registry included). */

@@ -14,7 +14,7 @@ export interface KeyUsageOptions {
 }
 
 async function keyUsage (fastify: FastifyInstance, options: KeyUsageOptions): Promise<void> {
-  const recorder = new KeyUsageRecorder(fastify.db, options.flushEveryMs, (error) => {
+  const recorder = new KeyUsageRecorder(fastify.dbPool, options.flushEveryMs, (error) => {
     fastify.log.warn({ err: error }, 'could not record API key usage; it will be retried with the next uses')
   })
   fastify.decorate('keyUsage', recorder)

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type pg from 'pg'
-import { createDatabase, createPool, type Database, type QueryListener } from '../../db/database.ts'
+import { createDatabase, createPool, observePool, type Database, type QueryListener } from '../../db/database.ts'
 import { loadTenantTables, type TenantTables } from '../../db/tenant-scope.ts'
 
 declare module 'fastify' {
@@ -23,7 +23,7 @@ export interface DbPluginOptions {
   poolMax: number
   operatorPoolMax: number
   connectTimeoutMs: number
-  /** Sees every statement the runtime connection sends through Kysely (tests audit the scoping with it). */
+  /** Sees every statement the runtime connections send (tests audit the scoping with it). */
   onQuery?: QueryListener | undefined
 }
 
@@ -39,6 +39,7 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
     connectTimeoutMs: options.connectTimeoutMs,
     applicationName: 'rowfence',
     onIdleError: onIdleError('app'),
+    pipeline: true,
   })
   const ownerPool = createPool({
     connectionString: options.ownerDatabaseUrl,
@@ -48,7 +49,8 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
     onIdleError: onIdleError('owner'),
   })
   fastify.decorate('dbPool', appPool)
-  fastify.decorate('db', createDatabase(appPool, options.onQuery))
+  if (options.onQuery !== undefined) observePool(appPool, options.onQuery)
+  fastify.decorate('db', createDatabase(appPool))
   fastify.decorate('ownerDb', createDatabase(ownerPool))
   fastify.decorate('ownerPool', ownerPool)
   fastify.decorate('tenantTables', new Map())

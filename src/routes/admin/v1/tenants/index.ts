@@ -51,11 +51,11 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
     // The operator connection binds the new tenant like any request does, so the policies'
     // WITH CHECK accepts exactly this tenant's rows; the tenant row, its partitions (dedicated), its
     // key and the audit event commit together or not at all.
-    const tenant = await withTenantTransaction(fastify.ownerDb, id, async (trx) => {
-      const shard = await allocateShard(trx, id, placement)
-      const row = await insertTenant(trx, { id, name: request.body.name, slug: request.body.slug, placement, shard })
-      await insertApiKey(trx, { id: key.id, name: 'initial admin key', prefix: key.prefix, secret_hash: key.secretHash, scopes: [...ALL_SCOPES] })
-      await auditOperator(trx, request, 'tenant.created', id, { slug: row.slug, placement, initial_key_prefix: key.prefix })
+    const tenant = await withTenantTransaction(fastify.ownerPool, id, async ({ db }) => {
+      const shard = await allocateShard(db, id, placement)
+      const row = await insertTenant(db, { id, name: request.body.name, slug: request.body.slug, placement, shard })
+      await insertApiKey(db, { id: key.id, name: 'initial admin key', prefix: key.prefix, secret_hash: key.secretHash, scopes: [...ALL_SCOPES] })
+      await auditOperator(db, request, 'tenant.created', id, { slug: row.slug, placement, initial_key_prefix: key.prefix })
       return row
     })
     request.log.info({ tenantId: id, slug: tenant.slug, placement, keyPrefix: key.prefix, ms: Math.round(performance.now() - started) }, 'tenant provisioned')
@@ -95,13 +95,13 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
     },
   }, async (request) => {
     const { id } = request.params
-    const result = await withTenantTransaction(fastify.ownerDb, id, async (trx) => {
-      const change = await changePlacement(trx, id, request.body.placement)
+    const result = await withTenantTransaction(fastify.ownerPool, id, async ({ db }) => {
+      const change = await changePlacement(db, id, request.body.placement)
       if (change === undefined) return undefined
       if (change.from.placement !== change.to.placement) {
-        await auditOperator(trx, request, 'tenant.placement_changed', id, { from: change.from.placement, to: change.to.placement, rows_moved: change.rowsMoved })
+        await auditOperator(db, request, 'tenant.placement_changed', id, { from: change.from.placement, to: change.to.placement, rows_moved: change.rowsMoved })
       }
-      return { change, tenant: (await findTenant(trx, id))! }
+      return { change, tenant: (await findTenant(db, id))! }
     })
     if (result === undefined) throw notFound('tenant')
     request.log.info({ tenantId: id, from: result.change.from, to: result.change.to, rowsMoved: result.change.rowsMoved }, 'tenant placement changed')
