@@ -5,6 +5,7 @@ import type { ResolvedConfig } from './config.ts'
 import type { QueryListener } from './db/database.ts'
 import dbPlugin from './plugins/external/db.ts'
 import jwtPlugin from './plugins/external/jwt.ts'
+import metricsPlugin from './plugins/external/metrics.ts'
 import swaggerPlugin from './plugins/external/swagger.ts'
 import errorsPlugin from './plugins/app/errors.ts'
 import keyUsagePlugin from './plugins/app/key-usage.ts'
@@ -71,6 +72,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
     onQuery: options.onQuery,
   })
+  await app.register(metricsPlugin)
   await app.register(jwtPlugin, { settings: config.jwt })
   await app.register(swaggerPlugin)
   await app.register(errorsPlugin)

@@ -31,6 +31,8 @@ export const ConfigSchema = Type.Object({
   EMBEDDED_PG_PORT: Type.Integer({ minimum: 1, maximum: 65535, default: 54329 }),
   /** Apply pending migrations at start-up (under the migration lock, so several instances may start at once). */
   MIGRATE_ON_START: Type.Boolean({ default: true }),
+  /** Worker processes serving requests (node:cluster); 1 serves from the main process. */
+  WEB_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
   BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
 })
 

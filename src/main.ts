@@ -11,13 +11,16 @@ import { runSafetyChecks, UnsafeDatabaseError } from './db/safety-checks.ts'
  * Start-up, in order: find the database (the configured one, or an embedded cluster), migrate it,
  * refuse to go on unless the isolation safety checks hold, then build the app.
  */
-export interface Started {
-  app: FastifyInstance
+export interface Prepared {
   config: ResolvedConfig
   embedded: EmbeddedDatabase | undefined
   adminTokenFile: string | undefined
   /** Where the generated development JWT secret lives (for `npm run token`), when one was generated. */
   jwtSecretFile: string | undefined
+}
+
+export interface Started extends Prepared {
+  app: FastifyInstance
   /** Closes the app (finishing in-flight requests), then stops the embedded database. */
   stop: () => Promise<void>
 }
@@ -38,7 +41,11 @@ export async function assertSafeDatabase (appDatabaseUrl: string): Promise<void>
   }
 }
 
-export async function start (config: Config, options: StartOptions = {}): Promise<Started> {
+/**
+ * Everything before the app: the database (configured or embedded), the secrets, migrations and the
+ * safety checks. Done once per deployment start, also when several worker processes serve.
+ */
+export async function prepare (config: Config, options: StartOptions = {}): Promise<Prepared> {
   const log = options.log ?? (() => {})
   let embedded: EmbeddedDatabase | undefined
   if (config.DATABASE_URL === undefined) {
@@ -70,17 +77,29 @@ export async function start (config: Config, options: StartOptions = {}): Promis
     }
     await assertSafeDatabase(appUrl)
     const resolved: ResolvedConfig = { ...config, DATABASE_URL: ownerUrl, APP_DATABASE_URL: appUrl, ADMIN_TOKEN: adminToken, jwt: jwtSettings(config, devJwtSecret) }
-    const app = await buildApp(resolved)
-    const stop = async (): Promise<void> => {
-      try {
-        await app.close()
-      } finally {
-        await embedded?.stop()
-      }
-    }
-    return { app, config: resolved, embedded, adminTokenFile, jwtSecretFile, stop }
+    return { config: resolved, embedded, adminTokenFile, jwtSecretFile }
   } catch (error) {
     await embedded?.stop()
     throw error
   }
+}
+
+/** prepare(), then build the app (one process serving). */
+export async function start (config: Config, options: StartOptions = {}): Promise<Started> {
+  const prepared = await prepare(config, options)
+  let app: FastifyInstance
+  try {
+    app = await buildApp(prepared.config)
+  } catch (error) {
+    await prepared.embedded?.stop()
+    throw error
+  }
+  const stop = async (): Promise<void> => {
+    try {
+      await app.close()
+    } finally {
+      await prepared.embedded?.stop()
+    }
+  }
+  return { ...prepared, app, stop }
 }

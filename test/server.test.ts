@@ -65,3 +65,21 @@ t.test('a correct setup serves, and SIGTERM stops it cleanly with exit code 0', 
   const run = await server.exited
   t.equal(run.code, 0)
 })
+
+t.test('with WEB_CONCURRENCY=2, workers share the port and SIGTERM stops them all with exit code 0', async (t) => {
+  const db = await createTestDatabase(t)
+  const server = startServer({ DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.appUrl, ADMIN_TOKEN: 'x'.repeat(40), WEB_CONCURRENCY: '2' })
+  t.teardown(() => { server.child.kill('SIGKILL') })
+  const deadline = Date.now() + 30_000
+  let url: string | undefined
+  while (url === undefined && Date.now() < deadline) {
+    url = /listening on (http:\/\/\S+) with 2 workers/.exec(server.output())?.[1]
+    if (url === undefined) await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.ok(url, 'the primary announced the workers')
+  const statuses = await Promise.all(Array.from({ length: 20 }, async () => (await fetch(`${url}/readyz`)).status))
+  t.same([...new Set(statuses)], [200])
+  server.child.kill('SIGTERM')
+  const run = await server.exited
+  t.equal(run.code, 0)
+})

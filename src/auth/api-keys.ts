@@ -48,13 +48,18 @@ export function hashApiKey (key: string): Buffer {
   return createHash('sha256').update(key).digest()
 }
 
-export function generateApiKey (tenantId: string): NewApiKey {
-  const id = uuidv7()
+/** Assembles a key from its parts (generateApiKey draws the id and the secret). */
+export function formatApiKey (id: string, tenantId: string, secret: Buffer): NewApiKey {
+  if (secret.length !== 32) throw new TypeError('an API key secret is 32 bytes')
   const body = Buffer.from(parseUuid(id)).toString('base64url') +
     Buffer.from(parseUuid(tenantId)).toString('base64url') +
-    randomBytes(32).toString('base64url')
+    secret.toString('base64url')
   const key = API_KEY_PREFIX + body + checksum(API_KEY_PREFIX + body)
   return { id, key, prefix: key.slice(0, API_KEY_PREFIX.length + UUID_CHARS), secretHash: hashApiKey(key) }
+}
+
+export function generateApiKey (tenantId: string): NewApiKey {
+  return formatApiKey(uuidv7(), tenantId, randomBytes(32))
 }
 
 export function looksLikeApiKey (token: string): boolean {

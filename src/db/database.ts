@@ -41,6 +41,14 @@ export function createPool (options: PoolOptions): pg.Pool {
 
 export type QueryListener = (sql: string) => void
 
+export interface PoolTraffic {
+  /** Statements sent. */
+  statements: number
+  /** Round trips: a statement sent while none is in flight on its connection starts one; statements
+   * pipelined behind it ride along. */
+  roundTrips: number
+}
+
 export function createDatabase (pool: pg.Pool): Database {
   return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
 }
@@ -50,13 +58,23 @@ export function createDatabase (pool: pg.Pool): Database {
  * raw ones, BEGIN and COMMIT alike): the round-trip counter of /metrics, and the tests' audit of
  * tenant predicates, see the same traffic.
  */
-export function observePool (pool: pg.Pool, listener: QueryListener): void {
+export function observePool (pool: pg.Pool, traffic: PoolTraffic, listener?: QueryListener): void {
   pool.on('connect', (client) => {
     const query = client.query.bind(client) as (...args: unknown[]) => unknown
+    let inFlight = 0
     ;(client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
       const first = args[0]
-      listener(typeof first === 'string' ? first : (first as { text?: string } | undefined)?.text ?? '')
-      return query(...args)
+      if (listener !== undefined) listener(typeof first === 'string' ? first : (first as { text?: string } | undefined)?.text ?? '')
+      traffic.statements++
+      if (inFlight === 0) traffic.roundTrips++
+      inFlight++
+      const result = query(...args)
+      if (result instanceof Promise) {
+        result.then(() => { inFlight-- }, () => { inFlight-- })
+      } else {
+        inFlight-- // callback or submittable query: not counted as pipelined
+      }
+      return result
     }
   })
 }

@@ -17,7 +17,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
  * (placement moves and erasure take it exclusively); it comes before any read of the tenant's
  * placement, because a statement's snapshot is taken before it waits for a lock.
  */
-const BIND_SQL = `SELECT set_config('app.current_tenant_id', $1, true),
+export const BIND_SQL = `SELECT set_config('app.current_tenant_id', $1, true),
                          pg_advisory_xact_lock_shared(hashtextextended($1::text, ${TENANT_LOCK_SALT}))`
 
 /** Kysely's view of one pg client: every query of a tenant transaction runs on that connection. */

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type pg from 'pg'
-import { createDatabase, createPool, observePool, type Database, type QueryListener } from '../../db/database.ts'
+import { createDatabase, createPool, observePool, type Database, type PoolTraffic, type QueryListener } from '../../db/database.ts'
 import { loadTenantTables, type TenantTables } from '../../db/tenant-scope.ts'
 
 declare module 'fastify' {
@@ -12,6 +12,8 @@ declare module 'fastify' {
     /** Owner connection: the operator API only (provisioning, and later export and erasure). */
     ownerDb: Database
     ownerPool: pg.Pool
+    /** Statements and round trips sent on the runtime connections (for /metrics and the benchmark). */
+    dbTraffic: PoolTraffic
     /** Tenant tables and which of them are sharded, read from the catalog when the app starts. */
     tenantTables: TenantTables
   }
@@ -49,7 +51,9 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
     onIdleError: onIdleError('owner'),
   })
   fastify.decorate('dbPool', appPool)
-  if (options.onQuery !== undefined) observePool(appPool, options.onQuery)
+  const traffic: PoolTraffic = { statements: 0, roundTrips: 0 }
+  observePool(appPool, traffic, options.onQuery)
+  fastify.decorate('dbTraffic', traffic)
   fastify.decorate('db', createDatabase(appPool))
   fastify.decorate('ownerDb', createDatabase(ownerPool))
   fastify.decorate('ownerPool', ownerPool)

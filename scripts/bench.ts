@@ -1,0 +1,293 @@
+// npm run bench -- [--tenants 100] [--invoices 2000] [--seconds 10] [--connections 16,64]
+//                  [--scenarios healthz,get-invoice,list-invoices,create-invoice] [--workers 1]
+//                  [--pool 10] [--server-dir .] [--label name]
+//
+// Measures the server against the database's own ceiling, in one run on one machine:
+//   1. seeds the dataset (tenants × invoices of 3 lines, one key per tenant; reused between runs),
+//   2. starts the server in production mode as its own process,
+//   3. for each scenario and concurrency, drives HTTP load from another process (autocannon), then
+//      runs pgbench with the same SQL transaction the server performs per request (BEGIN, the binding,
+//      the credential check, the route's statements, COMMIT) at the same concurrency,
+//   4. prints one table — req/s, p50, p99 and each as a ratio to pgbench — with the server's peak RSS,
+//      CPU and database round trips per request, and writes it to bench/results/.
+// Database: BENCH_DATABASE_URL (a superuser), else an embedded PostgreSQL kept under .data/bench.
+// `--server-dir` runs another checkout's server against the same data (before/after comparisons).
+import { spawn, spawnSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { parseArgs } from 'node:util'
+import pg from 'pg'
+import { bootstrapDatabase } from '../src/db/bootstrap.ts'
+import { startEmbedded } from '../src/db/embedded.ts'
+import { migrate } from '../src/db/migrate.ts'
+import { loadTenantTables } from '../src/db/tenant-scope.ts'
+import { benchKey, LINE, pgbenchScript, seed, type Scenario } from './lib/bench-data.ts'
+
+const say = (line: string): void => { process.stderr.write(`bench: ${line}\n`) }
+
+interface Measure { rps: number, p50: number, p99: number, requests?: number, errors?: number }
+
+function quantile (sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN
+}
+
+function findPgbench (): string | undefined {
+  for (const candidate of [process.env.PGBENCH, 'pgbench', '/usr/lib/postgresql/15/bin/pgbench']) {
+    if (candidate === undefined) continue
+    const probe = spawnSync(candidate, ['--version'], { encoding: 'utf8' })
+    if (probe.status === 0) return candidate
+  }
+  return undefined
+}
+
+async function runPgbench (bin: string, appUrl: string, script: string, clients: number, seconds: number): Promise<Measure> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-pgbench-'))
+  try {
+    await writeFile(path.join(dir, 'script.sql'), script)
+    const url = new URL(appUrl)
+    const result = spawnSync(bin, ['-n', '-M', 'extended', '-c', String(clients), '-j', '2', '-T', String(seconds),
+      '-l', '--log-prefix', path.join(dir, 'log'), '-f', path.join(dir, 'script.sql'), decodeURIComponent(url.pathname.slice(1))], {
+      encoding: 'utf8',
+      env: { ...process.env, PGHOST: url.hostname, PGPORT: url.port || '5432', PGUSER: decodeURIComponent(url.username), PGPASSWORD: decodeURIComponent(url.password) },
+    })
+    if (result.status !== 0) throw new Error(`pgbench failed: ${result.stderr}`)
+    const tps = Number(/tps = ([\d.]+) \(without initial connection time\)/.exec(result.stdout)?.[1])
+    const failed = Number(/number of failed transactions: (\d+)/.exec(result.stdout)?.[1] ?? 0)
+    const latencies: number[] = []
+    for (const file of await readdir(dir)) {
+      if (!file.startsWith('log')) continue
+      for (const line of (await readFile(path.join(dir, file), 'utf8')).split('\n')) {
+        const micros = Number(line.split(' ')[2])
+        if (Number.isFinite(micros) && line !== '') latencies.push(micros / 1000)
+      }
+    }
+    latencies.sort((a, b) => a - b)
+    return { rps: tps, p50: quantile(latencies, 0.5), p99: quantile(latencies, 0.99), requests: latencies.length, errors: failed }
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+const WRK = spawnSync('wrk', ['--version'], { encoding: 'utf8' }).error === undefined ? 'wrk' : undefined
+
+/** The wrk Lua script for a scenario: the same rotation as scripts/bench-load.ts (autocannon). */
+function wrkScript (scenario: Scenario, tenants: number, invoices: number): string {
+  const keys = Array.from({ length: tenants }, (_, i) => `"Bearer ${benchKey(i + 1).key}"`).join(',\n')
+  const line = JSON.stringify(LINE)
+  const request: Record<Scenario, string> = {
+    healthz: 'return wrk.format("GET", "/healthz")',
+    'get-invoice': 'return wrk.format("GET", string.format("/v1/invoices/%08x-0000-7000-b000-%012x", t, math.random(invoices)), { ["authorization"] = keys[t] })',
+    'list-invoices': 'return wrk.format("GET", "/v1/invoices?limit=50", { ["authorization"] = keys[t] })',
+    'create-invoice': `return wrk.format("POST", "/v1/invoices", { ["authorization"] = keys[t], ["content-type"] = "application/json" },
+      string.format('{"customer_id":"%08x-0000-7000-a000-000000000000","currency":"EUR","lines":[${line},${line},${line}]}', t))`,
+  }
+  return `local keys = {\n${keys}\n}
+local tenants, invoices = ${tenants}, ${invoices}
+setup = function(thread) thread:set("seed", math.random(1, 1e9)) end
+init = function() math.randomseed(seed or os.time()) end
+request = function()
+  local t = math.random(tenants)
+  ${request[scenario]}
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"errors":%d,"non2xx":%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
+end
+`
+}
+
+async function runWrk (job: { url: string, scenario: Scenario, connections: number, seconds: number, tenants: number, invoices: number }): Promise<Measure> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-wrk-'))
+  try {
+    const script = path.join(dir, 'load.lua')
+    await writeFile(script, wrkScript(job.scenario, job.tenants, job.invoices))
+    const child = spawn('wrk', ['-t', '1', '-c', String(job.connections), '-d', `${job.seconds}s`, '-s', script, job.url], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    child.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+    const match = /RESULT (\{.*\})/.exec(out)
+    if (code !== 0 || match === null) throw new Error(`wrk failed: ${out}`)
+    const r = JSON.parse(match[1]!) as { requests: number, duration_us: number, p50_us: number, p99_us: number, errors: number, non2xx: number }
+    return { rps: r.requests / (r.duration_us / 1e6), p50: r.p50_us / 1000, p99: r.p99_us / 1000, requests: r.requests, errors: r.errors + r.non2xx }
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+async function runLoad (job: { url: string, scenario: Scenario, connections: number, seconds: number, tenants: number, invoices: number }): Promise<Measure> {
+  if (WRK !== undefined) return runWrk(job)
+  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/bench-load.ts', JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'] })
+  let out = ''
+  child.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  if (code !== 0) throw new Error('the load generator failed')
+  const r = JSON.parse(out) as { rps: number, p50: number, p99: number, requests: number, errors: number, non2xx: number }
+  return { rps: r.rps, p50: r.p50, p99: r.p99, requests: r.requests, errors: r.errors + r.non2xx }
+}
+
+/** Peak RSS (kB) and CPU time (clock ticks) of a process and its children on this machine. */
+async function processStats (pid: number): Promise<{ hwmKb: number, cpuTicks: number }> {
+  const pids = [pid]
+  try {
+    const children = (await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8')).trim()
+    if (children !== '') pids.push(...children.split(/\s+/).map(Number))
+  } catch {}
+  let hwmKb = 0
+  let cpuTicks = 0
+  for (const p of pids) {
+    try {
+      hwmKb = Math.max(hwmKb, Number(/VmHWM:\s+(\d+)/.exec(await readFile(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0))
+      const fields = (await readFile(`/proc/${p}/stat`, 'utf8')).split(') ')[1]!.split(' ')
+      cpuTicks += Number(fields[11]) + Number(fields[12])
+    } catch {}
+  }
+  return { hwmKb, cpuTicks }
+}
+
+async function scrapeRoundTrips (url: string): Promise<number | undefined> {
+  try {
+    const text = await (await fetch(`${url}/metrics`)).text()
+    const match = /^rowfence_db_round_trips_total (\d+)/m.exec(text)
+    return match === null ? undefined : Number(match[1])
+  } catch {
+    return undefined
+  }
+}
+
+async function main (): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      tenants: { type: 'string', default: '100' },
+      invoices: { type: 'string', default: '2000' },
+      seconds: { type: 'string', default: '10' },
+      connections: { type: 'string', default: '16,64' },
+      scenarios: { type: 'string', default: 'healthz,get-invoice,list-invoices,create-invoice' },
+      workers: { type: 'string', default: '1' },
+      pool: { type: 'string', default: '10' },
+      'server-dir': { type: 'string', default: '.' },
+      label: { type: 'string', default: 'current' },
+    },
+  })
+  const tenants = Number(values.tenants)
+  const invoices = Number(values.invoices)
+  const seconds = Number(values.seconds)
+  const connections = values.connections.split(',').map(Number)
+  const scenarios = values.scenarios.split(',') as Scenario[]
+  const serverDir = path.resolve(values['server-dir'])
+
+  const pgbench = findPgbench()
+  if (pgbench === undefined) say('pgbench is MISSING (install PostgreSQL client tools, e.g. Debian postgresql-client): the server is measured without its reference')
+
+  let adminUrl = process.env.BENCH_DATABASE_URL
+  let stopDatabase = async (): Promise<void> => {}
+  if (adminUrl === undefined) {
+    const embedded = await startEmbedded({ dataDir: '.data/bench', port: Number(process.env.BENCH_PG_PORT ?? 54339), database: 'rowfence_unused' })
+    adminUrl = embedded.adminUrl
+    stopDatabase = embedded.stop
+    say('using the embedded PostgreSQL under .data/bench (BENCH_DATABASE_URL to use another server)')
+  }
+  const database = `rowfence_bench_${tenants}x${invoices}`
+  const passwords = { ownerPassword: 'bench-owner', appPassword: 'bench-app' }
+  const urls = await bootstrapDatabase({ adminUrl, database, ...passwords })
+  await migrate(urls.ownerUrl)
+  say(`seeding ${tenants} tenants × ${invoices} invoices (3 lines each), reusing earlier runs' data`)
+  await seed(urls.ownerUrl, tenants, invoices, say)
+  const probe = new pg.Pool({ connectionString: urls.appUrl, max: 1 })
+  const tables = await loadTenantTables(probe)
+  await probe.end()
+
+  const adminToken = randomBytes(32).toString('base64url')
+  const server = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    cwd: serverDir,
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      NODE_ENV: 'production',
+      LOG_LEVEL: 'warn',
+      HOST: '127.0.0.1',
+      PORT: '0',
+      DATABASE_URL: urls.ownerUrl,
+      APP_DATABASE_URL: urls.appUrl,
+      ADMIN_TOKEN: adminToken,
+      WEB_CONCURRENCY: values.workers,
+      DB_POOL_MAX: values.pool,
+      KEY_USAGE_FLUSH_MS: '15000',
+    },
+    stdio: ['ignore', 'inherit', 'pipe'],
+  })
+  let serverErr = ''
+  server.stderr.on('data', (chunk: Buffer) => { serverErr += chunk.toString() })
+  const deadline = Date.now() + 60_000
+  let url: string | undefined
+  while (url === undefined) {
+    url = /listening on (http:\/\/\S+)/.exec(serverErr)?.[1]
+    if (url === undefined && (Date.now() > deadline || server.exitCode !== null)) throw new Error(`the server did not start: ${serverErr}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  say(`server (${values.label}, ${values.workers} worker(s), pool ${values.pool}) at ${url}; load from ${WRK ?? 'autocannon (install wrk for a lighter load generator)'}`)
+
+  const rows: Array<Record<string, unknown>> = []
+  try {
+    for (const scenario of scenarios) {
+      for (const c of connections) {
+        const job = { url, scenario, connections: c, seconds, tenants, invoices }
+        await runLoad({ ...job, seconds: 2 }) // warm-up: connections, caches, JIT
+        const tripsBefore = await scrapeRoundTrips(url)
+        const before = await processStats(server.pid!)
+        const started = performance.now()
+        const http = await runLoad(job)
+        const elapsed = (performance.now() - started) / 1000
+        const after = await processStats(server.pid!)
+        const tripsAfter = await scrapeRoundTrips(url)
+        const roundTrips = tripsBefore !== undefined && tripsAfter !== undefined && http.requests !== undefined && http.requests > 0
+          ? (tripsAfter - tripsBefore - 1) / http.requests // the scrape itself is not a round trip; only requests count
+          : undefined
+        const reference = scenario === 'healthz' || pgbench === undefined ? undefined : await runPgbench(pgbench, urls.appUrl, await pgbenchScript(scenario, tables, tenants, invoices), c, seconds)
+        const row = {
+          scenario,
+          connections: c,
+          rps: Math.round(http.rps),
+          p50_ms: http.p50,
+          p99_ms: http.p99,
+          errors: http.errors,
+          pgbench_tps: reference === undefined ? null : Math.round(reference.rps),
+          pgbench_p50_ms: reference === undefined ? null : Number(reference.p50.toFixed(2)),
+          pgbench_p99_ms: reference === undefined ? null : Number(reference.p99.toFixed(2)),
+          rps_ratio: reference === undefined ? null : Number((http.rps / reference.rps).toFixed(2)),
+          p99_ratio: reference === undefined ? null : Number((http.p99 / reference.p99).toFixed(2)),
+          server_peak_rss_mb: Math.round(after.hwmKb / 1024),
+          server_cpu_percent: Math.round(((after.cpuTicks - before.cpuTicks) / 100) / elapsed * 100),
+          round_trips_per_request: roundTrips === undefined || scenario === 'healthz' ? null : Number(roundTrips.toFixed(2)),
+        }
+        rows.push(row)
+        say(JSON.stringify(row))
+      }
+    }
+  } finally {
+    server.kill('SIGTERM')
+    await new Promise((resolve) => server.once('exit', resolve))
+    await stopDatabase()
+  }
+
+  const fmt = (v: unknown): string => v === null || v === undefined ? '–' : String(v)
+  const table = [
+    `Dataset ${tenants} tenants × ${invoices} invoices; ${seconds} s per run; server: ${values.label}, ${values.workers} worker(s), pool ${values.pool}; load: ${WRK ?? 'autocannon'}; reference: pgbench, same SQL, one round trip per statement.`,
+    '',
+    '| scenario | conns | req/s | p50 ms | p99 ms | pgbench tps | pgbench p50 / p99 ms | req/s ÷ pgbench | p99 ÷ pgbench | server peak RSS | server CPU | DB round trips / req |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ...rows.map((r) => `| ${String(r.scenario)} | ${fmt(r.connections)} | ${fmt(r.rps)} | ${fmt(r.p50_ms)} | ${fmt(r.p99_ms)} | ${fmt(r.pgbench_tps)} | ${fmt(r.pgbench_p50_ms)} / ${fmt(r.pgbench_p99_ms)} | ${fmt(r.rps_ratio)} | ${fmt(r.p99_ratio)} | ${fmt(r.server_peak_rss_mb)} MB | ${fmt(r.server_cpu_percent)} % | ${fmt(r.round_trips_per_request)} |`),
+  ].join('\n') + '\n'
+  process.stdout.write(table)
+  await mkdir('bench/results', { recursive: true })
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-')
+  await writeFile(`bench/results/bench-${values.label}-${stamp}.json`, JSON.stringify({ tenants, invoices, seconds, workers: values.workers, pool: values.pool, rows }, null, 2) + '\n')
+  await writeFile(`bench/results/bench-${values.label}-${stamp}.md`, table)
+}
+
+main().catch((error: unknown) => {
+  say(`failed: ${error instanceof Error ? error.stack ?? error.message : String(error)}`)
+  process.exit(1)
+})

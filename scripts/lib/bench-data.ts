@@ -1,0 +1,170 @@
+// Shared by the benchmark's entry points (scripts/bench.ts, scripts/bench-load.ts): the dataset's
+// deterministic ids and keys, seeding, and the SQL the server sends per request, captured from the
+// very repository functions the routes call, so that pgbench runs exactly that SQL.
+import { createHash } from 'node:crypto'
+import {
+  Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler,
+  type CompiledQuery, type DatabaseConnection, type Driver, type QueryResult,
+} from 'kysely'
+import pg from 'pg'
+import { formatApiKey } from '../../src/auth/api-keys.ts'
+import type { DB } from '../../src/db/schema.ts'
+import { BIND_SQL } from '../../src/db/tenant-transaction.ts'
+import { TenantScopePlugin, type TenantTables } from '../../src/db/tenant-scope.ts'
+import { priceLines } from '../../src/money.ts'
+import { insertAuditEvent } from '../../src/repositories/audit-events.ts'
+import { findInvoice, insertInvoice, listInvoices } from '../../src/repositories/invoices.ts'
+import { authenticateApiKey } from '../../src/repositories/tenant-auth.ts'
+
+// Ids are derived from the tenant number t and the invoice number j, in TypeScript for the HTTP load
+// and in SQL for pgbench (which has only numeric variables).
+const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0')
+export const tenantUuid = (t: number): string => `${hex(t, 8)}-0000-7000-8000-000000000000`
+export const keyUuid = (t: number): string => `${hex(t, 8)}-0000-7000-9000-000000000000`
+export const customerUuid = (t: number): string => `${hex(t, 8)}-0000-7000-a000-000000000000`
+export const invoiceUuid = (t: number, j: number): string => `${hex(t, 8)}-0000-7000-b000-${hex(j, 12)}`
+// pgbench passes :t and :j as parameters of unknown type in extended mode, hence the casts.
+const sqlTenant = (t: string): string => `(lpad(to_hex(CAST(${t} AS int)), 8, '0') || '-0000-7000-8000-000000000000')`
+const sqlUuid = (t: string, tail: string): string => `((lpad(to_hex(CAST(${t} AS int)), 8, '0') || '-0000-7000-${tail}'))::uuid`
+
+/** The benchmark's key for tenant t: deterministic, so a reused dataset needs no stored secrets. */
+export function benchKey (t: number): ReturnType<typeof formatApiKey> {
+  return formatApiKey(keyUuid(t), tenantUuid(t), createHash('sha256').update(`rowfence-bench-key-${t}`).digest())
+}
+
+export const LINE = { description: 'benchmark item', quantity: 3, unit_amount_cents: 100 }
+
+/** Seeds tenants 1..tenants with `invoices` invoices of 3 lines each; skips what a previous run seeded. */
+export async function seed (ownerUrl: string, tenants: number, invoices: number, log: (line: string) => void): Promise<void> {
+  const client = new pg.Client({ connectionString: ownerUrl })
+  await client.connect()
+  try {
+    await client.query('CREATE TABLE IF NOT EXISTS bench_seeded (t integer PRIMARY KEY, invoices integer NOT NULL)')
+    const done = new Set((await client.query<{ t: number }>('SELECT t FROM bench_seeded WHERE invoices = $1', [invoices])).rows.map((r) => r.t))
+    let seeded = 0
+    for (let t = 1; t <= tenants; t++) {
+      if (done.has(t)) continue
+      const key = benchKey(t)
+      await client.query('BEGIN')
+      await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenantUuid(t)])
+      await client.query('INSERT INTO tenants (id, name, slug, shard) VALUES ($1, $2, $3, pooled_shard_for($1)) ON CONFLICT DO NOTHING', [tenantUuid(t), `Bench ${t}`, `bench-${t}`])
+      await client.query(`INSERT INTO api_keys (id, name, prefix, secret_hash, scopes) VALUES ($1, 'bench', $2, $3, '{read,write,admin}')
+                          ON CONFLICT DO NOTHING`, [key.id, key.prefix, key.secretHash])
+      await client.query("INSERT INTO customers (id, name) VALUES ($1, 'Bench customer') ON CONFLICT DO NOTHING", [customerUuid(t)])
+      await client.query(`INSERT INTO invoices (id, customer_id, currency, amount_cents)
+        SELECT ((lpad(to_hex($1::int), 8, '0') || '-0000-7000-b000-' || lpad(to_hex(j), 12, '0')))::uuid, $2, 'EUR', 900
+          FROM generate_series(1, $3) j
+        ON CONFLICT DO NOTHING`, [t, customerUuid(t), invoices])
+      await client.query(`INSERT INTO invoice_lines (invoice_id, position, description, quantity, unit_amount_cents, amount_cents)
+        SELECT ((lpad(to_hex($1::int), 8, '0') || '-0000-7000-b000-' || lpad(to_hex(j), 12, '0')))::uuid, p, $3, 3, 100, 300
+          FROM generate_series(1, $2) j, generate_series(1, 3) p
+        ON CONFLICT DO NOTHING`, [t, invoices, LINE.description])
+      await client.query('INSERT INTO bench_seeded (t, invoices) VALUES ($1, $2) ON CONFLICT (t) DO UPDATE SET invoices = $2', [t, invoices])
+      await client.query('COMMIT')
+      seeded++
+      if (seeded % 50 === 0) log(`seeded ${seeded} tenants`)
+    }
+    if (seeded > 0) {
+      log('analyzing')
+      await client.query('ANALYZE')
+    }
+  } finally {
+    await client.end()
+  }
+}
+
+/** A Kysely that records the statements it is asked to run and answers them with no rows. */
+class CaptureDriver implements Driver {
+  readonly queries: CompiledQuery[] = []
+  async init (): Promise<void> {}
+  async acquireConnection (): Promise<DatabaseConnection> {
+    return {
+      executeQuery: async <R>(query: CompiledQuery): Promise<QueryResult<R>> => { this.queries.push(query); return { rows: [] } },
+
+      streamQuery: async function * () { throw new Error('not captured') },
+    }
+  }
+
+  async beginTransaction (): Promise<void> {}
+  async commitTransaction (): Promise<void> {}
+  async rollbackTransaction (): Promise<void> {}
+  async releaseConnection (): Promise<void> {}
+  async destroy (): Promise<void> {}
+}
+
+function capturing (tables: TenantTables, scope: { tenantId: string, shard: number }): { db: Kysely<DB>, raw: Kysely<DB>, driver: CaptureDriver } {
+  const driver = new CaptureDriver()
+  const db = new Kysely<DB>({
+    dialect: {
+      createAdapter: () => new PostgresAdapter(),
+      createDriver: () => driver,
+      createIntrospector: (k) => new PostgresIntrospector(k),
+      createQueryCompiler: () => new PostgresQueryCompiler(),
+    },
+  })
+  return { db: db.withPlugin(new TenantScopePlugin(tables, scope)), raw: db, driver }
+}
+
+// Placeholders of the captured statements, replaced by pgbench expressions.
+const S = {
+  tenant: 'aaaaaaaa-aaaa-7aaa-8aaa-aaaaaaaaaaaa',
+  key: 'dddddddd-dddd-7ddd-8ddd-dddddddddddd',
+  invoice: 'bbbbbbbb-bbbb-7bbb-8bbb-bbbbbbbbbbbb',
+  customer: 'cccccccc-cccc-7ccc-8ccc-cccccccccccc',
+  newInvoice: 'eeeeeeee-eeee-7eee-8eee-eeeeeeeeeeee',
+  newEvent: 'ffffffff-ffff-7fff-8fff-ffffffffffff',
+  shard: 987_654,
+}
+
+function literal (value: unknown): string {
+  if (value === S.tenant) return `${sqlTenant(':t')}::uuid`
+  if (value === S.key) return sqlUuid(':t', '9000-000000000000')
+  if (value === S.customer) return sqlUuid(':t', 'a000-000000000000')
+  if (value === S.invoice) return "((lpad(to_hex(CAST(:t AS int)), 8, '0') || '-0000-7000-b000-' || lpad(to_hex(CAST(:j AS int)), 12, '0')))::uuid"
+  // The new invoice's id appears in several statements: built from per-transaction random numbers.
+  if (value === S.newInvoice) return "((lpad(to_hex(CAST(:t AS int)), 8, '0') || '-0000-7000-c' || lpad(to_hex(CAST(:r1 AS int)), 3, '0') || '-' || lpad(to_hex(CAST(:r2 AS bigint)), 12, '0')))::uuid"
+  if (value === S.newEvent) return 'gen_random_uuid()'
+  if (value === S.shard) return `pooled_shard_for(${sqlTenant(':t')}::uuid)`
+  if (value === null || value === undefined) return 'NULL'
+  if (typeof value === 'number' || typeof value === 'bigint') return String(value)
+  if (typeof value === 'string') return `'${value.replaceAll("'", "''")}'`
+  if (Array.isArray(value)) return `ARRAY[${value.map(literal).join(', ')}]`
+  throw new Error(`cannot inline ${typeof value}`)
+}
+
+/** A captured statement as a pgbench line: parameters become expressions of :t and :j. */
+function inline (query: CompiledQuery): string {
+  return query.sql.replace(/\$(\d+)/g, (_, n: string) => literal(query.parameters[Number(n) - 1])).replace(/\s+/g, ' ') + ';'
+}
+
+export type Scenario = 'healthz' | 'get-invoice' | 'list-invoices' | 'create-invoice'
+
+/**
+ * The pgbench script for a scenario: BEGIN, the binding, the credential check and the route's own
+ * statements, each as its own round trip (the naive transaction), with the server's SQL text.
+ */
+export async function pgbenchScript (scenario: Exclude<Scenario, 'healthz'>, tables: TenantTables, tenants: number, invoices: number): Promise<string> {
+  const { db, raw, driver } = capturing(tables, { tenantId: S.tenant, shard: S.shard })
+  // Compiled without the scoping plugin, as the pipeline does (it runs before the shard is known).
+  const auth = authenticateApiKey(raw, S.tenant, S.key)
+  if (scenario === 'get-invoice') await findInvoice(db, S.invoice)
+  if (scenario === 'list-invoices') await listInvoices(db, { limit: 51 })
+  if (scenario === 'create-invoice') {
+    const priced = priceLines([LINE, LINE, LINE])
+    await insertInvoice(db, { id: S.newInvoice, customer_id: S.customer, currency: 'EUR', amount_cents: priced.amount_cents, due_date: null, memo: null }, priced.lines)
+    await insertAuditEvent(db, { id: S.newEvent, actor_type: 'api_key', actor_id: S.key, action: 'invoice.created', resource_type: 'invoice', resource_id: S.newInvoice, request_id: 'bench', data: JSON.stringify({ amount_cents: priced.amount_cents, currency: 'EUR' }) })
+  }
+  const bind = BIND_SQL.replaceAll('$1::text', sqlTenant(':t')).replaceAll('$1', sqlTenant(':t')).replace(/\s+/g, ' ') + ';'
+  return [
+    `\\set t random(1, ${tenants})`,
+    `\\set j random(1, ${invoices})`,
+    '\\set r1 random(0, 4095)',
+    '\\set r2 random(0, 281474976710655)',
+    scenario === 'create-invoice' ? 'BEGIN;' : 'BEGIN READ ONLY;',
+    bind,
+    inline(auth),
+    ...driver.queries.map(inline),
+    'COMMIT;',
+    '',
+  ].join('\n')
+}

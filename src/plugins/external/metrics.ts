@@ -1,0 +1,60 @@
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    metrics: Registry
+  }
+}
+
+/**
+ * Prometheus metrics at /metrics. Labels are bounded: the route pattern (never the raw URL), the
+ * method and the status code; no tenant, key or user ever becomes a label.
+ */
+async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
+  const registry = new Registry()
+  const requests = new Counter({ name: 'rowfence_http_requests_total', help: 'HTTP requests', labelNames: ['route', 'method', 'status'], registers: [registry] })
+  const duration = new Histogram({
+    name: 'rowfence_http_request_duration_seconds',
+    help: 'HTTP request duration',
+    labelNames: ['route', 'method'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  })
+  // Monotonic counts kept by the pool observer (src/db/database.ts), exported as counters.
+  const mirror = (name: string, help: string, read: () => number): void => {
+    let exported = 0
+    new Counter({ // eslint-disable-line no-new
+      name,
+      help,
+      registers: [registry],
+      collect () {
+        const now = read()
+        this.inc(now - exported)
+        exported = now
+      },
+    })
+  }
+  mirror('rowfence_db_statements_total', 'statements sent on the runtime connections', () => fastify.dbTraffic.statements)
+  mirror('rowfence_db_round_trips_total', 'round trips to the database on the runtime connections', () => fastify.dbTraffic.roundTrips)
+  new Gauge({ name: 'rowfence_db_pool_connections', help: 'runtime pool connections by state', labelNames: ['state'], registers: [registry], collect () { // eslint-disable-line no-new
+    const pool = fastify.dbPool
+    this.set({ state: 'total' }, pool.totalCount)
+    this.set({ state: 'idle' }, pool.idleCount)
+    this.set({ state: 'waiting' }, pool.waitingCount)
+  } })
+  fastify.decorate('metrics', registry)
+
+  fastify.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched'
+    requests.inc({ route, method: request.method, status: String(reply.statusCode) })
+    duration.observe({ route, method: request.method }, reply.elapsedTime / 1000)
+  })
+
+  fastify.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+    return reply.type(registry.contentType).send(await registry.metrics())
+  })
+}
+
+export default fp(metricsPlugin, { name: 'metrics', dependencies: ['db'] })
