@@ -85,6 +85,7 @@ async function main (): Promise<void> {
     DB_CONNECT_TIMEOUT_MS: 10_000,
     BODY_LIMIT_BYTES: 1 << 20,
     KEY_USAGE_FLUSH_MS: 60_000,
+    CREDENTIAL_CACHE_TTL_MS: 10_000,
     jwt: undefined,
   })
   await app.ready()

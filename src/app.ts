@@ -16,7 +16,7 @@ import { validatorCompiler } from './validation.ts'
 
 export type AppConfig = Pick<ResolvedConfig,
   'DATABASE_URL' | 'APP_DATABASE_URL' | 'ADMIN_TOKEN' | 'LOG_LEVEL' | 'DB_POOL_MAX' | 'DB_OPERATOR_POOL_MAX' |
-  'DB_CONNECT_TIMEOUT_MS' | 'BODY_LIMIT_BYTES' | 'NODE_ENV' | 'KEY_USAGE_FLUSH_MS' | 'jwt'>
+  'DB_CONNECT_TIMEOUT_MS' | 'BODY_LIMIT_BYTES' | 'NODE_ENV' | 'KEY_USAGE_FLUSH_MS' | 'jwt' | 'CREDENTIAL_CACHE_TTL_MS'>
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -79,7 +79,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
   await app.register(keyUsagePlugin, { flushEveryMs: config.KEY_USAGE_FLUSH_MS })
 
   await app.register(service)
-  await app.register(v1, { prefix: '/v1' })
+  await app.register(v1, { prefix: '/v1', credentialCacheTtlMs: config.CREDENTIAL_CACHE_TTL_MS })
   await app.register(adminV1, { prefix: '/admin/v1', adminToken: config.ADMIN_TOKEN })
   return app
 }

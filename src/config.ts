@@ -21,6 +21,8 @@ export const ConfigSchema = Type.Object({
   JWT_ALGORITHM: Type.Optional(Type.Union([Type.Literal('HS256'), Type.Literal('RS256'), Type.Literal('ES256')])),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
+  /** How long a verified credential lets requests go ahead without waiting for its check (0: never). It is re-checked in every request either way. */
+  CREDENTIAL_CACHE_TTL_MS: Type.Integer({ minimum: 0, maximum: 300_000, default: 60_000 }),
   /** How often the batched last_used_at of API keys is written. */
   KEY_USAGE_FLUSH_MS: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 15_000 }),
   DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),

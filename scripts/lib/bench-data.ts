@@ -14,7 +14,6 @@ import { TenantScopePlugin, type TenantTables } from '../../src/db/tenant-scope.
 import { priceLines } from '../../src/money.ts'
 import { insertAuditEvent } from '../../src/repositories/audit-events.ts'
 import { findInvoice, insertInvoice, listInvoices } from '../../src/repositories/invoices.ts'
-import { authenticateApiKey } from '../../src/repositories/tenant-auth.ts'
 
 // Ids are derived from the tenant number t and the invoice number j, in TypeScript for the HTTP load
 // and in SQL for pgbench (which has only numeric variables).
@@ -140,13 +139,15 @@ function inline (query: CompiledQuery): string {
 export type Scenario = 'healthz' | 'get-invoice' | 'list-invoices' | 'create-invoice'
 
 /**
- * The pgbench script for a scenario: BEGIN, the binding, the credential check and the route's own
- * statements, each as its own round trip (the naive transaction), with the server's SQL text.
+ * The pgbench script for a scenario, each statement its own round trip:
+ * - `naive`: the textbook per-request transaction — BEGIN, set_config, a key lookup, the route's
+ *   statements, COMMIT (the reference the targets are set against);
+ * - `server`: exactly the statements the server sends — BEGIN, bind_tenant() (binding, lock and
+ *   credential check in one), the route's statements, COMMIT — but one at a time.
+ * The route's statements are captured from the repository functions the routes call.
  */
-export async function pgbenchScript (scenario: Exclude<Scenario, 'healthz'>, tables: TenantTables, tenants: number, invoices: number): Promise<string> {
+export async function pgbenchScript (scenario: Exclude<Scenario, 'healthz'>, mode: 'naive' | 'server', tables: TenantTables, tenants: number, invoices: number): Promise<string> {
   const { db, raw, driver } = capturing(tables, { tenantId: S.tenant, shard: S.shard })
-  // Compiled without the scoping plugin, as the pipeline does (it runs before the shard is known).
-  const auth = authenticateApiKey(raw, S.tenant, S.key)
   if (scenario === 'get-invoice') await findInvoice(db, S.invoice)
   if (scenario === 'list-invoices') await listInvoices(db, { limit: 51 })
   if (scenario === 'create-invoice') {
@@ -154,16 +155,23 @@ export async function pgbenchScript (scenario: Exclude<Scenario, 'healthz'>, tab
     await insertInvoice(db, { id: S.newInvoice, customer_id: S.customer, currency: 'EUR', amount_cents: priced.amount_cents, due_date: null, memo: null }, priced.lines)
     await insertAuditEvent(db, { id: S.newEvent, actor_type: 'api_key', actor_id: S.key, action: 'invoice.created', resource_type: 'invoice', resource_id: S.newInvoice, request_id: 'bench', data: JSON.stringify({ amount_cents: priced.amount_cents, currency: 'EUR' }) })
   }
-  const bind = BIND_SQL.replaceAll('$1::text', sqlTenant(':t')).replaceAll('$1', sqlTenant(':t')).replace(/\s+/g, ' ') + ';'
+  const route = [...driver.queries]
+  driver.queries.length = 0
+  let opening: string[]
+  if (mode === 'server') {
+    opening = [BIND_SQL.replace('$1', sqlTenant(':t')).replace('$2', literal(S.key)).replace('$3', 'NULL') + ';']
+  } else {
+    await raw.selectFrom('api_keys').select(['id', 'scopes', 'secret_hash']).where('tenant_id', '=', S.tenant).where('id', '=', S.key).where('revoked_at', 'is', null).execute()
+    opening = [`SELECT set_config('app.current_tenant_id', ${sqlTenant(':t')}, true);`, ...driver.queries.map(inline)]
+  }
   return [
     `\\set t random(1, ${tenants})`,
     `\\set j random(1, ${invoices})`,
     '\\set r1 random(0, 4095)',
     '\\set r2 random(0, 281474976710655)',
     scenario === 'create-invoice' ? 'BEGIN;' : 'BEGIN READ ONLY;',
-    bind,
-    inline(auth),
-    ...driver.queries.map(inline),
+    ...opening,
+    ...route.map(inline),
     'COMMIT;',
     '',
   ].join('\n')

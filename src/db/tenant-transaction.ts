@@ -5,20 +5,32 @@ import {
 import type pg from 'pg'
 import type { DB } from './schema.ts'
 
-/** Salt of the per-tenant advisory lock (see placement.ts: tenantLockKey). */
+/** Salt of the per-tenant advisory lock (see placement.ts: tenantLockKey; also in sql/0008's bind_tenant). */
 export const TENANT_LOCK_SALT = 7301
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 /**
- * Binds the tenant for the transaction: `set_config(..., true)` is transaction-local, so the binding
- * ends with COMMIT or ROLLBACK and a pooled connection can never carry a tenant into the next
- * request. The same statement takes the tenant's lock in shared mode until the transaction ends
- * (placement moves and erasure take it exclusively); it comes before any read of the tenant's
- * placement, because a statement's snapshot is taken before it waits for a lock.
+ * Binds the tenant for the transaction (sql/0008: bind_tenant): `set_config(..., true)` is
+ * transaction-local, so the binding ends with COMMIT or ROLLBACK and a pooled connection can never
+ * carry a tenant into the next request; then the tenant's lock in shared mode until the transaction
+ * ends (placement moves and erasure take it exclusively); then, read after the lock is granted, the
+ * tenant's current shard and status and, when asked, the presented key or the user's membership.
  */
-export const BIND_SQL = `SELECT set_config('app.current_tenant_id', $1, true),
-                         pg_advisory_xact_lock_shared(hashtextextended($1::text, ${TENANT_LOCK_SALT}))`
+export const BIND_SQL = 'SELECT shard, status, key_scopes, key_secret_hash, member_role FROM bind_tenant($1::uuid, $2::uuid, $3::text)'
+
+export interface Binding {
+  /** null when the tenant does not exist (any more). */
+  shard: number | null
+  status: string | null
+  /** The presented key, when it is live in this tenant. */
+  key_scopes: string[] | null
+  key_secret_hash: Buffer | null
+  /** The user's role in this tenant, when a member. */
+  member_role: string | null
+}
+
+const NO_BINDING: Binding = { shard: null, status: null, key_scopes: null, key_secret_hash: null, member_role: null }
 
 /** Kysely's view of one pg client: every query of a tenant transaction runs on that connection. */
 class ClientConnection implements DatabaseConnection {
@@ -74,22 +86,32 @@ export class TenantTransaction {
   /** Kysely on this transaction's connection. */
   readonly db: Kysely<DB>
   readonly readOnly: boolean
+  /** Settles when BEGIN and the binding have been answered. */
+  readonly ready: Promise<Binding>
   #finished = false
 
-  constructor (client: pg.PoolClient, readOnly: boolean) {
+  constructor (client: pg.PoolClient, readOnly: boolean, ready: Promise<Binding>) {
     this.client = client
     this.db = kyselyFor(client)
     this.readOnly = readOnly
+    this.ready = ready
+    ready.catch(() => {}) // observed by commit() or the caller
   }
 
   get finished (): boolean { return this.#finished }
 
   /**
-   * COMMIT and release. A failed COMMIT is rethrown (the caller must not report success) and the
-   * connection is discarded rather than returned to the pool in an unknown state.
+   * COMMIT and release. A failed BEGIN/binding or COMMIT is rethrown (the caller must not report
+   * success) and the connection is discarded rather than returned to the pool in an unknown state.
    */
   async commit (): Promise<void> {
     if (this.#finished) return
+    try {
+      await this.ready
+    } catch (error) {
+      await this.rollback()
+      throw error
+    }
     this.#finished = true
     try {
       await this.client.query('COMMIT')
@@ -116,36 +138,44 @@ export class TenantTransaction {
 export interface BeginOptions {
   /** BEGIN READ ONLY: the transaction can write nothing, whatever the handler does. */
   readOnly?: boolean
-  /** A first query, sent in the same round trip as BEGIN and the binding (e.g. the credential check). */
-  first?: CompiledQuery
+  /** Check this API key (of the bound tenant) in the same statement. */
+  keyId?: string
+  /** Read this user's membership of the bound tenant in the same statement. */
+  userId?: string
 }
 
 /**
- * Checks a connection out of the pool and opens a tenant transaction. On a pool created with
- * `pipeline: true` (the runtime pool), BEGIN, the tenant binding and the optional first query go to
- * the server together and cost one round trip. Returns the first query's rows.
+ * Checks a connection out of the pool and sends BEGIN and the binding without waiting: on a pool
+ * created with `pipeline: true` (the runtime pool) they travel in one round trip, and queries issued
+ * before `trx.ready` settles follow them in the same flight. A failed binding aborts the transaction,
+ * so nothing that follows it can succeed; `trx.ready` reports why.
  */
+export async function startTenantTransaction (pool: pg.Pool, tenantId: string, options: BeginOptions = {}): Promise<TenantTransaction> {
+  if (!UUID.test(tenantId)) throw new TypeError('tenant id must be a UUID')
+  const client = await pool.connect()
+  const begin = client.query(options.readOnly === true ? 'BEGIN READ ONLY' : 'BEGIN')
+  const bind = client.query<Binding>(BIND_SQL, [tenantId, options.keyId ?? null, options.userId ?? null])
+  const ready = Promise.allSettled([begin, bind]).then(([began, bound]) => {
+    if (began.status === 'rejected') throw began.reason
+    if (bound.status === 'rejected') throw bound.reason
+    return bound.value.rows[0] ?? NO_BINDING
+  })
+  return new TenantTransaction(client, options.readOnly === true, ready)
+}
+
+/** startTenantTransaction, waiting for the binding. */
 export async function beginTenantTransaction (
   pool: pg.Pool,
   tenantId: string,
   options: BeginOptions = {}
-): Promise<{ trx: TenantTransaction, rows: unknown[] }> {
-  if (!UUID.test(tenantId)) throw new TypeError('tenant id must be a UUID')
-  const client = await pool.connect()
-  const trx = new TenantTransaction(client, options.readOnly === true)
-  const sent = [
-    client.query(options.readOnly === true ? 'BEGIN READ ONLY' : 'BEGIN'),
-    client.query(BIND_SQL, [tenantId]),
-    ...(options.first !== undefined ? [client.query(options.first.sql, [...options.first.parameters])] : []),
-  ]
-  const settled = await Promise.allSettled(sent)
-  const failure = settled.find((s) => s.status === 'rejected')
-  if (failure !== undefined) {
+): Promise<{ trx: TenantTransaction, binding: Binding }> {
+  const trx = await startTenantTransaction(pool, tenantId, options)
+  try {
+    return { trx, binding: await trx.ready }
+  } catch (error) {
     await trx.rollback()
-    throw failure.reason
+    throw error
   }
-  const first = settled[2]
-  return { trx, rows: first?.status === 'fulfilled' ? first.value.rows : [] }
 }
 
 /** Runs `work` in a tenant transaction: COMMIT when it resolves, ROLLBACK when it throws. */

@@ -34,6 +34,7 @@ export async function buildTestApp (t: Teardown, overrides: Partial<AppConfig> =
     DB_CONNECT_TIMEOUT_MS: 5000,
     BODY_LIMIT_BYTES: 1024 * 1024,
     KEY_USAGE_FLUSH_MS: 60_000,
+    CREDENTIAL_CACHE_TTL_MS: 10_000,
     jwt: { algorithm: 'HS256', key: TEST_JWT_SECRET },
     ...overrides,
   }

@@ -1,14 +1,14 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { sql, type Kysely } from 'kysely'
 import { secretMatches, type Scope } from '../../auth/api-keys.ts'
+import { CredentialCache } from '../../auth/credential-cache.ts'
 import { CredentialRejected, presentedCredential, requestedTenant, unauthorizedFor, type JwtVerifier, type TenantCredential } from '../../auth/credentials.ts'
 import { ROLE_SCOPES, type MemberRole, type TenantIdentity } from '../../auth/identity.ts'
 import type { DB } from '../../db/schema.ts'
-import { beginTenantTransaction, type TenantTransaction } from '../../db/tenant-transaction.ts'
-import { badRequest, forbidden, unauthorized, type HttpProblem } from '../../errors.ts'
 import { TenantScopePlugin } from '../../db/tenant-scope.ts'
-import { authenticateApiKey, authenticateMember, type ApiKeyAuthRow, type MemberAuthRow } from '../../repositories/tenant-auth.ts'
+import { startTenantTransaction, type Binding, type TenantTransaction } from '../../db/tenant-transaction.ts'
+import { badRequest, forbidden, unauthorized, unavailable, type HttpProblem } from '../../errors.ts'
 
 /**
  * The tenant pipeline, installed on the /v1 scope only:
@@ -16,11 +16,15 @@ import { authenticateApiKey, authenticateMember, type ApiKeyAuthRow, type Member
  *  onRequest   check the credential's form (API key checksum; JWT signature, algorithm, exp, sub) and
  *              x-tenant-id: 400/401 before the body is read and without touching the database
  *  preHandler  after body validation: pick the tenant (the key's own; for a user x-tenant-id, else the
- *              tid claim, else the user's only tenant), check a connection out, BEGIN, bind the tenant
- *              with a transaction-local set_config, then verify the credential under that binding
- *              (the key row, or the user's membership) and the route's scope
- *  onSend      COMMIT before the response leaves (a failed COMMIT becomes an error response, never a
- *              false 2xx), or ROLLBACK for any error status or a client that has disconnected
+ *              tid claim, else the user's only tenant), check a connection out and send BEGIN and
+ *              bind_tenant(): the transaction-local binding, the tenant's shared lock, and a fresh read
+ *              of the tenant, the presented key or the user's membership — one statement, one round
+ *              trip. A credential this instance verified recently (CredentialCache) lets the handler's
+ *              queries follow in the same flight; otherwise the pipeline waits for the answer.
+ *  onSend      confirm the binding's answer (for a cached credential: still valid, same scopes, same
+ *              shard), then COMMIT before the response leaves (a failed COMMIT becomes an error
+ *              response, never a false 2xx), or ROLLBACK for any error status or a client that has
+ *              disconnected
  *  onResponse  safety net: roll back and release whatever is still open
  *
  * Handlers see `request.db`, a Kysely transaction in which only this tenant's rows exist, and
@@ -46,6 +50,8 @@ declare module 'fastify' {
      * COMMIT, with the serialised response (e.g. storing it for an idempotency key).
      */
     beforeCommit: Array<(status: number, payload: unknown) => Promise<void>> | null
+    /** Set when the identity came from the credential cache: what the binding must confirm. */
+    assumedIdentity: TenantIdentity | null
   }
   interface FastifyContextConfig {
     /** The scope a credential needs for this route; defaults to read for GET/HEAD, write otherwise. */
@@ -84,7 +90,41 @@ async function release (request: FastifyRequest, commit: boolean): Promise<void>
   await trx.commit()
 }
 
-async function tenantContext (fastify: FastifyInstance): Promise<void> {
+/** Set on a replayed request: authenticate without the credential cache. */
+const NO_CACHE_HEADER = 'x-rowfence-no-credential-cache'
+const PER_CONNECTION_HEADERS = new Set(['content-length', 'connection', 'keep-alive', 'transfer-encoding', 'date'])
+
+export interface TenantContextOptions {
+  /** How long a verified credential lets requests go ahead without waiting for its check (0: never). */
+  credentialCacheTtlMs: number
+}
+
+interface Denial { problem: HttpProblem, reason: string, extra?: Record<string, unknown> }
+
+/** Who the credential is in this tenant, from bind_tenant()'s fresh answer, or why it is refused. */
+function identify (binding: Binding, credential: TenantCredential, tenantId: string): TenantIdentity | Denial {
+  const active = binding.status === 'active' && binding.shard !== null
+  if (credential.kind === 'api_key') {
+    const invalid = unauthorized('the API key is invalid or revoked')
+    if (binding.key_secret_hash === null || binding.key_scopes === null) return { problem: invalid, reason: 'unknown or revoked API key' }
+    if (!secretMatches(binding.key_secret_hash, credential.key.secretHash)) return { problem: invalid, reason: 'wrong API key secret' }
+    if (!active) return { problem: invalid, reason: 'tenant is being erased' }
+    return { tenantId, actorType: 'api_key', actorId: credential.key.keyId, scopes: binding.key_scopes as Scope[], role: undefined, shard: binding.shard! }
+  }
+  if (binding.member_role === null || !active) {
+    return { problem: forbidden('you are not a member of this tenant'), reason: binding.member_role === null ? 'not a member' : 'tenant is being erased', extra: { requestedTenant: tenantId } }
+  }
+  const role = binding.member_role as MemberRole
+  return { tenantId, actorType: 'user', actorId: credential.userId, scopes: ROLE_SCOPES[role], role, shard: binding.shard! }
+}
+
+const isDenial = (value: TenantIdentity | Denial): value is Denial => 'problem' in value
+
+function sameIdentity (a: TenantIdentity, b: TenantIdentity): boolean {
+  return a.shard === b.shard && a.role === b.role && a.scopes.length === b.scopes.length && a.scopes.every((s) => b.scopes.includes(s))
+}
+
+async function tenantContext (fastify: FastifyInstance, options: TenantContextOptions): Promise<void> {
   fastify.decorateRequest('tenant', null)
   fastify.decorateRequest('db', {
     getter (this: FastifyRequest): Kysely<DB> {
@@ -97,7 +137,9 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   fastify.decorateRequest('tenantCredential', null)
   fastify.decorateRequest('requestedTenantId', null)
   fastify.decorateRequest('beforeCommit', null)
+  fastify.decorateRequest('assumedIdentity', null)
 
+  const cache = new CredentialCache(options.credentialCacheTtlMs)
   const verifyJwt: JwtVerifier | undefined = fastify.hasDecorator('jwt')
     ? (token) => fastify.jwt.verify<Record<string, unknown>>(token)
     : undefined
@@ -108,6 +150,52 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     if (rows.length === 0) throw deny(request, forbidden('you are not a member of any tenant'), 'user has no membership', `jwt:${userId}`)
     if (rows.length > 1) throw badRequest('you belong to several tenants: choose one with x-tenant-id', [{ path: 'headers/x-tenant-id', message: 'is required for this user' }])
     return rows[0]!.tenant_id
+  }
+
+  /**
+   * For a request that went ahead on a cached identity: bind_tenant()'s fresh answer must agree with
+   * it before anything commits. A revoked key or lost membership is refused like any other (and, the
+   * transaction rolling back, nothing it did persists). A changed shard (a placement move) or scopes
+   * means the queries were scoped on a stale guess: they are rolled back and the request is replayed
+   * without the cache, so the client sees the same answer as if nothing had been cached.
+   */
+  async function confirmAssumedIdentity (request: FastifyRequest): Promise<'ok' | 'replay'> {
+    const assumed = request.assumedIdentity
+    const trx = request.tenantTransaction
+    const credential = request.tenantCredential
+    if (assumed === null || trx === null || credential === null) return 'ok'
+    request.assumedIdentity = null
+    let binding: Binding
+    try {
+      binding = await trx.ready
+    } catch (error) {
+      await release(request, false)
+      throw error
+    }
+    const fresh = identify(binding, credential, assumed.tenantId)
+    if (!isDenial(fresh) && sameIdentity(fresh, assumed)) return 'ok'
+    if (credential.kind === 'api_key') cache.keys.delete(credential.key.keyId)
+    else cache.members.delete(CredentialCache.memberId(assumed.tenantId, credential.userId))
+    await release(request, false)
+    if (isDenial(fresh)) throw deny(request, fresh.problem, fresh.reason, credentialPrefix(credential), fresh.extra)
+    if (request.headers[NO_CACHE_HEADER] !== undefined) throw unavailable('the tenant changed while this request ran; retry it', 1)
+    return 'replay'
+  }
+
+  /** Runs the request again, through the whole pipeline, without the credential cache. */
+  async function replay (request: FastifyRequest, reply: FastifyReply): Promise<string> {
+    request.log.info('credential cache was stale (placement or scopes changed): replaying the request without it')
+    const again = await fastify.inject({
+      method: request.method as 'GET',
+      url: request.url,
+      headers: { ...request.headers, [NO_CACHE_HEADER]: '1' },
+      ...(request.body !== undefined && { payload: JSON.stringify(request.body) }),
+    })
+    reply.code(again.statusCode)
+    for (const [name, value] of Object.entries(again.headers)) {
+      if (value !== undefined && !PER_CONNECTION_HEADERS.has(name)) reply.header(name, value)
+    }
+    return again.body
   }
 
   fastify.addHook('onRequest', async (request) => {
@@ -131,13 +219,25 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     const tenantId = credential.kind === 'api_key'
       ? credential.key.tenantId
       : request.requestedTenantId ?? credential.claimedTenantId ?? await soleTenantOf(request, credential.userId)
-
-    // BEGIN, the tenant binding and the credential check travel together: one round trip.
     const readOnly = request.method === 'GET' || request.method === 'HEAD'
-    const first = credential.kind === 'api_key'
-      ? authenticateApiKey(fastify.db, tenantId, credential.key.keyId)
-      : authenticateMember(fastify.db, tenantId, credential.userId)
-    const { trx, rows } = await beginTenantTransaction(fastify.dbPool, tenantId, { readOnly, first })
+
+    let cached: TenantIdentity | undefined
+    if (request.headers[NO_CACHE_HEADER] !== undefined) {
+      // A replay (or a client that asks for it): no guess, wait for the credential check.
+    } else if (credential.kind === 'api_key') {
+      const key = cache.keys.get(credential.key.keyId)
+      if (key !== undefined && key.tenantId === tenantId && secretMatches(key.secretHash, credential.key.secretHash)) {
+        cached = { tenantId, actorType: 'api_key', actorId: key.keyId, scopes: key.scopes, role: undefined, shard: key.shard }
+      }
+    } else {
+      const member = cache.members.get(CredentialCache.memberId(tenantId, credential.userId))
+      if (member !== undefined) cached = { tenantId, actorType: 'user', actorId: member.userId, scopes: ROLE_SCOPES[member.role], role: member.role, shard: member.shard }
+    }
+
+    const trx = await startTenantTransaction(fastify.dbPool, tenantId, {
+      readOnly,
+      ...(credential.kind === 'api_key' ? { keyId: credential.key.keyId } : { userId: credential.userId }),
+    })
     request.tenantTransaction = trx
     request.beforeCommit = []
     reply.raw.once('close', () => {
@@ -147,38 +247,38 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     })
 
     let identity: TenantIdentity
-    let shard: number
-    if (credential.kind === 'api_key') {
-      const key = rows[0] as ApiKeyAuthRow | undefined
-      if (key === undefined || !secretMatches(key.secret_hash, credential.key.secretHash)) {
-        throw deny(request, unauthorized('the API key is invalid or revoked'), key === undefined ? 'unknown or revoked API key' : 'wrong API key secret', prefix)
+    if (cached !== undefined) {
+      // Verified recently: go ahead without waiting; confirmAssumedIdentity checks before COMMIT.
+      identity = cached
+      request.assumedIdentity = cached
+    } else {
+      const found = identify(await trx.ready, credential, tenantId)
+      if (isDenial(found)) throw deny(request, found.problem, found.reason, prefix, found.extra)
+      identity = found
+      if (credential.kind === 'api_key') {
+        const hash = (await trx.ready).key_secret_hash!
+        cache.keys.set(credential.key.keyId, { tenantId, keyId: credential.key.keyId, scopes: identity.scopes, secretHash: hash, shard: identity.shard })
+      } else {
+        cache.members.set(CredentialCache.memberId(tenantId, credential.userId), { tenantId, userId: credential.userId, role: identity.role!, shard: identity.shard })
       }
-      if (key.tenant_status !== 'active') throw deny(request, unauthorized('the API key is invalid or revoked'), 'tenant is being erased', prefix)
+    }
+    if (credential.kind === 'api_key') {
+      fastify.keyUsage.record(tenantId, identity.actorId)
       if (request.requestedTenantId !== null && request.requestedTenantId !== tenantId) {
         throw deny(request, forbidden('this credential does not belong to the tenant in x-tenant-id'), 'tenant switch denied', prefix, { requestedTenant: request.requestedTenantId })
       }
-      shard = key.shard
-      identity = { tenantId, actorType: 'api_key', actorId: key.id, scopes: key.scopes as Scope[], role: undefined, shard }
-      fastify.keyUsage.record(tenantId, key.id)
-    } else {
-      const membership = rows[0] as MemberAuthRow | undefined
-      if (membership === undefined || membership.tenant_status !== 'active') {
-        throw deny(request, forbidden('you are not a member of this tenant'), membership === undefined ? 'not a member' : 'tenant is being erased', prefix, { requestedTenant: tenantId })
-      }
-      const role = membership.role as MemberRole
-      shard = membership.shard
-      identity = { tenantId, actorType: 'user', actorId: credential.userId, scopes: ROLE_SCOPES[role], role, shard }
     }
     const scope = requiredScope(request)
     if (!identity.scopes.includes(scope)) {
       throw deny(request, forbidden(`this credential lacks the ${scope} scope`), `missing ${scope} scope`, prefix)
     }
     request.tenant = identity
-    request.tenantDb = trx.db.withPlugin(new TenantScopePlugin(fastify.tenantTables, { tenantId, shard }))
+    request.tenantDb = request.tenantTransaction.db.withPlugin(new TenantScopePlugin(fastify.tenantTables, { tenantId, shard: identity.shard }))
     request.log = request.log.child({ tenantId })
   })
 
   fastify.addHook('onSend', async (request, reply, payload) => {
+    if (await confirmAssumedIdentity(request) === 'replay') return replay(request, reply)
     const commit = reply.statusCode < 400 && !abandoned.has(request) && request.tenantTransaction !== null
     if (commit) {
       const work = request.beforeCommit ?? []

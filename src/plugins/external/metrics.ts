@@ -25,25 +25,31 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
   // Monotonic counts kept by the pool observer (src/db/database.ts), exported as counters.
   const mirror = (name: string, help: string, read: () => number): void => {
     let exported = 0
-    new Counter({ // eslint-disable-line no-new
+    registry.registerMetric(new Counter({
       name,
       help,
-      registers: [registry],
+      registers: [],
       collect () {
         const now = read()
         this.inc(now - exported)
         exported = now
       },
-    })
+    }))
   }
   mirror('rowfence_db_statements_total', 'statements sent on the runtime connections', () => fastify.dbTraffic.statements)
   mirror('rowfence_db_round_trips_total', 'round trips to the database on the runtime connections', () => fastify.dbTraffic.roundTrips)
-  new Gauge({ name: 'rowfence_db_pool_connections', help: 'runtime pool connections by state', labelNames: ['state'], registers: [registry], collect () { // eslint-disable-line no-new
-    const pool = fastify.dbPool
-    this.set({ state: 'total' }, pool.totalCount)
-    this.set({ state: 'idle' }, pool.idleCount)
-    this.set({ state: 'waiting' }, pool.waitingCount)
-  } })
+  registry.registerMetric(new Gauge({
+    name: 'rowfence_db_pool_connections',
+    help: 'runtime pool connections by state',
+    labelNames: ['state'],
+    registers: [],
+    collect () {
+      const pool = fastify.dbPool
+      this.set({ state: 'total' }, pool.totalCount)
+      this.set({ state: 'idle' }, pool.idleCount)
+      this.set({ state: 'waiting' }, pool.waitingCount)
+    },
+  }))
   fastify.decorate('metrics', registry)
 
   fastify.addHook('onResponse', async (request, reply) => {
