@@ -3,11 +3,13 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { ResolvedConfig } from './config.ts'
 import type { QueryListener } from './db/database.ts'
+import { usePreparedStatements } from './db/tenant-transaction.ts'
 import dbPlugin from './plugins/external/db.ts'
 import jwtPlugin from './plugins/external/jwt.ts'
 import metricsPlugin from './plugins/external/metrics.ts'
 import swaggerPlugin from './plugins/external/swagger.ts'
 import errorsPlugin from './plugins/app/errors.ts'
+import credentialCachePlugin from './plugins/app/credential-cache.ts'
 import keyUsagePlugin from './plugins/app/key-usage.ts'
 import adminV1 from './routes/admin/v1/index.ts'
 import service from './routes/service/index.ts'
@@ -16,7 +18,8 @@ import { validatorCompiler } from './validation.ts'
 
 export type AppConfig = Pick<ResolvedConfig,
   'DATABASE_URL' | 'APP_DATABASE_URL' | 'ADMIN_TOKEN' | 'LOG_LEVEL' | 'DB_POOL_MAX' | 'DB_OPERATOR_POOL_MAX' |
-  'DB_CONNECT_TIMEOUT_MS' | 'BODY_LIMIT_BYTES' | 'NODE_ENV' | 'KEY_USAGE_FLUSH_MS' | 'jwt' | 'CREDENTIAL_CACHE_TTL_MS'>
+  'DB_CONNECT_TIMEOUT_MS' | 'BODY_LIMIT_BYTES' | 'NODE_ENV' | 'KEY_USAGE_FLUSH_MS' | 'jwt' | 'CREDENTIAL_CACHE_TTL_MS'> &
+  Partial<Pick<ResolvedConfig, 'DB_PREPARED_STATEMENTS' | 'DB_LISTEN_URL' | 'CACHE_GRACE_MS'>>
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -55,6 +58,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 },
   }).withTypeProvider<TypeBoxTypeProvider>()
 
+  usePreparedStatements(config.DB_PREPARED_STATEMENTS ?? true)
   app.setValidatorCompiler(validatorCompiler)
   // The API speaks JSON only: without this, Fastify's built-in text/plain parser would hand a string
   // to validation (400) where API.md promises 415 for a wrong content type.
@@ -77,9 +81,10 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
   await app.register(swaggerPlugin)
   await app.register(errorsPlugin)
   await app.register(keyUsagePlugin, { flushEveryMs: config.KEY_USAGE_FLUSH_MS })
+  await app.register(credentialCachePlugin, { ttlMs: config.CREDENTIAL_CACHE_TTL_MS, listenUrl: config.DB_LISTEN_URL ?? config.APP_DATABASE_URL })
 
   await app.register(service)
-  await app.register(v1, { prefix: '/v1', credentialCacheTtlMs: config.CREDENTIAL_CACHE_TTL_MS })
-  await app.register(adminV1, { prefix: '/admin/v1', adminToken: config.ADMIN_TOKEN })
+  await app.register(v1, { prefix: '/v1' })
+  await app.register(adminV1, { prefix: '/admin/v1', adminToken: config.ADMIN_TOKEN, cacheGraceMs: config.CACHE_GRACE_MS ?? 1000 })
   return app
 }

@@ -21,12 +21,18 @@ export const ConfigSchema = Type.Object({
   JWT_ALGORITHM: Type.Optional(Type.Union([Type.Literal('HS256'), Type.Literal('RS256'), Type.Literal('ES256')])),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
-  /** How long a verified credential lets requests go ahead without waiting for its check (0: never). It is re-checked in every request either way. */
-  CREDENTIAL_CACHE_TTL_MS: Type.Integer({ minimum: 0, maximum: 300_000, default: 60_000 }),
+  /** How long a verified credential may be reused without a lookup (0: never); invalidated at once by LISTEN/NOTIFY. */
+  CREDENTIAL_CACHE_TTL_MS: Type.Integer({ minimum: 0, maximum: 300_000, default: 10_000 }),
+  /** How long a placement move or an erasure waits, after notifying, for every instance's credential cache to let go of the tenant. */
+  CACHE_GRACE_MS: Type.Integer({ minimum: 0, maximum: 60_000, default: 1000 }),
+  /** A direct connection for LISTEN (defaults to APP_DATABASE_URL; set it when that URL goes through a transaction-pooling PgBouncer). */
+  DB_LISTEN_URL: Type.Optional(PostgresUrl),
   /** How often the batched last_used_at of API keys is written. */
   KEY_USAGE_FLUSH_MS: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 15_000 }),
   DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
   DB_OPERATOR_POOL_MAX: Type.Integer({ minimum: 1, maximum: 100, default: 2 }),
+  /** Named prepared statements on the runtime connections (turn off behind a PgBouncer older than 1.21 in transaction mode). */
+  DB_PREPARED_STATEMENTS: Type.Boolean({ default: true }),
   DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 60_000, default: 2000 }),
   /** Where the embedded PostgreSQL and the generated secrets live when no DATABASE_URL is given. */
   DATA_DIR: Type.String({ minLength: 1, default: '.data' }),
@@ -45,7 +51,7 @@ export class ConfigError extends Error {
   override name = 'ConfigError'
 }
 
-const SECRET_VARS = new Set(['DATABASE_URL', 'APP_DATABASE_URL', 'ADMIN_TOKEN', 'JWT_SECRET'])
+const SECRET_VARS = new Set(['DATABASE_URL', 'APP_DATABASE_URL', 'DB_LISTEN_URL', 'ADMIN_TOKEN', 'JWT_SECRET'])
 
 /**
  * Reads the configuration from an environment-like object. Unknown variables are ignored,

@@ -2,12 +2,16 @@ import type { Scope } from './api-keys.ts'
 import type { MemberRole } from './identity.ts'
 
 /**
- * Credentials verified recently, per server instance, so that a request can send its own queries
- * right behind BEGIN and the binding instead of waiting for the credential check. The cache is a
- * guess, never the authority: the same round trip re-reads the key (or membership) and the tenant's
- * shard and status (bind_tenant), and the request commits only if that fresh answer agrees with what
- * was assumed — a key revoked a moment ago on another instance fails its very next request here too.
- * Entries expire after a bounded time and are dropped as soon as they disagree with the database.
+ * Credentials verified recently, so that a request can send its statements with only the tenant
+ * binding in front: no lookup, no waiting. Safe only together with the invalidation stream (sql/0009):
+ * - entries are used only while this instance's LISTEN connection is up; when it drops, the cache is
+ *   emptied and off until the listener is back (notifications might have been missed);
+ * - every change to a key, a membership or a tenant (revocation, erasure, placement) evicts on every
+ *   instance through a notification sent by a database trigger when the change commits;
+ * - a lookup that started before an invalidation cannot fill the cache after it (generation);
+ * - no entry outlives its TTL, even if a notification were lost;
+ * - the presented secret is still compared (constant time) with the cached hash on every request.
+ * A miss goes through bind_tenant(), which re-reads everything after the tenant's lock.
  */
 export interface CachedKey {
   tenantId: string
@@ -26,38 +30,75 @@ export interface CachedMember {
 
 interface Entry<T> { value: T, expires: number }
 
-class TtlMap<T> {
-  readonly #entries = new Map<string, Entry<T>>()
-  constructor (private readonly ttlMs: number, private readonly maxEntries: number) {}
-
-  get (id: string): T | undefined {
-    if (this.ttlMs <= 0) return undefined
-    const entry = this.#entries.get(id)
-    if (entry === undefined) return undefined
-    if (entry.expires > Date.now()) return entry.value
-    this.#entries.delete(id)
-    return undefined
-  }
-
-  set (id: string, value: T): void {
-    if (this.ttlMs <= 0) return
-    if (this.#entries.size >= this.maxEntries) this.#entries.delete(this.#entries.keys().next().value!) // oldest first
-    this.#entries.set(id, { value, expires: Date.now() + this.ttlMs })
-  }
-
-  delete (id: string): void { this.#entries.delete(id) }
-  get size (): number { return this.#entries.size }
-}
-
 export class CredentialCache {
-  readonly keys: TtlMap<CachedKey>
-  readonly members: TtlMap<CachedMember>
+  readonly #ttlMs: number
+  readonly #maxEntries: number
+  readonly #keys = new Map<string, Entry<CachedKey>>()
+  readonly #members = new Map<string, Entry<CachedMember>>()
+  #enabled = false
+  #generation = 0
 
   /** ttlMs 0 turns the cache off: every request then waits for its credential check. */
   constructor (ttlMs: number, maxEntries = 50_000) {
-    this.keys = new TtlMap(ttlMs, maxEntries)
-    this.members = new TtlMap(ttlMs, maxEntries)
+    this.#ttlMs = ttlMs
+    this.#maxEntries = maxEntries
+  }
+
+  get enabled (): boolean { return this.#enabled && this.#ttlMs > 0 }
+  /** Read before a lookup, passed to set(): an invalidation in between voids the fill. */
+  get generation (): number { return this.#generation }
+
+  enable (): void {
+    this.clear()
+    this.#enabled = true
+  }
+
+  disable (): void {
+    this.#enabled = false
+    this.clear()
+  }
+
+  clear (): void {
+    this.#generation++
+    this.#keys.clear()
+    this.#members.clear()
   }
 
   static memberId (tenantId: string, userId: string): string { return `${tenantId}:${userId}` }
+
+  #get<T> (map: Map<string, Entry<T>>, id: string): T | undefined {
+    if (!this.enabled) return undefined
+    const entry = map.get(id)
+    if (entry === undefined) return undefined
+    if (entry.expires > Date.now()) return entry.value
+    map.delete(id)
+    return undefined
+  }
+
+  #set<T> (map: Map<string, Entry<T>>, id: string, value: T, generation: number): void {
+    if (!this.enabled || generation !== this.#generation) return
+    if (map.size >= this.#maxEntries) map.delete(map.keys().next().value!) // the oldest
+    map.set(id, { value, expires: Date.now() + this.#ttlMs })
+  }
+
+  getKey (keyId: string): CachedKey | undefined { return this.#get(this.#keys, keyId) }
+  setKey (value: CachedKey, generation: number): void { this.#set(this.#keys, value.keyId, value, generation) }
+  getMember (tenantId: string, userId: string): CachedMember | undefined { return this.#get(this.#members, CredentialCache.memberId(tenantId, userId)) }
+  setMember (value: CachedMember, generation: number): void { this.#set(this.#members, CredentialCache.memberId(value.tenantId, value.userId), value, generation) }
+
+  /** Applies a rowfence_auth notification: `key:<id>`, `member:<tenant>:<user>` or `tenant:<id>`. */
+  apply (payload: string): void {
+    this.#generation++
+    if (payload.startsWith('key:')) {
+      this.#keys.delete(payload.slice(4))
+    } else if (payload.startsWith('member:')) {
+      this.#members.delete(payload.slice(7))
+    } else if (payload.startsWith('tenant:')) {
+      const tenantId = payload.slice(7)
+      for (const [id, entry] of this.#keys) if (entry.value.tenantId === tenantId) this.#keys.delete(id)
+      for (const [id, entry] of this.#members) if (entry.value.tenantId === tenantId) this.#members.delete(id)
+    } else {
+      this.clear()
+    }
+  }
 }

@@ -54,6 +54,8 @@ export interface EraseOptions {
   requestId?: string
   /** How long to wait for the tenant's in-flight requests to finish. */
   lockTimeoutMs?: number
+  /** After revoking: time for every instance's credential cache to drop the tenant. */
+  graceMs?: number
 }
 
 /** Returns the receipt, or undefined when there is no such tenant. */
@@ -67,6 +69,7 @@ export async function eraseTenant (pool: pg.Pool, tenantId: string, options: Era
     return row
   })
   if (tenant === undefined) return undefined
+  await new Promise((resolve) => setTimeout(resolve, options.graceMs ?? 0))
 
   const removed = await inTenantTransaction(pool, tenantId, async (client) => {
     await client.query(`SET LOCAL lock_timeout = ${Math.max(1, Math.round(options.lockTimeoutMs ?? 30_000))}`)

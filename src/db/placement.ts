@@ -1,7 +1,7 @@
 import { CompiledQuery, Kysely, sql } from 'kysely'
 import type pg from 'pg'
 import type { DB } from './schema.ts'
-import { TENANT_LOCK_SALT } from './tenant-transaction.ts'
+import { TENANT_LOCK_SALT, withTenantTransaction } from './tenant-transaction.ts'
 
 /**
  * Where a tenant's rows of the sharded tables (invoices, invoice_lines, audit_events, ...) live:
@@ -101,4 +101,47 @@ export async function changePlacement (trx: Executor, tenantId: string, placemen
   await sql`SET CONSTRAINTS ALL IMMEDIATE`.execute(trx)
   if (from.placement === 'dedicated') await dropShardPartitions(trx, from.shard)
   return { from, to: { placement, shard }, rowsMoved }
+}
+
+export class PlacementBusy extends Error {
+  override name = 'PlacementBusy'
+}
+
+/**
+ * A placement move as seen by the server instances: mark the tenant `moving` and commit (the
+ * notification makes every instance's credential cache drop the tenant and stop caching it), wait
+ * `graceMs` for requests that had read the cache to be inside their transactions, then move under
+ * the tenant's exclusive lock (changePlacement), and mark it `active` again. `work` runs inside the
+ * move's transaction (the audit event). Returns undefined for an unknown tenant.
+ */
+export async function movePlacement<T> (
+  pool: pg.Pool,
+  tenantId: string,
+  placement: Placement,
+  graceMs: number,
+  work: (db: Executor, change: PlacementChange) => Promise<T>
+): Promise<{ change: PlacementChange, result: T } | undefined> {
+  const marked = await withTenantTransaction(pool, tenantId, async ({ db }) => {
+    const current = await db.selectFrom('tenants').select(['placement', 'status']).where('id', '=', tenantId).forUpdate().executeTakeFirst()
+    if (current === undefined) return 'missing'
+    if (current.status !== 'active') return 'busy'
+    if (current.placement === placement) return 'same'
+    await db.updateTable('tenants').set({ status: 'moving' }).where('id', '=', tenantId).execute()
+    return 'marked'
+  })
+  if (marked === 'missing') return undefined
+  if (marked === 'busy') throw new PlacementBusy('the tenant is being moved or erased')
+  if (marked === 'marked') await new Promise((resolve) => setTimeout(resolve, graceMs))
+  try {
+    return await withTenantTransaction(pool, tenantId, async ({ db }) => {
+      const change = (await changePlacement(db, tenantId, placement))!
+      await db.updateTable('tenants').set({ status: 'active' }).where('id', '=', tenantId).where('status', '=', 'moving').execute()
+      return { change, result: await work(db, change) }
+    })
+  } catch (error) {
+    await withTenantTransaction(pool, tenantId, async ({ db }) => {
+      await db.updateTable('tenants').set({ status: 'active' }).where('id', '=', tenantId).where('status', '=', 'moving').execute()
+    }).catch(() => {})
+    throw error
+  }
 }

@@ -19,6 +19,13 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
  */
 export const BIND_SQL = 'SELECT shard, status, key_scopes, key_secret_hash, member_role FROM bind_tenant($1::uuid, $2::uuid, $3::text)'
 
+/**
+ * The binding alone, for a request whose credential this instance verified recently (see
+ * CredentialCache): the transaction-local tenant setting and the tenant's shared lock, nothing read.
+ */
+export const FAST_BIND_SQL = `SELECT set_config('app.current_tenant_id', $1, true),
+  pg_advisory_xact_lock_shared(hashtextextended($1::text, ${TENANT_LOCK_SALT}))`
+
 export interface Binding {
   /** null when the tenant does not exist (any more). */
   shard: number | null
@@ -32,13 +39,35 @@ export interface Binding {
 
 const NO_BINDING: Binding = { shard: null, status: null, key_scopes: null, key_secret_hash: null, member_role: null }
 
+/**
+ * Named prepared statements: the same SQL text always gets the same name, so each pooled connection
+ * parses (and plans, for plan-cacheable statements) the routes' statements once. The set of texts is
+ * small (one per query shape); past the cap, statements are sent unnamed.
+ */
+const statementNames = new Map<string, string>()
+let preparedStatements = true
+const MAX_NAMED_STATEMENTS = 2000
+
+/** Turn named prepared statements off (e.g. behind a PgBouncer older than 1.21 in transaction mode). */
+export function usePreparedStatements (enabled: boolean): void { preparedStatements = enabled }
+
+function statement (text: string, values: unknown[]): pg.QueryConfig {
+  if (!preparedStatements) return { text, values }
+  let name = statementNames.get(text)
+  if (name === undefined && statementNames.size < MAX_NAMED_STATEMENTS) {
+    name = `rowfence_${statementNames.size}`
+    statementNames.set(text, name)
+  }
+  return name === undefined ? { text, values } : { name, text, values }
+}
+
 /** Kysely's view of one pg client: every query of a tenant transaction runs on that connection. */
 class ClientConnection implements DatabaseConnection {
   readonly #client: pg.ClientBase
   constructor (client: pg.ClientBase) { this.#client = client }
 
   async executeQuery<R> (query: CompiledQuery): Promise<QueryResult<R>> {
-    const { command, rowCount, rows } = await this.#client.query(query.sql, [...query.parameters])
+    const { command, rowCount, rows } = await this.#client.query(statement(query.sql, [...query.parameters]))
     const changed = command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE'
     return { rows: rows as R[], ...(changed && { numAffectedRows: BigInt(rowCount ?? 0) }) }
   }
@@ -86,11 +115,11 @@ export class TenantTransaction {
   /** Kysely on this transaction's connection. */
   readonly db: Kysely<DB>
   readonly readOnly: boolean
-  /** Settles when BEGIN and the binding have been answered. */
-  readonly ready: Promise<Binding>
+  /** Settles when BEGIN and the binding have been answered (null: the binding alone, nothing read). */
+  readonly ready: Promise<Binding | null>
   #finished = false
 
-  constructor (client: pg.PoolClient, readOnly: boolean, ready: Promise<Binding>) {
+  constructor (client: pg.PoolClient, readOnly: boolean, ready: Promise<Binding | null>) {
     this.client = client
     this.db = kyselyFor(client)
     this.readOnly = readOnly
@@ -138,10 +167,16 @@ export class TenantTransaction {
 export interface BeginOptions {
   /** BEGIN READ ONLY: the transaction can write nothing, whatever the handler does. */
   readOnly?: boolean
-  /** Check this API key (of the bound tenant) in the same statement. */
-  keyId?: string
-  /** Read this user's membership of the bound tenant in the same statement. */
-  userId?: string
+  /**
+   * Read the tenant (and this key or this user's membership) after the lock: bind_tenant(). Without
+   * it, the transaction is bound and locked and nothing is read (FAST_BIND_SQL).
+   */
+  check?: { keyId?: string, userId?: string }
+  /**
+   * Keep the socket corked until the current I/O turn ends, so that queries issued right away (the
+   * handler's) leave in the same write as BEGIN and the binding. Only when nobody waits for `ready`.
+   */
+  holdWrites?: boolean
 }
 
 /**
@@ -150,15 +185,26 @@ export interface BeginOptions {
  * before `trx.ready` settles follow them in the same flight. A failed binding aborts the transaction,
  * so nothing that follows it can succeed; `trx.ready` reports why.
  */
-export async function startTenantTransaction (pool: pg.Pool, tenantId: string, options: BeginOptions = {}): Promise<TenantTransaction> {
+export async function startTenantTransaction (pool: pg.Pool, tenantId: string, choose: BeginOptions | (() => BeginOptions) = {}): Promise<TenantTransaction> {
   if (!UUID.test(tenantId)) throw new TypeError('tenant id must be a UUID')
   const client = await pool.connect()
+  // Decided once the connection is ours, right before sending: a credential cache consulted here
+  // cannot have gone stale while the request queued for a connection.
+  const options = typeof choose === 'function' ? choose() : choose
+  // One write for all messages (pg writes each query on its own otherwise); the stream is pg's own.
+  const stream = (client as unknown as { connection?: { stream?: { cork?: () => void, uncork?: () => void } } }).connection?.stream
+  stream?.cork?.()
   const begin = client.query(options.readOnly === true ? 'BEGIN READ ONLY' : 'BEGIN')
-  const bind = client.query<Binding>(BIND_SQL, [tenantId, options.keyId ?? null, options.userId ?? null])
+  const check = options.check
+  const bind = check === undefined
+    ? client.query(statement(FAST_BIND_SQL, [tenantId]))
+    : client.query<Binding>(statement(BIND_SQL, [tenantId, check.keyId ?? null, check.userId ?? null]))
+  if (options.holdWrites === true && stream?.uncork !== undefined) setImmediate(() => stream.uncork!())
+  else stream?.uncork?.()
   const ready = Promise.allSettled([begin, bind]).then(([began, bound]) => {
     if (began.status === 'rejected') throw began.reason
     if (bound.status === 'rejected') throw bound.reason
-    return bound.value.rows[0] ?? NO_BINDING
+    return check === undefined ? null : (bound.value.rows[0] as Binding | undefined) ?? NO_BINDING
   })
   return new TenantTransaction(client, options.readOnly === true, ready)
 }
@@ -169,9 +215,9 @@ export async function beginTenantTransaction (
   tenantId: string,
   options: BeginOptions = {}
 ): Promise<{ trx: TenantTransaction, binding: Binding }> {
-  const trx = await startTenantTransaction(pool, tenantId, options)
+  const trx = await startTenantTransaction(pool, tenantId, { ...options, check: options.check ?? {} })
   try {
-    return { trx, binding: await trx.ready }
+    return { trx, binding: (await trx.ready)! }
   } catch (error) {
     await trx.rollback()
     throw error

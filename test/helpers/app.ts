@@ -35,6 +35,7 @@ export async function buildTestApp (t: Teardown, overrides: Partial<AppConfig> =
     BODY_LIMIT_BYTES: 1024 * 1024,
     KEY_USAGE_FLUSH_MS: 60_000,
     CREDENTIAL_CACHE_TTL_MS: 10_000,
+    CACHE_GRACE_MS: 50,
     jwt: { algorithm: 'HS256', key: TEST_JWT_SECRET },
     ...overrides,
   }

@@ -1,14 +1,13 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { sql, type Kysely } from 'kysely'
 import { secretMatches, type Scope } from '../../auth/api-keys.ts'
-import { CredentialCache } from '../../auth/credential-cache.ts'
 import { CredentialRejected, presentedCredential, requestedTenant, unauthorizedFor, type JwtVerifier, type TenantCredential } from '../../auth/credentials.ts'
 import { ROLE_SCOPES, type MemberRole, type TenantIdentity } from '../../auth/identity.ts'
 import type { DB } from '../../db/schema.ts'
 import { TenantScopePlugin } from '../../db/tenant-scope.ts'
 import { startTenantTransaction, type Binding, type TenantTransaction } from '../../db/tenant-transaction.ts'
-import { badRequest, forbidden, unauthorized, unavailable, type HttpProblem } from '../../errors.ts'
+import { badRequest, forbidden, unauthorized, type HttpProblem } from '../../errors.ts'
 
 /**
  * The tenant pipeline, installed on the /v1 scope only:
@@ -50,8 +49,8 @@ declare module 'fastify' {
      * COMMIT, with the serialised response (e.g. storing it for an idempotency key).
      */
     beforeCommit: Array<(status: number, payload: unknown) => Promise<void>> | null
-    /** Set when the identity came from the credential cache: what the binding must confirm. */
-    assumedIdentity: TenantIdentity | null
+    /** Work to do once the transaction has committed, before the response leaves. */
+    afterCommit: Array<() => Promise<void>> | null
   }
   interface FastifyContextConfig {
     /** The scope a credential needs for this route; defaults to read for GET/HEAD, write otherwise. */
@@ -90,25 +89,16 @@ async function release (request: FastifyRequest, commit: boolean): Promise<void>
   await trx.commit()
 }
 
-/** Set on a replayed request: authenticate without the credential cache. */
-const NO_CACHE_HEADER = 'x-rowfence-no-credential-cache'
-const PER_CONNECTION_HEADERS = new Set(['content-length', 'connection', 'keep-alive', 'transfer-encoding', 'date'])
-
-export interface TenantContextOptions {
-  /** How long a verified credential lets requests go ahead without waiting for its check (0: never). */
-  credentialCacheTtlMs: number
-}
-
 interface Denial { problem: HttpProblem, reason: string, extra?: Record<string, unknown> }
 
 /** Who the credential is in this tenant, from bind_tenant()'s fresh answer, or why it is refused. */
 function identify (binding: Binding, credential: TenantCredential, tenantId: string): TenantIdentity | Denial {
-  const active = binding.status === 'active' && binding.shard !== null
+  const active = (binding.status === 'active' || binding.status === 'moving') && binding.shard !== null
   if (credential.kind === 'api_key') {
-    const invalid = unauthorized('the API key is invalid or revoked')
-    if (binding.key_secret_hash === null || binding.key_scopes === null) return { problem: invalid, reason: 'unknown or revoked API key' }
-    if (!secretMatches(binding.key_secret_hash, credential.key.secretHash)) return { problem: invalid, reason: 'wrong API key secret' }
-    if (!active) return { problem: invalid, reason: 'tenant is being erased' }
+    const invalid = (reason: string): Denial => ({ problem: unauthorized('the API key is invalid or revoked'), reason })
+    if (binding.key_secret_hash === null || binding.key_scopes === null) return invalid('unknown or revoked API key')
+    if (!secretMatches(binding.key_secret_hash, credential.key.secretHash)) return invalid('wrong API key secret')
+    if (!active) return invalid('tenant is being erased')
     return { tenantId, actorType: 'api_key', actorId: credential.key.keyId, scopes: binding.key_scopes as Scope[], role: undefined, shard: binding.shard! }
   }
   if (binding.member_role === null || !active) {
@@ -120,11 +110,7 @@ function identify (binding: Binding, credential: TenantCredential, tenantId: str
 
 const isDenial = (value: TenantIdentity | Denial): value is Denial => 'problem' in value
 
-function sameIdentity (a: TenantIdentity, b: TenantIdentity): boolean {
-  return a.shard === b.shard && a.role === b.role && a.scopes.length === b.scopes.length && a.scopes.every((s) => b.scopes.includes(s))
-}
-
-async function tenantContext (fastify: FastifyInstance, options: TenantContextOptions): Promise<void> {
+async function tenantContext (fastify: FastifyInstance): Promise<void> {
   fastify.decorateRequest('tenant', null)
   fastify.decorateRequest('db', {
     getter (this: FastifyRequest): Kysely<DB> {
@@ -137,9 +123,9 @@ async function tenantContext (fastify: FastifyInstance, options: TenantContextOp
   fastify.decorateRequest('tenantCredential', null)
   fastify.decorateRequest('requestedTenantId', null)
   fastify.decorateRequest('beforeCommit', null)
-  fastify.decorateRequest('assumedIdentity', null)
+  fastify.decorateRequest('afterCommit', null)
 
-  const cache = new CredentialCache(options.credentialCacheTtlMs)
+  const cache = fastify.credentialCache
   const verifyJwt: JwtVerifier | undefined = fastify.hasDecorator('jwt')
     ? (token) => fastify.jwt.verify<Record<string, unknown>>(token)
     : undefined
@@ -150,52 +136,6 @@ async function tenantContext (fastify: FastifyInstance, options: TenantContextOp
     if (rows.length === 0) throw deny(request, forbidden('you are not a member of any tenant'), 'user has no membership', `jwt:${userId}`)
     if (rows.length > 1) throw badRequest('you belong to several tenants: choose one with x-tenant-id', [{ path: 'headers/x-tenant-id', message: 'is required for this user' }])
     return rows[0]!.tenant_id
-  }
-
-  /**
-   * For a request that went ahead on a cached identity: bind_tenant()'s fresh answer must agree with
-   * it before anything commits. A revoked key or lost membership is refused like any other (and, the
-   * transaction rolling back, nothing it did persists). A changed shard (a placement move) or scopes
-   * means the queries were scoped on a stale guess: they are rolled back and the request is replayed
-   * without the cache, so the client sees the same answer as if nothing had been cached.
-   */
-  async function confirmAssumedIdentity (request: FastifyRequest): Promise<'ok' | 'replay'> {
-    const assumed = request.assumedIdentity
-    const trx = request.tenantTransaction
-    const credential = request.tenantCredential
-    if (assumed === null || trx === null || credential === null) return 'ok'
-    request.assumedIdentity = null
-    let binding: Binding
-    try {
-      binding = await trx.ready
-    } catch (error) {
-      await release(request, false)
-      throw error
-    }
-    const fresh = identify(binding, credential, assumed.tenantId)
-    if (!isDenial(fresh) && sameIdentity(fresh, assumed)) return 'ok'
-    if (credential.kind === 'api_key') cache.keys.delete(credential.key.keyId)
-    else cache.members.delete(CredentialCache.memberId(assumed.tenantId, credential.userId))
-    await release(request, false)
-    if (isDenial(fresh)) throw deny(request, fresh.problem, fresh.reason, credentialPrefix(credential), fresh.extra)
-    if (request.headers[NO_CACHE_HEADER] !== undefined) throw unavailable('the tenant changed while this request ran; retry it', 1)
-    return 'replay'
-  }
-
-  /** Runs the request again, through the whole pipeline, without the credential cache. */
-  async function replay (request: FastifyRequest, reply: FastifyReply): Promise<string> {
-    request.log.info('credential cache was stale (placement or scopes changed): replaying the request without it')
-    const again = await fastify.inject({
-      method: request.method as 'GET',
-      url: request.url,
-      headers: { ...request.headers, [NO_CACHE_HEADER]: '1' },
-      ...(request.body !== undefined && { payload: JSON.stringify(request.body) }),
-    })
-    reply.code(again.statusCode)
-    for (const [name, value] of Object.entries(again.headers)) {
-      if (value !== undefined && !PER_CONNECTION_HEADERS.has(name)) reply.header(name, value)
-    }
-    return again.body
   }
 
   fastify.addHook('onRequest', async (request) => {
@@ -221,25 +161,29 @@ async function tenantContext (fastify: FastifyInstance, options: TenantContextOp
       : request.requestedTenantId ?? credential.claimedTenantId ?? await soleTenantOf(request, credential.userId)
     const readOnly = request.method === 'GET' || request.method === 'HEAD'
 
+    // A credential this instance verified recently (and that no notification has invalidated since):
+    // no lookup, and the handler's queries leave in the same write as BEGIN and the binding. The cache
+    // is consulted once a connection is ours, right before sending (see startTenantTransaction).
     let cached: TenantIdentity | undefined
-    if (request.headers[NO_CACHE_HEADER] !== undefined) {
-      // A replay (or a client that asks for it): no guess, wait for the credential check.
-    } else if (credential.kind === 'api_key') {
-      const key = cache.keys.get(credential.key.keyId)
-      if (key !== undefined && key.tenantId === tenantId && secretMatches(key.secretHash, credential.key.secretHash)) {
-        cached = { tenantId, actorType: 'api_key', actorId: key.keyId, scopes: key.scopes, role: undefined, shard: key.shard }
+    let generation = 0
+    const trx = await startTenantTransaction(fastify.dbPool, tenantId, () => {
+      generation = cache.generation
+      if (credential.kind === 'api_key') {
+        const key = cache.getKey(credential.key.keyId)
+        if (key !== undefined && key.tenantId === tenantId && secretMatches(key.secretHash, credential.key.secretHash)) {
+          cached = { tenantId, actorType: 'api_key', actorId: key.keyId, scopes: key.scopes, role: undefined, shard: key.shard }
+        }
+      } else {
+        const member = cache.getMember(tenantId, credential.userId)
+        if (member !== undefined) cached = { tenantId, actorType: 'user', actorId: member.userId, scopes: ROLE_SCOPES[member.role], role: member.role, shard: member.shard }
       }
-    } else {
-      const member = cache.members.get(CredentialCache.memberId(tenantId, credential.userId))
-      if (member !== undefined) cached = { tenantId, actorType: 'user', actorId: member.userId, scopes: ROLE_SCOPES[member.role], role: member.role, shard: member.shard }
-    }
-
-    const trx = await startTenantTransaction(fastify.dbPool, tenantId, {
-      readOnly,
-      ...(credential.kind === 'api_key' ? { keyId: credential.key.keyId } : { userId: credential.userId }),
+      return cached !== undefined
+        ? { readOnly, holdWrites: true }
+        : { readOnly, check: credential.kind === 'api_key' ? { keyId: credential.key.keyId } : { userId: credential.userId } }
     })
     request.tenantTransaction = trx
     request.beforeCommit = []
+    request.afterCommit = []
     reply.raw.once('close', () => {
       if (reply.raw.writableFinished) return
       abandoned.add(request)
@@ -248,18 +192,19 @@ async function tenantContext (fastify: FastifyInstance, options: TenantContextOp
 
     let identity: TenantIdentity
     if (cached !== undefined) {
-      // Verified recently: go ahead without waiting; confirmAssumedIdentity checks before COMMIT.
       identity = cached
-      request.assumedIdentity = cached
     } else {
-      const found = identify(await trx.ready, credential, tenantId)
+      const binding = (await trx.ready)!
+      const found = identify(binding, credential, tenantId)
       if (isDenial(found)) throw deny(request, found.problem, found.reason, prefix, found.extra)
       identity = found
-      if (credential.kind === 'api_key') {
-        const hash = (await trx.ready).key_secret_hash!
-        cache.keys.set(credential.key.keyId, { tenantId, keyId: credential.key.keyId, scopes: identity.scopes, secretHash: hash, shard: identity.shard })
-      } else {
-        cache.members.set(CredentialCache.memberId(tenantId, credential.userId), { tenantId, userId: credential.userId, role: identity.role!, shard: identity.shard })
+      // A tenant that is being moved is served, but not cached: its shard is about to change.
+      if (binding.status === 'active') {
+        if (credential.kind === 'api_key') {
+          cache.setKey({ tenantId, keyId: credential.key.keyId, scopes: identity.scopes, secretHash: binding.key_secret_hash!, shard: identity.shard }, generation)
+        } else {
+          cache.setMember({ tenantId, userId: credential.userId, role: identity.role!, shard: identity.shard }, generation)
+        }
       }
     }
     if (credential.kind === 'api_key') {
@@ -278,7 +223,6 @@ async function tenantContext (fastify: FastifyInstance, options: TenantContextOp
   })
 
   fastify.addHook('onSend', async (request, reply, payload) => {
-    if (await confirmAssumedIdentity(request) === 'replay') return replay(request, reply)
     const commit = reply.statusCode < 400 && !abandoned.has(request) && request.tenantTransaction !== null
     if (commit) {
       const work = request.beforeCommit ?? []
@@ -291,6 +235,11 @@ async function tenantContext (fastify: FastifyInstance, options: TenantContextOp
       }
     }
     await release(request, commit)
+    if (commit) {
+      const after = request.afterCommit ?? []
+      request.afterCommit = null
+      for (const step of after) await step()
+    }
     return payload
   })
 
@@ -299,4 +248,4 @@ async function tenantContext (fastify: FastifyInstance, options: TenantContextOp
   })
 }
 
-export default fp(tenantContext, { name: 'tenant-context', dependencies: ['db', 'errors', 'key-usage'] })
+export default fp(tenantContext, { name: 'tenant-context', dependencies: ['db', 'errors', 'key-usage', 'credential-cache'] })

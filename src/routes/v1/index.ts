@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import idempotency from '../../plugins/app/idempotency.ts'
-import tenantContext, { type TenantContextOptions } from '../../plugins/app/tenant-context.ts'
+import tenantContext from '../../plugins/app/tenant-context.ts'
 import apiKeys from './api-keys/index.ts'
 import auditEvents from './audit-events/index.ts'
 import customers from './customers/index.ts'
@@ -12,8 +12,8 @@ import tenant from './tenant/index.ts'
  * Tenant routes. The tenant pipeline is installed on this scope, so every route below runs inside a
  * tenant-bound transaction and nothing outside it does.
  */
-export default async function v1 (fastify: FastifyInstance, options: TenantContextOptions): Promise<void> {
-  await fastify.register(tenantContext, { credentialCacheTtlMs: options.credentialCacheTtlMs })
+export default async function v1 (fastify: FastifyInstance): Promise<void> {
+  await fastify.register(tenantContext)
   await fastify.register(idempotency)
   await fastify.register(tenant, { prefix: '/tenant' })
   await fastify.register(apiKeys, { prefix: '/api-keys' })

@@ -4,10 +4,11 @@ import tenants from './tenants/index.ts'
 
 export interface AdminOptions {
   adminToken: string
+  cacheGraceMs: number
 }
 
 /** Operator routes: the operator token only, and the owner connection, never a tenant transaction. */
 export default async function adminV1 (fastify: FastifyInstance, options: AdminOptions): Promise<void> {
   await fastify.register(operatorAuth, { adminToken: options.adminToken })
-  await fastify.register(tenants, { prefix: '/tenants' })
+  await fastify.register(tenants, { prefix: '/tenants', cacheGraceMs: options.cacheGraceMs })
 }

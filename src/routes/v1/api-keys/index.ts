@@ -62,6 +62,8 @@ const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
     }
     if (!await revokeApiKey(request.db, request.params.id)) throw notFound('API key')
     await audit(request, 'api_key.revoked', { type: 'api_key', id: request.params.id })
+    // Answer once the invalidation has gone round, so no instance's cache still holds the key.
+    request.afterCommit!.push(() => fastify.awaitAuthNotification(`key:${request.params.id}`))
     return reply.code(204).send()
   })
 }

@@ -58,6 +58,7 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
     }
     await deleteMembership(request.db, target.user_id)
     await audit(request, 'member.removed', { type: 'member', id: target.user_id }, { role: target.role })
+    request.afterCommit!.push(() => fastify.awaitAuthNotification(`member:${request.tenant!.tenantId}:${target.user_id}`))
     return reply.code(204).send()
   })
 }

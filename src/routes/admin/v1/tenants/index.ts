@@ -6,11 +6,11 @@ import type { Kysely } from 'kysely'
 import { v7 as uuidv7 } from 'uuid'
 import { ALL_SCOPES, generateApiKey } from '../../../../auth/api-keys.ts'
 import { eraseTenant } from '../../../../db/erasure.ts'
-import { allocateShard, changePlacement } from '../../../../db/placement.ts'
+import { allocateShard, movePlacement, PlacementBusy } from '../../../../db/placement.ts'
 import type { DB } from '../../../../db/schema.ts'
 import { exportTenant } from '../../../../db/tenant-data.ts'
 import { withTenantTransaction } from '../../../../db/tenant-transaction.ts'
-import { notFound } from '../../../../errors.ts'
+import { conflict, notFound } from '../../../../errors.ts'
 import { toOperatorTenant } from '../../../../mappers/tenants.ts'
 import { insertApiKey } from '../../../../repositories/api-keys.ts'
 import { insertAuditEvent } from '../../../../repositories/audit-events.ts'
@@ -34,7 +34,12 @@ async function auditOperator (trx: Kysely<DB>, request: FastifyRequest, action: 
   })
 }
 
-const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
+export interface TenantsOptions {
+  /** How long a placement move or an erasure waits, after notifying, for the instances' credential caches to let go. */
+  cacheGraceMs: number
+}
+
+const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, options) => {
   fastify.post('/', {
     schema: {
       summary: 'Provision a tenant and its first admin API key',
@@ -91,21 +96,25 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
       tags,
       params: IdParamsSchema,
       body: PlacementChangeSchema,
-      response: { 200: PlacementResultSchema, ...problems(400, 401, 404, 503) },
+      response: { 200: PlacementResultSchema, ...problems(400, 401, 404, 409, 503) },
     },
   }, async (request) => {
     const { id } = request.params
-    const result = await withTenantTransaction(fastify.ownerPool, id, async ({ db }) => {
-      const change = await changePlacement(db, id, request.body.placement)
-      if (change === undefined) return undefined
-      if (change.from.placement !== change.to.placement) {
-        await auditOperator(db, request, 'tenant.placement_changed', id, { from: change.from.placement, to: change.to.placement, rows_moved: change.rowsMoved })
-      }
-      return { change, tenant: (await findTenant(db, id))! }
-    })
-    if (result === undefined) throw notFound('tenant')
-    request.log.info({ tenantId: id, from: result.change.from, to: result.change.to, rowsMoved: result.change.rowsMoved }, 'tenant placement changed')
-    return { tenant: toOperatorTenant(result.tenant), rows_moved: result.change.rowsMoved }
+    let moved
+    try {
+      moved = await movePlacement(fastify.ownerPool, id, request.body.placement, options.cacheGraceMs, async (db, change) => {
+        if (change.from.placement !== change.to.placement) {
+          await auditOperator(db, request, 'tenant.placement_changed', id, { from: change.from.placement, to: change.to.placement, rows_moved: change.rowsMoved })
+        }
+        return (await findTenant(db, id))!
+      })
+    } catch (error) {
+      if (error instanceof PlacementBusy) throw conflict(error.message, 'tenant-busy')
+      throw error
+    }
+    if (moved === undefined) throw notFound('tenant')
+    request.log.info({ tenantId: id, from: moved.change.from, to: moved.change.to, rowsMoved: moved.change.rowsMoved }, 'tenant placement changed')
+    return { tenant: toOperatorTenant(moved.result), rows_moved: moved.change.rowsMoved }
   })
 
   fastify.get('/:id/export', {
@@ -146,7 +155,7 @@ const tenants: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const { id } = request.params
     request.log.info({ tenantId: id }, 'tenant erasure started: credentials revoked first')
-    const receipt = await eraseTenant(fastify.ownerPool, id, { requestedBy: 'operator', requestId: request.id })
+    const receipt = await eraseTenant(fastify.ownerPool, id, { requestedBy: 'operator', requestId: request.id, graceMs: options.cacheGraceMs })
     if (receipt === undefined) throw notFound('tenant')
     request.log.info({ tenantId: id, rowsRemoved: receipt.rows_removed, verified: receipt.verified }, 'tenant erased')
     return receipt
