@@ -50,7 +50,7 @@ async function runPgbench (bin: string, appUrl: string, script: string, clients:
     const result = spawnSync(bin, ['-n', '-M', 'extended', '-c', String(clients), '-j', '2', '-T', String(seconds),
       '-l', '--log-prefix', path.join(dir, 'log'), '-f', path.join(dir, 'script.sql'), decodeURIComponent(url.pathname.slice(1))], {
       encoding: 'utf8',
-      env: { ...process.env, PGHOST: url.hostname, PGPORT: url.port || '5432', PGUSER: decodeURIComponent(url.username), PGPASSWORD: decodeURIComponent(url.password) },
+      env: { ...process.env, PGHOST: url.searchParams.get('host') ?? url.hostname, PGPORT: url.port || '5432', PGUSER: decodeURIComponent(url.username), PGPASSWORD: decodeURIComponent(url.password) },
     })
     if (result.status !== 0) throw new Error(`pgbench failed: ${result.stderr}`)
     const tps = Number(/tps = ([\d.]+) \(without initial connection time\)/.exec(result.stdout)?.[1])

@@ -64,10 +64,15 @@ function statement (text: string, values: unknown[]): pg.QueryConfig {
 /** Kysely's view of one pg client: every query of a tenant transaction runs on that connection. */
 class ClientConnection implements DatabaseConnection {
   readonly #client: pg.ClientBase
+  /** The tenant transaction currently open on this connection. */
+  transaction: TenantTransaction | null = null
   constructor (client: pg.ClientBase) { this.#client = client }
 
   async executeQuery<R> (query: CompiledQuery): Promise<QueryResult<R>> {
-    const { command, rowCount, rows } = await this.#client.query(statement(query.sql, [...query.parameters]))
+    this.transaction?.beforeQuery()
+    const pending = this.#client.query(statement(query.sql, [...query.parameters]))
+    this.transaction?.afterQuery()
+    const { command, rowCount, rows } = await pending
     const changed = command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE'
     return { rows: rows as R[], ...(changed && { numAffectedRows: BigInt(rowCount ?? 0) }) }
   }
@@ -79,7 +84,7 @@ class ClientConnection implements DatabaseConnection {
 
 class ClientDriver implements Driver {
   readonly #connection: ClientConnection
-  constructor (client: pg.ClientBase) { this.#connection = new ClientConnection(client) }
+  constructor (connection: ClientConnection) { this.#connection = connection }
   async init (): Promise<void> {}
   async acquireConnection (): Promise<DatabaseConnection> { return this.#connection }
   // The transaction is ours (TenantTransaction), never Kysely's.
@@ -91,22 +96,24 @@ class ClientDriver implements Driver {
 }
 
 /** One Kysely per pooled connection, built once and reused by every transaction on that connection. */
-const kyselyByClient = new WeakMap<pg.ClientBase, Kysely<DB>>()
+const kyselyByClient = new WeakMap<pg.ClientBase, { db: Kysely<DB>, connection: ClientConnection }>()
 
-function kyselyFor (client: pg.ClientBase): Kysely<DB> {
-  let db = kyselyByClient.get(client)
-  if (db === undefined) {
-    db = new Kysely<DB>({
+function kyselyFor (client: pg.ClientBase): { db: Kysely<DB>, connection: ClientConnection } {
+  let entry = kyselyByClient.get(client)
+  if (entry === undefined) {
+    const connection = new ClientConnection(client)
+    const db = new Kysely<DB>({
       dialect: {
         createAdapter: () => new PostgresAdapter(),
-        createDriver: () => new ClientDriver(client),
+        createDriver: () => new ClientDriver(connection),
         createIntrospector: (k) => new PostgresIntrospector(k),
         createQueryCompiler: () => new PostgresQueryCompiler(),
       },
     })
-    kyselyByClient.set(client, db)
+    entry = { db, connection }
+    kyselyByClient.set(client, entry)
   }
-  return db
+  return entry
 }
 
 /** A transaction bound to one tenant, on one pooled connection: only that tenant's rows exist in it. */
@@ -117,17 +124,47 @@ export class TenantTransaction {
   readonly readOnly: boolean
   /** Settles when BEGIN and the binding have been answered (null: the binding alone, nothing read). */
   readonly ready: Promise<Binding | null>
+  readonly #connection: ClientConnection
+  readonly #singleQuery: boolean
+  /** The COMMIT sent right behind the one query of a single-query read. */
+  #earlyCommit: Promise<unknown> | null = null
   #finished = false
 
-  constructor (client: pg.PoolClient, readOnly: boolean, ready: Promise<Binding | null>) {
+  constructor (client: pg.PoolClient, readOnly: boolean, ready: Promise<Binding | null>, singleQuery = false) {
     this.client = client
-    this.db = kyselyFor(client)
+    const { db, connection } = kyselyFor(client)
+    this.db = db
+    this.#connection = connection
+    connection.transaction = this
     this.readOnly = readOnly
+    this.#singleQuery = singleQuery && readOnly
     this.ready = ready
     ready.catch(() => {}) // observed by commit() or the caller
   }
 
   get finished (): boolean { return this.#finished }
+
+  /** @internal Called by the connection before each query. */
+  beforeQuery (): void {
+    if (this.#earlyCommit !== null) throw new Error('this route is declared single-query (config.singleQuery) but sent a second query')
+  }
+
+  /**
+   * @internal Called by the connection right after sending a query: a read-only single-query request
+   * sends its COMMIT in the same write, sparing a write and a round trip (it cannot fail meaningfully:
+   * nothing was written).
+   */
+  afterQuery (): void {
+    if (this.#singleQuery) {
+      this.#earlyCommit = this.client.query('COMMIT')
+      this.#earlyCommit.catch(() => {}) // observed by commit() or rollback()
+    }
+  }
+
+  #release (error?: Error): void {
+    if (this.#connection.transaction === this) this.#connection.transaction = null
+    this.client.release(error)
+  }
 
   /**
    * COMMIT and release. A failed BEGIN/binding or COMMIT is rethrown (the caller must not report
@@ -143,12 +180,12 @@ export class TenantTransaction {
     }
     this.#finished = true
     try {
-      await this.client.query('COMMIT')
+      await (this.#earlyCommit ?? this.client.query('COMMIT'))
     } catch (error) {
-      this.client.release(error as Error)
+      this.#release(error as Error)
       throw error
     }
-    this.client.release()
+    this.#release()
   }
 
   /** ROLLBACK and release; never throws (a connection that cannot roll back is discarded). */
@@ -156,10 +193,11 @@ export class TenantTransaction {
     if (this.#finished) return
     this.#finished = true
     try {
-      await this.client.query('ROLLBACK')
-      this.client.release()
+      // A read whose COMMIT already left has nothing to roll back: wait for it instead.
+      await (this.#earlyCommit ?? this.client.query('ROLLBACK'))
+      this.#release()
     } catch (error) {
-      this.client.release(error as Error)
+      this.#release(error as Error)
     }
   }
 }
@@ -177,6 +215,8 @@ export interface BeginOptions {
    * handler's) leave in the same write as BEGIN and the binding. Only when nobody waits for `ready`.
    */
   holdWrites?: boolean
+  /** A read-only request that sends exactly one query: its COMMIT follows that query in the same write. */
+  singleQuery?: boolean
 }
 
 /**
@@ -206,7 +246,7 @@ export async function startTenantTransaction (pool: pg.Pool, tenantId: string, c
     if (bound.status === 'rejected') throw bound.reason
     return check === undefined ? null : (bound.value.rows[0] as Binding | undefined) ?? NO_BINDING
   })
-  return new TenantTransaction(client, options.readOnly === true, ready)
+  return new TenantTransaction(client, options.readOnly === true, ready, options.singleQuery === true)
 }
 
 /** startTenantTransaction, waiting for the binding. */

@@ -55,6 +55,11 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** The scope a credential needs for this route; defaults to read for GET/HEAD, write otherwise. */
     scope?: Scope
+    /**
+     * A read that sends exactly one query: its COMMIT can leave in the same write as the query. A
+     * second query from such a route fails loudly.
+     */
+    singleQuery?: boolean
   }
 }
 
@@ -178,7 +183,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
         if (member !== undefined) cached = { tenantId, actorType: 'user', actorId: member.userId, scopes: ROLE_SCOPES[member.role], role: member.role, shard: member.shard }
       }
       return cached !== undefined
-        ? { readOnly, holdWrites: true }
+        ? { readOnly, holdWrites: true, singleQuery: request.routeOptions.config.singleQuery === true }
         : { readOnly, check: credential.kind === 'api_key' ? { keyId: credential.key.keyId } : { userId: credential.userId } }
     })
     request.tenantTransaction = trx

@@ -30,6 +30,7 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
   })
 
   fastify.get('/', {
+    config: { singleQuery: true },
     schema: {
       summary: 'List customers, newest first',
       tags,
@@ -39,6 +40,7 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => paginate(request.query, (page) => listCustomers(request.db, page), toCustomer))
 
   fastify.get('/:id', {
+    config: { singleQuery: true },
     schema: {
       summary: 'Retrieve a customer',
       tags,

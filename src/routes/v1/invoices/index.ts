@@ -46,6 +46,7 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
   })
 
   fastify.get('/', {
+    config: { singleQuery: true },
     schema: {
       summary: 'List invoices, newest first',
       tags,
@@ -57,6 +58,7 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
   }), toInvoice))
 
   fastify.get('/:id', {
+    config: { singleQuery: true },
     schema: {
       summary: 'Retrieve an invoice with its lines',
       tags,

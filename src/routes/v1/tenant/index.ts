@@ -7,6 +7,7 @@ import { TenantSchema } from '../../../schemas/tenants.ts'
 
 const tenant: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/', {
+    config: { singleQuery: true },
     schema: {
       summary: "The caller's tenant",
       tags: ['tenant'],
