@@ -1,8 +1,10 @@
 import {
   Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler,
-  type CompiledQuery, type DatabaseConnection, type Driver, type QueryResult,
+  type CompiledQuery, type DatabaseConnection, type Driver, type KyselyPlugin, type PluginTransformQueryArgs,
+  type PluginTransformResultArgs, type QueryResult, type RootOperationNode, type UnknownRow,
 } from 'kysely'
 import type pg from 'pg'
+import { cancelRunningQuery } from './cancel.ts'
 import type { DB } from './schema.ts'
 
 /** Salt of the per-tenant advisory lock (see placement.ts: tenantLockKey; also in sql/0008's bind_tenant). */
@@ -116,6 +118,22 @@ function kyselyFor (client: pg.ClientBase): { db: Kysely<DB>, connection: Client
   return entry
 }
 
+/**
+ * Refuses any statement once its transaction has ended. Kysely instances handed out for a
+ * transaction share the pooled connection, which another request owns after the release: a handler
+ * that outlived its transaction (a request deadline, a bug) must fail, not run inside someone else's.
+ */
+class FinishedTransactionGuard implements KyselyPlugin {
+  readonly #transaction: TenantTransaction
+  constructor (transaction: TenantTransaction) { this.#transaction = transaction }
+  transformQuery (args: PluginTransformQueryArgs): RootOperationNode {
+    if (this.#transaction.finished) throw new Error('this tenant transaction has ended; no more statements may run in it')
+    return args.node
+  }
+
+  async transformResult (args: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> { return args.result }
+}
+
 /** A transaction bound to one tenant, on one pooled connection: only that tenant's rows exist in it. */
 export class TenantTransaction {
   readonly client: pg.PoolClient
@@ -133,7 +151,7 @@ export class TenantTransaction {
   constructor (client: pg.PoolClient, readOnly: boolean, ready: Promise<Binding | null>, singleQuery = false) {
     this.client = client
     const { db, connection } = kyselyFor(client)
-    this.db = db
+    this.db = db.withPlugin(new FinishedTransactionGuard(this))
     this.#connection = connection
     connection.transaction = this
     this.readOnly = readOnly
@@ -143,6 +161,11 @@ export class TenantTransaction {
   }
 
   get finished (): boolean { return this.#finished }
+
+  /** Cancels the statement running on this transaction's connection (client gone, deadline passed). */
+  cancel (): void {
+    if (!this.#finished) cancelRunningQuery(this.client)
+  }
 
   /** @internal Called by the connection before each query. */
   beforeQuery (): void {
