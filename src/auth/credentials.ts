@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import { badRequest, unauthorized } from '../errors.ts'
+import { hasNul } from '../schemas/common.ts'
 import { looksLikeApiKey, parseApiKey, type ParsedApiKey } from './api-keys.ts'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
@@ -57,7 +58,8 @@ export function presentedCredential (headers: IncomingHttpHeaders, verifyJwt: Jw
       throw jwtFailure(error)
     }
     const { sub, tid } = claims
-    if (typeof sub !== 'string' || sub.length === 0 || sub.length > 255) {
+    // The same rule as a member's user_id (1..255 characters, no NUL: PostgreSQL text cannot hold it).
+    if (typeof sub !== 'string' || sub.length === 0 || sub.length > 255 || hasNul(sub)) {
       throw new CredentialRejected('jwt sub is not a user id', 'the token is invalid', 'jwt')
     }
     if (tid !== undefined && (typeof tid !== 'string' || !UUID.test(tid))) {

@@ -77,6 +77,11 @@ export function problemFromDatabaseError (error: unknown): HttpProblem | undefin
     case '22008':
     case '22P02':
       return badRequest('a value is invalid or out of range')
+    // A NUL byte (or another character the database encoding cannot hold) in text or JSON: the
+    // schemas refuse NUL first; this is the backstop for any input that reaches SQL without one.
+    case '22021':
+    case '22P05':
+      return badRequest('a text value contains a character that cannot be stored (e.g. a NUL byte)')
     case '40001':
     case '40P01':
     case '55P03':

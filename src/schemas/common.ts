@@ -1,5 +1,18 @@
-import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { Type, type Static, type StringOptions, type TSchema } from '@sinclair/typebox'
 import { badRequest } from '../errors.ts'
+
+/**
+ * No NUL (U+0000) anywhere: PostgreSQL text cannot hold it (error 22021), so a client's NUL would
+ * otherwise reach the database and fail there. Every schema that accepts free text from a client
+ * (body, path, query) builds it with Text().
+ */
+export const NO_NUL_PATTERN = '^[^\\u0000]*$'
+
+/** A string a client sends: free text, never a NUL byte. Options with a pattern of their own must exclude NUL themselves. */
+export const Text = (options: StringOptions = {}) => Type.String({ pattern: NO_NUL_PATTERN, ...options })
+
+/** True when a string holds a NUL byte (for text that does not pass through a schema, e.g. JWT claims). */
+export const hasNul = (value: string): boolean => value.includes('\u0000')
 
 export const Uuid = Type.String({ format: 'uuid', description: 'UUID (time-ordered v7 for ids the server assigns)' })
 export const Timestamp = Type.String({ format: 'date-time', description: 'ISO 8601 UTC timestamp' })
@@ -8,7 +21,7 @@ export const IdParamsSchema = Type.Object({ id: Uuid }, { additionalProperties: 
 
 export const PageQuerySchema = Type.Object({
   limit: Type.Integer({ minimum: 1, maximum: 200, default: 50, description: 'page size' }),
-  cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'opaque cursor from next_cursor' })),
+  cursor: Type.Optional(Text({ minLength: 1, maxLength: 200, description: 'opaque cursor from next_cursor' })),
 }, { additionalProperties: false })
 export type PageQuery = Static<typeof PageQuerySchema>
 

@@ -1,9 +1,9 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { Page, Timestamp, Uuid } from './common.ts'
+import { Page, Text, Timestamp, Uuid } from './common.ts'
 
-const Name = Type.String({ minLength: 1, maxLength: 200 })
+const Name = Text({ minLength: 1, maxLength: 200 })
 const Email = Type.String({ format: 'email', maxLength: 320 })
-const ExternalRef = Type.String({ minLength: 1, maxLength: 200, description: 'your own reference for the customer; unique within your tenant' })
+const ExternalRef = Text({ minLength: 1, maxLength: 200, description: 'your own reference for the customer; unique within your tenant' })
 
 export const CustomerSchema = Type.Object({
   id: Uuid,

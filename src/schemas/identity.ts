@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { Page, Timestamp, Uuid } from './common.ts'
+import { Page, Text, Timestamp, Uuid } from './common.ts'
 import { ScopeSchema } from './tenants.ts'
 
 export const ApiKeySchema = Type.Object({
@@ -22,7 +22,7 @@ export const CreatedApiKeySchema = Type.Object({
 }, { title: 'CreatedApiKey' })
 
 export const CreateApiKeySchema = Type.Object({
-  name: Type.String({ minLength: 1, maxLength: 200 }),
+  name: Text({ minLength: 1, maxLength: 200 }),
   scopes: Type.Array(ScopeSchema, { minItems: 1, maxItems: 3, uniqueItems: true }),
 }, { additionalProperties: false })
 
@@ -40,10 +40,10 @@ export const MemberSchema = Type.Object({
 export type Member = Static<typeof MemberSchema>
 
 export const CreateMemberSchema = Type.Object({
-  user_id: Type.String({ minLength: 1, maxLength: 255, description: 'the `sub` of the user in your identity provider' }),
+  user_id: Text({ minLength: 1, maxLength: 255, description: 'the `sub` of the user in your identity provider' }),
   role: RoleSchema,
 }, { additionalProperties: false })
 
 export const MemberPage = Page(MemberSchema)
 
-export const UserIdParamsSchema = Type.Object({ user_id: Type.String({ minLength: 1, maxLength: 255 }) }, { additionalProperties: false })
+export const UserIdParamsSchema = Type.Object({ user_id: Text({ minLength: 1, maxLength: 255 }) }, { additionalProperties: false })

@@ -1,15 +1,15 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { Page, Timestamp, Uuid } from './common.ts'
+import { Page, Text, Timestamp, Uuid } from './common.ts'
 
 export const InvoiceStatusSchema = Type.Union([Type.Literal('draft'), Type.Literal('open'), Type.Literal('paid'), Type.Literal('void')])
 export type InvoiceStatus = Static<typeof InvoiceStatusSchema>
 
 const Currency = Type.String({ pattern: '^[A-Z]{3}$', description: 'ISO 4217 code, e.g. EUR' })
 const DueDate = Type.String({ format: 'date', description: 'YYYY-MM-DD' })
-const Memo = Type.String({ maxLength: 2000 })
+const Memo = Text({ maxLength: 2000 })
 
 export const LineInputSchema = Type.Object({
-  description: Type.String({ minLength: 1, maxLength: 500 }),
+  description: Text({ minLength: 1, maxLength: 500 }),
   quantity: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
   unit_amount_cents: Type.Integer({ minimum: 0, maximum: 100_000_000_000 }),
 }, { additionalProperties: false })
@@ -62,7 +62,7 @@ export type UpdateInvoice = Static<typeof UpdateInvoiceSchema>
 
 export const InvoiceListQuerySchema = Type.Object({
   limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
-  cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  cursor: Type.Optional(Text({ minLength: 1, maxLength: 200 })),
   status: Type.Optional(InvoiceStatusSchema),
   customer_id: Type.Optional(Uuid),
 }, { additionalProperties: false })

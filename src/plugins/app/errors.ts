@@ -2,6 +2,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import fp from 'fastify-plugin'
 import { problemFromDatabaseError } from '../../db/errors.ts'
 import { HttpProblem, PROBLEM_CONTENT_TYPE, type FieldError } from '../../errors.ts'
+import { NO_NUL_PATTERN } from '../../schemas/common.ts'
 
 /**
  * One error handler and one not-found handler for the whole app: every error leaves as
@@ -25,6 +26,7 @@ function fieldErrors (context: string | undefined, validation: ValidationItem[])
       path += `/${v.params.additionalProperty}`
       return { path: `${part}${path}`, message: 'is not a known property' }
     }
+    if (v.keyword === 'pattern' && v.params.pattern === NO_NUL_PATTERN) return { path: `${part}${path}`, message: 'must not contain a NUL character' }
     return { path: `${part}${path}`, message: v.message ?? `fails ${v.keyword}` }
   })
 }
