@@ -8,7 +8,7 @@ import dbPlugin from './plugins/external/db.ts'
 import jwtPlugin from './plugins/external/jwt.ts'
 import metricsPlugin from './plugins/external/metrics.ts'
 import swaggerPlugin from './plugins/external/swagger.ts'
-import errorsPlugin from './plugins/app/errors.ts'
+import errorsPlugin, { clientErrorHandler, frameworkErrors } from './plugins/app/errors.ts'
 import credentialCachePlugin from './plugins/app/credential-cache.ts'
 import keyUsagePlugin from './plugins/app/key-usage.ts'
 import adminV1 from './routes/admin/v1/index.ts'
@@ -55,7 +55,12 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
     return503OnClosing: true,
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
-    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 },
+    // A path parameter is checked before it is decoded: 768 leaves room for the longest one the
+    // schemas accept (a 255-character user_id, percent-encoded). Longer ones are a 414 problem.
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 768 },
+    // Errors raised before any hook runs (routing, Node's HTTP parser) are problem+json too.
+    frameworkErrors,
+    clientErrorHandler,
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   usePreparedStatements(config.DB_PREPARED_STATEMENTS ?? true)

@@ -1,3 +1,5 @@
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { problemFromDatabaseError } from '../../db/errors.ts'
@@ -31,7 +33,18 @@ function fieldErrors (context: string | undefined, validation: ValidationItem[])
   })
 }
 
-/** Errors Fastify raises before a handler runs, with a status chosen by Fastify (400, 404, 413, 415...). */
+/** What the client did wrong, for the errors Fastify raises itself; never Fastify's code or internal names. */
+const FASTIFY_DETAILS: Record<string, string> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'send the body as application/json',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'the request body is too large',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'the JSON body is empty',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'the body is not valid JSON',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'the content-length does not match the body',
+  FST_ERR_BAD_URL: 'the URL is malformed (invalid percent-encoding)',
+  FST_ERR_MAX_PARAM_LENGTH: 'a path segment of the URL is too long',
+}
+
+/** Errors Fastify raises before a handler runs, with a status chosen by Fastify (400, 404, 413, 414, 415...). */
 function problemFromFastifyError (error: FastifyError): HttpProblem | undefined {
   if (error.validation !== undefined) {
     const errors = fieldErrors(error.validationContext, error.validation as ValidationItem[])
@@ -41,15 +54,8 @@ function problemFromFastifyError (error: FastifyError): HttpProblem | undefined 
   if (typeof status !== 'number' || status < 400 || status >= 500 || typeof error.code !== 'string' || !error.code.startsWith('FST_')) {
     return undefined
   }
-  const details: Record<string, string> = {
-    FST_ERR_CTP_INVALID_MEDIA_TYPE: 'send the body as application/json',
-    FST_ERR_CTP_BODY_TOO_LARGE: 'the request body is too large',
-    FST_ERR_CTP_EMPTY_JSON_BODY: 'the JSON body is empty',
-    FST_ERR_CTP_INVALID_JSON_BODY: 'the body is not valid JSON',
-    FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'the content-length does not match the body',
-  }
   // Fastify's own messages for 4xx describe the client's request, not our internals (e.g. JSON syntax errors).
-  return new HttpProblem(status, { detail: details[error.code] ?? error.message })
+  return new HttpProblem(status, { detail: FASTIFY_DETAILS[error.code] ?? error.message })
 }
 
 function send (reply: FastifyReply, problem: HttpProblem, request: FastifyRequest): FastifyReply {
@@ -58,6 +64,39 @@ function send (reply: FastifyReply, problem: HttpProblem, request: FastifyReques
     .headers(problem.headers)
     .type(PROBLEM_CONTENT_TYPE)
     .send(problem.toJSON(request.url.split('?')[0]))
+}
+
+/**
+ * Fastify's `frameworkErrors`: errors raised while routing, before any hook or handler runs (a
+ * malformed percent-encoding, an over-long path parameter). Answered as problem+json like the rest;
+ * the onRequest hooks have not run, so the request id header is set here.
+ */
+export function frameworkErrors (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  const problem = problemFromFastifyError(error) ?? new HttpProblem(400, { detail: 'the request is malformed' })
+  reply.header('x-request-id', request.id)
+  send(reply, problem, request)
+}
+
+const CLIENT_ERRORS: Record<string, [status: number, detail: string]> = {
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'the request took too long to arrive'],
+  HPE_HEADER_OVERFLOW: [431, 'the request headers are too large'],
+}
+
+/**
+ * Fastify's `clientErrorHandler`: requests Node's HTTP parser refuses before Fastify sees them
+ * (malformed request line or headers, headers too large, too slow). Written to the socket as
+ * problem+json, then the connection is closed, as Node and Fastify do by default.
+ */
+export function clientErrorHandler (this: FastifyInstance, error: NodeJS.ErrnoException, socket: Socket): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return
+  const [status, detail] = CLIENT_ERRORS[error.code ?? ''] ?? [400, 'the request is not valid HTTP']
+  this.log.trace({ err: error }, 'client error')
+  if (socket.writable) {
+    const body = JSON.stringify(new HttpProblem(status, { detail }).toJSON())
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Bad Request'}\r\nConnection: close\r\n` +
+      `Content-Type: ${PROBLEM_CONTENT_TYPE}; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+  }
+  socket.destroy(error)
 }
 
 async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
