@@ -2,16 +2,17 @@ import type { Scope } from './api-keys.ts'
 import type { MemberRole } from './identity.ts'
 
 /**
- * Credentials verified recently, so that a request can send its statements with only the tenant
- * binding in front: no lookup, no waiting. Safe only together with the invalidation stream (sql/0009):
- * - entries are used only while this instance's LISTEN connection is up; when it drops, the cache is
- *   emptied and off until the listener is back (notifications might have been missed);
- * - every change to a key, a membership or a tenant (revocation, erasure, placement) evicts on every
- *   instance through a notification sent by a database trigger when the change commits;
+ * Credentials verified recently, so that a request can send its statements right behind BEGIN and
+ * bind_tenant() without waiting for the check's answer (one round trip instead of two). The cache
+ * never authorizes on its own: bind_tenant() still reads the key or membership fresh in every
+ * request, and the answer is confirmed before any result reaches the handler and before COMMIT
+ * (TenantTransaction.confirmed), so a revocation is honoured on the very next request everywhere.
+ * A stale entry costs at most a wasted, rolled-back statement. Kept small and current anyway:
+ * - entries are used only while this instance's LISTEN connection is up (sql/0009's triggers notify
+ *   every change to a key, a membership or a tenant); when it drops, the cache is emptied and off;
  * - a lookup that started before an invalidation cannot fill the cache after it (generation);
- * - no entry outlives its TTL, even if a notification were lost;
- * - the presented secret is still compared (constant time) with the cached hash on every request.
- * A miss goes through bind_tenant(), which re-reads everything after the tenant's lock.
+ * - no entry outlives its TTL;
+ * - the presented secret is compared (constant time) with the cached hash before going ahead.
  */
 export interface CachedKey {
   tenantId: string

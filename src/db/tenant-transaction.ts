@@ -21,13 +21,6 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
  */
 export const BIND_SQL = 'SELECT shard, status, key_scopes, key_secret_hash, member_role FROM bind_tenant($1::uuid, $2::uuid, $3::text)'
 
-/**
- * The binding alone, for a request whose credential this instance verified recently (see
- * CredentialCache): the transaction-local tenant setting and the tenant's shared lock, nothing read.
- */
-export const FAST_BIND_SQL = `SELECT set_config('app.current_tenant_id', $1, true),
-  pg_advisory_xact_lock_shared(hashtextextended($1::text, ${TENANT_LOCK_SALT}))`
-
 export interface Binding {
   /** null when the tenant does not exist (any more). */
   shard: number | null
@@ -71,10 +64,23 @@ class ClientConnection implements DatabaseConnection {
   constructor (client: pg.ClientBase) { this.#client = client }
 
   async executeQuery<R> (query: CompiledQuery): Promise<QueryResult<R>> {
-    this.transaction?.beforeQuery()
+    const transaction = this.transaction
+    transaction?.beforeQuery()
     const pending = this.#client.query(statement(query.sql, [...query.parameters]))
-    this.transaction?.afterQuery()
-    const { command, rowCount, rows } = await pending
+    transaction?.afterQuery()
+    let result: pg.QueryResult
+    try {
+      result = await pending
+    } catch (error) {
+      // A statement pipelined behind a binding that failed or was refused fails with "current
+      // transaction is aborted"; the binding's own error is the one worth reporting.
+      await transaction?.confirmed
+      throw error
+    }
+    // No result reaches the handler before the binding's answer has been confirmed (it is in
+    // already: the server answers in order).
+    await transaction?.confirmed
+    const { command, rowCount, rows } = result
     const changed = command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE'
     return { rows: rows as R[], ...(changed && { numAffectedRows: BigInt(rowCount ?? 0) }) }
   }
@@ -140,15 +146,21 @@ export class TenantTransaction {
   /** Kysely on this transaction's connection. */
   readonly db: Kysely<DB>
   readonly readOnly: boolean
-  /** Settles when BEGIN and the binding have been answered (null: the binding alone, nothing read). */
-  readonly ready: Promise<Binding | null>
+  /** Settles when BEGIN and the binding have been answered. */
+  readonly ready: Promise<Binding>
   readonly #connection: ClientConnection
   readonly #singleQuery: boolean
   /** The COMMIT sent right behind the one query of a single-query read. */
   #earlyCommit: Promise<unknown> | null = null
   #finished = false
 
-  constructor (client: pg.PoolClient, readOnly: boolean, ready: Promise<Binding | null>, singleQuery = false) {
+  /**
+   * Settles once the binding has been answered and, when a check was given, accepted: every query
+   * result and the COMMIT wait for it. Rejects with the binding's error or the check's refusal.
+   */
+  readonly confirmed: Promise<void>
+
+  constructor (client: pg.PoolClient, readOnly: boolean, ready: Promise<Binding>, singleQuery = false, confirm?: (binding: Binding) => void) {
     this.client = client
     const { db, connection } = kyselyFor(client)
     this.db = db.withPlugin(new FinishedTransactionGuard(this))
@@ -158,6 +170,8 @@ export class TenantTransaction {
     this.#singleQuery = singleQuery && readOnly
     this.ready = ready
     ready.catch(() => {}) // observed by commit() or the caller
+    this.confirmed = confirm === undefined ? ready.then(() => {}) : ready.then((binding) => { confirm(binding) })
+    this.confirmed.catch(() => {}) // observed by queries, commit() or the caller
   }
 
   get finished (): boolean { return this.#finished }
@@ -196,7 +210,7 @@ export class TenantTransaction {
   async commit (): Promise<void> {
     if (this.#finished) return
     try {
-      await this.ready
+      await this.confirmed
     } catch (error) {
       await this.rollback()
       throw error
@@ -228,10 +242,7 @@ export class TenantTransaction {
 export interface BeginOptions {
   /** BEGIN READ ONLY: the transaction can write nothing, whatever the handler does. */
   readOnly?: boolean
-  /**
-   * Read the tenant (and this key or this user's membership) after the lock: bind_tenant(). Without
-   * it, the transaction is bound and locked and nothing is read (FAST_BIND_SQL).
-   */
+  /** Also read, after the tenant's lock, this key (if live) or this user's membership. */
   check?: { keyId?: string, userId?: string }
   /**
    * Keep the socket corked until the current I/O turn ends, so that queries issued right away (the
@@ -240,6 +251,12 @@ export interface BeginOptions {
   holdWrites?: boolean
   /** A read-only request that sends exactly one query: its COMMIT follows that query in the same write. */
   singleQuery?: boolean
+  /**
+   * Judges the binding's answer (check's key or membership, tenant status, shard) before any query
+   * result is handed out and before COMMIT: throw to refuse. Lets a request send its queries behind
+   * the binding without waiting (holdWrites), while nothing it reads or writes survives a refusal.
+   */
+  confirm?: (binding: Binding) => void
 }
 
 /**
@@ -258,18 +275,16 @@ export async function startTenantTransaction (pool: pg.Pool, tenantId: string, c
   const stream = (client as unknown as { connection?: { stream?: { cork?: () => void, uncork?: () => void } } }).connection?.stream
   stream?.cork?.()
   const begin = client.query(options.readOnly === true ? 'BEGIN READ ONLY' : 'BEGIN')
-  const check = options.check
-  const bind = check === undefined
-    ? client.query(statement(FAST_BIND_SQL, [tenantId]))
-    : client.query<Binding>(statement(BIND_SQL, [tenantId, check.keyId ?? null, check.userId ?? null]))
+  const check = options.check ?? {}
+  const bind = client.query<Binding>(statement(BIND_SQL, [tenantId, check.keyId ?? null, check.userId ?? null]))
   if (options.holdWrites === true && stream?.uncork !== undefined) setImmediate(() => stream.uncork!())
   else stream?.uncork?.()
   const ready = Promise.allSettled([begin, bind]).then(([began, bound]) => {
     if (began.status === 'rejected') throw began.reason
     if (bound.status === 'rejected') throw bound.reason
-    return check === undefined ? null : (bound.value.rows[0] as Binding | undefined) ?? NO_BINDING
+    return (bound.value.rows[0] as Binding | undefined) ?? NO_BINDING
   })
-  return new TenantTransaction(client, options.readOnly === true, ready, options.singleQuery === true)
+  return new TenantTransaction(client, options.readOnly === true, ready, options.singleQuery === true, options.confirm)
 }
 
 /** startTenantTransaction, waiting for the binding. */
@@ -278,9 +293,9 @@ export async function beginTenantTransaction (
   tenantId: string,
   options: BeginOptions = {}
 ): Promise<{ trx: TenantTransaction, binding: Binding }> {
-  const trx = await startTenantTransaction(pool, tenantId, { ...options, check: options.check ?? {} })
+  const trx = await startTenantTransaction(pool, tenantId, options)
   try {
-    return { trx, binding: (await trx.ready)! }
+    return { trx, binding: await trx.ready }
   } catch (error) {
     await trx.rollback()
     throw error

@@ -1,3 +1,4 @@
+import pg from 'pg'
 import t from 'tap'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
@@ -11,7 +12,6 @@ await b.app.ready()
 async function roundTrips (app: typeof a.app, work: () => Promise<unknown>): Promise<number> {
   const before = app.dbTraffic.roundTrips
   await work()
-  await new Promise((resolve) => setTimeout(resolve, 20)) // the read-only COMMIT completes behind the response
   return app.dbTraffic.roundTrips - before
 }
 
@@ -38,7 +38,7 @@ t.test("a recently verified key sends the handler's query in the same write as B
   await listening(fresh.app)
   const get = () => fresh.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))
   t.equal(await roundTrips(fresh.app, get), 3, 'first: BEGIN + bind_tenant() (the check), then the query, then COMMIT')
-  t.equal(await roundTrips(fresh.app, get), 1, 'then: BEGIN, binding, the query and (a single-query read) COMMIT in one flight')
+  t.equal(await roundTrips(fresh.app, get), 1, 'then: BEGIN, bind_tenant() (still the fresh check), the query and (a single-query read) COMMIT in one flight')
   const list = () => fresh.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events' }))
   await list()
   t.equal(await roundTrips(fresh.app, list), 2, 'a read not declared single-query: BEGIN + binding + query, then COMMIT')
@@ -101,4 +101,66 @@ t.test('when the invalidation listener is lost, the cache is off until it is bac
   t.equal((await b.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200, 'requests are checked in the database meanwhile')
   await within(5000, () => b.app.credentialCache.enabled)
   t.pass('the listener reconnected by itself')
+})
+
+t.test('a key revoked a moment ago is refused on its very next request, on an instance that still has it cached', async (t) => {
+  await listening(b.app)
+  const tenant = await provisionTenant(a)
+  const client = new pg.Client({ connectionString: a.db.adminUrl })
+  await client.connect()
+  t.teardown(() => client.end())
+  for (let i = 0; i < 10; i++) {
+    const key = (await a.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: `race ${i}`, scopes: ['read', 'write'] } }))).json<{ id: string, key: string }>()
+    t.equal((await b.app.inject(as(key, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)
+    // Revoked on a connection that stays open, and asked at once: b's listener has had no chance
+    // to hear of it, yet the request must fail.
+    await client.query('UPDATE api_keys SET revoked_at = now() WHERE id = $1', [key.id])
+    const next = await b.app.inject(as(key, { method: 'GET', url: '/v1/tenant' }))
+    t.equal(next.statusCode, 401, `race ${i}: refused on the next request`)
+  }
+})
+
+t.test('a stale cache entry (a lost notification) authorizes nothing: reads are withheld and writes rolled back', async (t) => {
+  await listening(b.app)
+  const tenant = await provisionTenant(a)
+  const key = (await a.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'stale', scopes: ['read', 'write'] } }))).json<{ id: string, key: string }>()
+  const customer = (await a.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'Secret Co' } }))).json<{ id: string }>()
+  t.equal((await b.app.inject(as(key, { method: 'GET', url: `/v1/customers/${customer.id}` }))).statusCode, 200)
+  const entry = b.app.credentialCache.getKey(key.id)
+  t.ok(entry, 'cached on b')
+  await query(a.db.adminUrl, 'UPDATE api_keys SET revoked_at = now() WHERE id = $1', [key.id])
+  await within(1000, () => b.app.credentialCache.getKey(key.id) === undefined)
+  const restore = (): void => { b.app.credentialCache.setKey(entry!, b.app.credentialCache.generation) }
+
+  restore() // as if the notification had been lost
+  const read = await b.app.inject(as(key, { method: 'GET', url: `/v1/customers/${customer.id}` }))
+  t.equal(read.statusCode, 401)
+  t.notMatch(read.body, /Secret Co/, 'the row the pipelined query read is not in the response')
+  t.notOk(b.app.credentialCache.getKey(key.id), 'the refusal evicted the stale entry')
+
+  restore()
+  const write = await b.app.inject(as(key, { method: 'POST', url: '/v1/customers', payload: { name: 'Written by a revoked key' } }))
+  t.equal(write.statusCode, 401)
+  const rows = await query(a.db.adminUrl, "SELECT 1 FROM customers WHERE name = 'Written by a revoked key'")
+  t.equal(rows.length, 0, 'nothing the revoked key wrote was committed')
+
+  restore()
+  const list = await b.app.inject(as(key, { method: 'GET', url: '/v1/audit-events' }))
+  t.equal(list.statusCode, 401, 'a read of several statements is refused too')
+})
+
+t.test('a stale membership in the cache is refused with 403 once the member is removed', async (t) => {
+  await listening(b.app)
+  const tenant = await provisionTenant(a)
+  await a.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: 'leaver', role: 'member' } }))
+  const headers = { authorization: `Bearer ${signUserToken({ sub: 'leaver', tid: tenant.id, exp: inAnHour() })}` }
+  t.equal((await b.app.inject({ method: 'GET', url: '/v1/tenant', headers })).statusCode, 200)
+  const entry = b.app.credentialCache.getMember(tenant.id, 'leaver')
+  t.ok(entry)
+  await query(a.db.adminUrl, "DELETE FROM memberships WHERE user_id = 'leaver'")
+  await within(1000, () => b.app.credentialCache.getMember(tenant.id, 'leaver') === undefined)
+  b.app.credentialCache.setMember(entry!, b.app.credentialCache.generation)
+  t.equal((await b.app.inject({ method: 'GET', url: '/v1/tenant', headers })).statusCode, 403)
+  t.equal((await b.app.inject({ method: 'POST', url: '/v1/customers', headers, payload: { name: 'by a former member' } })).statusCode, 403)
+  t.equal((await query(a.db.adminUrl, "SELECT 1 FROM customers WHERE name = 'by a former member'")).length, 0)
 })

@@ -7,7 +7,7 @@ import { ROLE_SCOPES, type MemberRole, type TenantIdentity } from '../../auth/id
 import type { DB } from '../../db/schema.ts'
 import { TenantScopePlugin } from '../../db/tenant-scope.ts'
 import { startTenantTransaction, type Binding, type TenantTransaction } from '../../db/tenant-transaction.ts'
-import { badRequest, forbidden, unauthorized, type HttpProblem } from '../../errors.ts'
+import { badRequest, forbidden, unauthorized, unavailable, type HttpProblem } from '../../errors.ts'
 
 /**
  * The tenant pipeline, installed on the /v1 scope only:
@@ -20,10 +20,9 @@ import { badRequest, forbidden, unauthorized, type HttpProblem } from '../../err
  *              of the tenant, the presented key or the user's membership — one statement, one round
  *              trip. A credential this instance verified recently (CredentialCache) lets the handler's
  *              queries follow in the same flight; otherwise the pipeline waits for the answer.
- *  onSend      confirm the binding's answer (for a cached credential: still valid, same scopes, same
- *              shard), then COMMIT before the response leaves (a failed COMMIT becomes an error
- *              response, never a false 2xx), or ROLLBACK for any error status or a client that has
- *              disconnected
+ *  onSend      COMMIT before the response leaves (a failed COMMIT, or a cached credential that the
+ *              binding's fresh answer no longer confirms, becomes an error response, never a false
+ *              2xx), or ROLLBACK for any error status or a client that has disconnected
  *  onResponse  safety net: roll back and release whatever is still open
  *
  * Handlers see `request.db`, a Kysely transaction in which only this tenant's rows exist, and
@@ -84,14 +83,10 @@ async function release (request: FastifyRequest, commit: boolean): Promise<void>
   if (trx === null) return
   request.tenantTransaction = null
   request.tenantDb = null
-  if (!commit) return trx.rollback()
-  if (trx.readOnly) {
-    // Nothing to lose in a read-only transaction: the response goes out while COMMIT (and the
-    // connection's release) completes behind it, saving a round trip of latency.
-    trx.commit().catch((error: unknown) => { request.log.warn({ err: error }, 'COMMIT of a read-only transaction failed') })
-    return
-  }
-  await trx.commit()
+  // Reads too wait for their COMMIT (for a single-query read it left with the query and is answered
+  // in the same packet): the response never goes out ahead of its transaction's end.
+  if (commit) await trx.commit()
+  else await trx.rollback()
 }
 
 interface Denial { problem: HttpProblem, reason: string, extra?: Record<string, unknown> }
@@ -153,6 +148,33 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     }
   })
 
+  /**
+   * The fresh answer for a request that went ahead on a cached credential. The same identity lets it
+   * through; a refusal or a change is thrown (the request rolls back and answers with it) and evicts
+   * the entry: 401/403 as on any request, or 503 to retry when the tenant moved or the credential
+   * changed under a request that may have read with the old one.
+   */
+  function confirmCached (request: FastifyRequest, binding: Binding, credential: TenantCredential, assumed: TenantIdentity, prefix: string): void {
+    const found = identify(binding, credential, assumed.tenantId)
+    const evict = (): void => {
+      cache.apply(credential.kind === 'api_key' ? `key:${credential.key.keyId}` : `member:${assumed.tenantId}:${credential.userId}`)
+    }
+    if (isDenial(found)) {
+      evict()
+      throw deny(request, found.problem, found.reason, prefix, found.extra)
+    }
+    const scope = requiredScope(request)
+    if (!found.scopes.includes(scope)) {
+      evict()
+      throw deny(request, forbidden(`this credential lacks the ${scope} scope`), `missing ${scope} scope`, prefix)
+    }
+    if (found.shard !== assumed.shard || found.role !== assumed.role || found.scopes.join() !== assumed.scopes.join()) {
+      evict()
+      request.log.info({ event: 'credential_changed' }, 'the tenant or credential changed while the request ran; it was rolled back')
+      throw unavailable('the tenant or credential changed while this request ran; retry it', 1)
+    }
+  }
+
   // Requests whose client disconnected before the response was written: their work is rolled back.
   // (Fastify's onRequestAbort only covers a request that is still being received.)
   const abandoned = new WeakSet<FastifyRequest>()
@@ -166,11 +188,16 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
       : request.requestedTenantId ?? credential.claimedTenantId ?? await soleTenantOf(request, credential.userId)
     const readOnly = request.method === 'GET' || request.method === 'HEAD'
 
-    // A credential this instance verified recently (and that no notification has invalidated since):
-    // no lookup, and the handler's queries leave in the same write as BEGIN and the binding. The cache
-    // is consulted once a connection is ours, right before sending (see startTenantTransaction).
+    // A credential this instance verified recently (and that no notification has invalidated since)
+    // lets the handler's queries leave in the same write as BEGIN and bind_tenant(), without waiting
+    // for its answer. The answer is still read fresh on every request and confirmed before any query
+    // result reaches the handler and before COMMIT (TenantTransaction.confirmed): a key revoked or a
+    // membership removed a moment ago, on any instance, is refused on its very next request, and
+    // nothing the request read or wrote survives the refusal. The cache is consulted once a
+    // connection is ours, right before sending (see startTenantTransaction).
     let cached: TenantIdentity | undefined
     let generation = 0
+    const check = credential.kind === 'api_key' ? { keyId: credential.key.keyId } : { userId: credential.userId }
     const trx = await startTenantTransaction(fastify.dbPool, tenantId, () => {
       generation = cache.generation
       if (credential.kind === 'api_key') {
@@ -182,9 +209,15 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
         const member = cache.getMember(tenantId, credential.userId)
         if (member !== undefined) cached = { tenantId, actorType: 'user', actorId: member.userId, scopes: ROLE_SCOPES[member.role], role: member.role, shard: member.shard }
       }
-      return cached !== undefined
-        ? { readOnly, holdWrites: true, singleQuery: request.routeOptions.config.singleQuery === true }
-        : { readOnly, check: credential.kind === 'api_key' ? { keyId: credential.key.keyId } : { userId: credential.userId } }
+      if (cached === undefined) return { readOnly, check }
+      const assumed = cached
+      return {
+        readOnly,
+        check,
+        holdWrites: true,
+        singleQuery: request.routeOptions.config.singleQuery === true,
+        confirm: (binding: Binding) => { confirmCached(request, binding, credential, assumed, prefix) },
+      }
     })
     request.tenantTransaction = trx
     request.beforeCommit = []
@@ -199,7 +232,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     if (cached !== undefined) {
       identity = cached
     } else {
-      const binding = (await trx.ready)!
+      const binding = await trx.ready
       const found = identify(binding, credential, tenantId)
       if (isDenial(found)) throw deny(request, found.problem, found.reason, prefix, found.extra)
       identity = found
