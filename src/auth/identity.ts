@@ -1,3 +1,5 @@
+import type { Kysely } from 'kysely'
+import type { DB } from '../db/schema.ts'
 import type { Scope } from './api-keys.ts'
 
 export type MemberRole = 'owner' | 'admin' | 'member' | 'viewer'
@@ -24,7 +26,26 @@ export interface TenantIdentity {
   shard: number
 }
 
-/** Owner-level rights: an owner, or a tenant API key with the admin scope (a service credential). */
-export function actsAsOwner (identity: TenantIdentity): boolean {
-  return identity.actorType === 'api_key' ? identity.scopes.includes('admin') : identity.role === 'owner'
+/** The scopes of `wanted` that `held` does not include: what granting `wanted` would add. */
+export function scopesBeyond (wanted: readonly Scope[], held: readonly Scope[]): Scope[] {
+  return wanted.filter((scope) => !held.includes(scope))
+}
+
+/**
+ * Owner rights (adding or removing an owner, revoking a key that has owner rights) belong to:
+ * - a user whose membership role is owner;
+ * - an API key whose row says owner_rights: the operator's initial key, and keys created with the
+ *   admin scope by a credential that had owner rights itself (sql/0010_least_privilege.sql).
+ * The admin scope alone is not enough: a member with the admin role can mint admin keys, and those
+ * must not be a way to act as an owner. The key's row is read in the request's own transaction, so
+ * a revoked key has no rights.
+ */
+export async function hasOwnerRights (identity: TenantIdentity, db: Kysely<DB>): Promise<boolean> {
+  if (identity.actorType === 'user') return identity.role === 'owner'
+  if (!identity.scopes.includes('admin')) return false
+  const key = await db.selectFrom('api_keys').select('owner_rights')
+    .where('id', '=', identity.actorId)
+    .where('revoked_at', 'is', null)
+    .executeTakeFirst()
+  return key?.owner_rights === true
 }

@@ -30,6 +30,7 @@ export interface ApiKeys {
   id: string;
   last_used_at: Timestamp | null;
   name: string;
+  owner_rights: Generated<boolean>;
   prefix: string;
   revoked_at: Timestamp | null;
   scopes: string[];

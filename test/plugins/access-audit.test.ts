@@ -44,3 +44,27 @@ t.test('a missing credential and an operator token on a tenant route are logged'
   t.match(denials('audit-key-on-admin')[0], { status: 401, reason: 'tenant API key on an operator route' })
   t.notOk(JSON.stringify(lines).includes(ctx.adminToken), 'the operator token is never logged')
 })
+
+t.test('refusals of the owner rule and of rights a credential cannot hand on are logged', async (t) => {
+  const { inAnHour, signUserToken } = await import('../helpers/tokens.ts')
+  for (const [id, role] of [['audit-boss', 'owner'], ['audit-adm', 'admin']]) {
+    await ctx.app.inject(as(acme, { method: 'POST', url: '/v1/members', payload: { user_id: id, role } }))
+  }
+  const adm = { authorization: `Bearer ${signUserToken({ sub: 'audit-adm', tid: acme.id, exp: inAnHour() })}` }
+  const cases: Array<[string, Record<string, unknown>, string]> = [
+    ['audit-add-owner', { method: 'POST', url: '/v1/members', payload: { user_id: 'audit-new', role: 'owner' } }, 'adding an owner needs owner rights'],
+    ['audit-remove-owner', { method: 'DELETE', url: '/v1/members/audit-boss' }, 'removing an owner needs owner rights'],
+    ['audit-revoke-owner-key', { method: 'DELETE', url: `/v1/api-keys/${acme.keyId}` }, 'revoking an owner key needs owner rights'],
+  ]
+  for (const [requestId, options, reason] of cases) {
+    const res = await ctx.app.inject({ ...options, headers: { ...adm, 'x-request-id': requestId } })
+    t.equal(res.statusCode, 403, reason)
+    t.match(denials(requestId), [{ event: 'access_denied', status: 403, reason, credentialPrefix: 'jwt:audit-adm' }], reason)
+  }
+  const narrow = await ctx.app.inject(as(acme, { method: 'POST', url: '/v1/api-keys', payload: { name: 'r', scopes: ['read', 'admin'] } }))
+  const key = narrow.json<{ key: string, prefix: string }>()
+  const wider = await ctx.app.inject(as(key, { method: 'POST', url: '/v1/api-keys', payload: { name: 'w', scopes: ['write'] }, headers: { 'x-request-id': 'audit-wider-key' } }))
+  t.equal(wider.statusCode, 403)
+  t.match(denials('audit-wider-key'), [{ status: 403, reason: "key scopes beyond the credential's", credentialPrefix: key.prefix }])
+  t.notOk(JSON.stringify(lines).includes(key.key.slice(30)), 'no secret in any log line')
+})

@@ -82,3 +82,23 @@ t.test('last_used_at is recorded in batches, not written by each request', async
   const list = await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/api-keys?limit=200' }))
   t.ok(list.json<{ data: Array<{ id: string, last_used_at: string | null }> }>().data.find((k) => k.id === key.id)?.last_used_at)
 })
+
+t.test('a credential cannot create a key with scopes beyond its own', async (t) => {
+  const narrow = await createKey(tenant, ['read', 'admin'], 'read+admin')
+  const res = await ctx.app.inject(as(narrow, { method: 'POST', url: '/v1/api-keys', payload: { name: 'wider', scopes: ['read', 'write'] } }))
+  t.equal(res.statusCode, 403)
+  t.match(res.json(), { status: 403, detail: /scopes it lacks \(write\)/ })
+  const same = await ctx.app.inject(as(narrow, { method: 'POST', url: '/v1/api-keys', payload: { name: 'same', scopes: ['read'] } }))
+  t.equal(same.statusCode, 201, 'a key within its scopes is fine')
+  const [stored] = await query<{ n: number }>(ctx.db.adminUrl, "SELECT count(*)::int AS n FROM api_keys WHERE name = 'wider'")
+  t.equal(stored?.n, 0, 'nothing was stored')
+})
+
+t.test('only keys created by a credential with owner rights have owner rights', async (t) => {
+  const fresh = await provisionTenant(ctx)
+  const byInitial = await createKey(fresh, ['read', 'write', 'admin'], 'by initial')
+  const byInitialNarrow = await createKey(fresh, ['read'], 'reader')
+  const rows = await query<{ id: string, owner_rights: boolean }>(ctx.db.adminUrl, 'SELECT id, owner_rights FROM api_keys WHERE tenant_id = $1', [fresh.id])
+  const rights = Object.fromEntries(rows.map((r) => [r.id, r.owner_rights]))
+  t.same(rights, { [fresh.keyId]: true, [byInitial.id]: true, [byInitialNarrow.id]: false }, "the operator's key and the admin key it made have owner rights; a read key has none")
+})

@@ -68,3 +68,60 @@ t.test('members of another tenant are invisible and untouchable', async (t) => {
   const reuse = await ctx.app.inject(as(b, { method: 'POST', url: '/v1/members', payload: { user_id: 'only-in-a', role: 'viewer' } }))
   t.equal(reuse.statusCode, 201, 'the same user may join another tenant: no cross-tenant uniqueness')
 })
+
+t.test('an admin user cannot escalate to owner in any way', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  for (const [id, role] of [['boss', 'owner'], ['adm', 'admin']]) {
+    t.equal((await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: id, role } }))).statusCode, 201)
+  }
+  const adm = user('adm', tenant.id)
+  const post = (headers: Record<string, string>, url: string, payload: Record<string, unknown>) => ctx.app.inject({ method: 'POST', url, headers, payload })
+  const del = (headers: Record<string, string>, url: string) => ctx.app.inject({ method: 'DELETE', url, headers })
+
+  // Directly, as the admin user.
+  t.equal((await post(adm, '/v1/members', { user_id: 'accomplice', role: 'owner' })).statusCode, 403, 'cannot add an owner')
+  t.equal((await post(adm, '/v1/members', { user_id: 'adm', role: 'owner' })).statusCode, 403, 'cannot make itself owner')
+  t.equal((await del(adm, '/v1/members/boss')).statusCode, 403, 'cannot remove an owner')
+  t.equal((await del(adm, `/v1/api-keys/${tenant.keyId}`)).statusCode, 403, "cannot revoke the operator's initial key")
+
+  // Through keys it mints: they carry the admin scope but not owner rights, however many hops.
+  const minted = await post(adm, '/v1/api-keys', { name: 'by adm', scopes: ['read', 'write', 'admin'] })
+  t.equal(minted.statusCode, 201, 'an admin may mint an admin key')
+  const key = { key: minted.json<{ key: string }>().key }
+  const second = await ctx.app.inject(as(key, { method: 'POST', url: '/v1/api-keys', payload: { name: 'by key', scopes: ['read', 'write', 'admin'] } }))
+  t.equal(second.statusCode, 201)
+  for (const [name, k] of [['a key the admin minted', key], ['a key minted by that key', { key: second.json<{ key: string }>().key }]] as const) {
+    t.equal((await ctx.app.inject(as(k, { method: 'POST', url: '/v1/members', payload: { user_id: 'adm2', role: 'owner' } }))).statusCode, 403, `${name} cannot add an owner`)
+    t.equal((await ctx.app.inject(as(k, { method: 'DELETE', url: '/v1/members/boss' }))).statusCode, 403, `${name} cannot remove an owner`)
+    t.equal((await ctx.app.inject(as(k, { method: 'DELETE', url: `/v1/api-keys/${tenant.keyId}` }))).statusCode, 403, `${name} cannot revoke the initial key`)
+  }
+  // Leaving and coming back as an owner does not work either: the key cannot add an owner.
+  t.equal((await ctx.app.inject(as(key, { method: 'DELETE', url: '/v1/members/adm' }))).statusCode, 204, 'an admin may remove an admin')
+  t.equal((await ctx.app.inject(as(key, { method: 'POST', url: '/v1/members', payload: { user_id: 'adm', role: 'owner' } }))).statusCode, 403)
+
+  const owners = await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/members' }))
+  t.same(owners.json<{ data: Array<{ user_id: string, role: string }> }>().data.filter((m) => m.role === 'owner').map((m) => m.user_id), ['boss'], 'boss is still the only owner')
+  t.equal((await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200, 'the initial key still works')
+})
+
+t.test('owner rights pass from an owner to the admin keys it creates, and from the initial key', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  t.equal((await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: 'boss', role: 'owner' } }))).statusCode, 201, 'the initial key adds the first owner')
+  const boss = user('boss', tenant.id)
+  const ownerKey = await ctx.app.inject({ method: 'POST', url: '/v1/api-keys', headers: boss, payload: { name: 'by boss', scopes: ['read', 'write', 'admin'] } })
+  const key = { key: ownerKey.json<{ key: string }>().key }
+  t.equal((await ctx.app.inject(as(key, { method: 'POST', url: '/v1/members', payload: { user_id: 'heir', role: 'owner' } }))).statusCode, 201, "an owner's admin key may add an owner")
+  t.equal((await ctx.app.inject(as(key, { method: 'DELETE', url: '/v1/members/heir' }))).statusCode, 204, 'and remove one')
+  const reader = await ctx.app.inject({ method: 'POST', url: '/v1/api-keys', headers: boss, payload: { name: 'reader', scopes: ['read'] } })
+  t.equal(reader.statusCode, 201, 'an owner may mint a narrower key')
+})
+
+t.test('a credential cannot add a member with scopes it lacks', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  const narrow = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'read+admin', scopes: ['read', 'admin'] } }))
+  const key = { key: narrow.json<{ key: string }>().key }
+  const member = await ctx.app.inject(as(key, { method: 'POST', url: '/v1/members', payload: { user_id: 'writer', role: 'member' } }))
+  t.equal(member.statusCode, 403, 'a member role would add the write scope')
+  t.match(member.json(), { detail: /write/ })
+  t.equal((await ctx.app.inject(as(key, { method: 'POST', url: '/v1/members', payload: { user_id: 'reader', role: 'viewer' } }))).statusCode, 201, 'a viewer is within its scopes')
+})

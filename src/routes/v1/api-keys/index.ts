@@ -1,7 +1,9 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { audit } from '../../../audit.ts'
+import { accessDenied } from '../../../auth/access-log.ts'
 import { generateApiKey } from '../../../auth/api-keys.ts'
-import { conflict, notFound } from '../../../errors.ts'
+import { hasOwnerRights, scopesBeyond } from '../../../auth/identity.ts'
+import { conflict, forbidden, notFound } from '../../../errors.ts'
 import { toApiKey } from '../../../mappers/identity.ts'
 import { insertApiKey, listLiveApiKeys, lockLiveAdminKeys, revokeApiKey } from '../../../repositories/api-keys.ts'
 import { IdParamsSchema, PageQuerySchema, paginate, problems } from '../../../schemas/common.ts'
@@ -17,21 +19,31 @@ const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { ...config, idempotency: 'no-replay' },
     schema: {
       summary: 'Create an API key',
-      description: 'The key is returned once, in this response; only its hash is stored.',
+      description: 'The key is returned once, in this response; only its hash is stored. A credential can create keys only ' +
+        'with scopes it holds itself (403 otherwise). A key created with the admin scope by a credential with owner rights ' +
+        '(an owner, or a key with owner rights such as the initial key) has owner rights too; any other key has none.',
       tags,
       body: CreateApiKeySchema,
       response: { 201: CreatedApiKeySchema, ...problems(...errors) },
     },
   }, async (request, reply) => {
-    const key = generateApiKey(request.tenant!.tenantId)
+    // A key never has rights beyond those of the credential that creates it.
+    const caller = request.tenant!
+    const beyond = scopesBeyond(request.body.scopes, caller.scopes)
+    if (beyond.length > 0) {
+      throw accessDenied(request, forbidden(`this credential cannot create a key with scopes it lacks (${beyond.join(', ')})`), 'key scopes beyond the credential\'s', { scopes: request.body.scopes })
+    }
+    const ownerRights = request.body.scopes.includes('admin') && await hasOwnerRights(caller, request.db)
+    const key = generateApiKey(caller.tenantId)
     const row = await insertApiKey(request.db, {
       id: key.id,
       name: request.body.name,
       prefix: key.prefix,
       secret_hash: key.secretHash,
       scopes: request.body.scopes,
+      owner_rights: ownerRights,
     })
-    await audit(request, 'api_key.created', { type: 'api_key', id: row.id }, { name: row.name, scopes: row.scopes, prefix: row.prefix })
+    await audit(request, 'api_key.created', { type: 'api_key', id: row.id }, { name: row.name, scopes: row.scopes, prefix: row.prefix, owner_rights: row.owner_rights })
     return reply.code(201).send({ ...toApiKey(row), key: key.key })
   })
 
@@ -50,13 +62,20 @@ const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       summary: 'Revoke an API key',
       description: 'The key fails with 401 from its next request on, on every server instance. ' +
-        'The last live key with the admin scope cannot be revoked (409): create its replacement first.',
+        'The last live key with the admin scope cannot be revoked (409): create its replacement first. ' +
+        'A key with owner rights can be revoked only by a credential with owner rights (403 otherwise).',
       tags,
       params: IdParamsSchema,
       response: { 204: { type: 'null', description: 'revoked' }, ...problems(...errors, 404, 409) },
     },
   }, async (request, reply) => {
     const adminKeys = await lockLiveAdminKeys(request.db)
+    const target = await request.db.selectFrom('api_keys').select('owner_rights')
+      .where('id', '=', request.params.id).where('revoked_at', 'is', null).executeTakeFirst()
+    if (target === undefined) throw notFound('API key')
+    if (target.owner_rights && !await hasOwnerRights(request.tenant!, request.db)) {
+      throw accessDenied(request, forbidden('only a credential with owner rights can revoke a key with owner rights'), 'revoking an owner key needs owner rights', { apiKey: request.params.id })
+    }
     if (adminKeys.length === 1 && adminKeys[0] === request.params.id) {
       throw conflict('this is the last API key with the admin scope; create another one before revoking it', 'last-admin-key')
     }

@@ -1,7 +1,8 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { v7 as uuidv7 } from 'uuid'
 import { audit } from '../../../audit.ts'
-import { actsAsOwner } from '../../../auth/identity.ts'
+import { accessDenied } from '../../../auth/access-log.ts'
+import { hasOwnerRights, ROLE_SCOPES, scopesBeyond } from '../../../auth/identity.ts'
 import { conflict, forbidden, notFound } from '../../../errors.ts'
 import { toMember } from '../../../mappers/identity.ts'
 import { deleteMembership, findMembershipByUser, insertMembership, listMemberships, lockOwners } from '../../../repositories/memberships.ts'
@@ -17,13 +18,21 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
     config,
     schema: {
       summary: 'Add a member',
-      description: 'Only an owner (or an API key with the admin scope) may add an owner. An existing member is a 409.',
+      description: 'A credential may give a member only scopes it holds itself (403 otherwise). Only a credential with owner ' +
+        'rights (an owner, or an API key with owner rights) may add an owner. An existing member is a 409.',
       tags,
       body: CreateMemberSchema,
       response: { 201: MemberSchema, ...problems(...errors, 409) },
     },
   }, async (request, reply) => {
-    if (request.body.role === 'owner' && !actsAsOwner(request.tenant!)) throw forbidden('only an owner can add an owner')
+    const caller = request.tenant!
+    const beyond = scopesBeyond(ROLE_SCOPES[request.body.role], caller.scopes)
+    if (beyond.length > 0) {
+      throw accessDenied(request, forbidden(`the ${request.body.role} role has scopes this credential lacks (${beyond.join(', ')})`), 'role beyond the credential\'s scopes', { role: request.body.role })
+    }
+    if (request.body.role === 'owner' && !await hasOwnerRights(caller, request.db)) {
+      throw accessDenied(request, forbidden('only an owner can add an owner'), 'adding an owner needs owner rights', { role: 'owner' })
+    }
     const row = await insertMembership(request.db, { id: uuidv7(), user_id: request.body.user_id, role: request.body.role })
     await audit(request, 'member.added', { type: 'member', id: row.user_id }, { role: row.role })
     return reply.code(201).send(toMember(row))
@@ -43,7 +52,8 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
     config,
     schema: {
       summary: 'Remove a member',
-      description: 'The last owner cannot be removed (409). Only an owner (or an admin API key) may remove an owner.',
+      description: 'The last owner cannot be removed (409). Only a credential with owner rights (an owner, or an API key ' +
+        'with owner rights) may remove an owner.',
       tags,
       params: UserIdParamsSchema,
       response: { 204: { type: 'null', description: 'removed' }, ...problems(...errors, 404, 409) },
@@ -53,7 +63,9 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
     const target = await findMembershipByUser(request.db, request.params.user_id)
     if (target === undefined) throw notFound('member')
     if (target.role === 'owner') {
-      if (!actsAsOwner(request.tenant!)) throw forbidden('only an owner can remove an owner')
+      if (!await hasOwnerRights(request.tenant!, request.db)) {
+        throw accessDenied(request, forbidden('only an owner can remove an owner'), 'removing an owner needs owner rights', { member: target.user_id })
+      }
       if (owners.length <= 1) throw conflict('the last owner cannot be removed', 'last-owner')
     }
     await deleteMembership(request.db, target.user_id)

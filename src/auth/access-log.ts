@@ -1,0 +1,21 @@
+import type { FastifyRequest } from 'fastify'
+import type { HttpProblem } from '../errors.ts'
+import type { TenantCredential } from './credentials.ts'
+
+/** The public part of a credential that a log line may carry: an API key's prefix, or jwt:<sub>. Never the secret. */
+export function credentialPrefix (credential: TenantCredential | null | undefined): string | undefined {
+  if (credential === null || credential === undefined) return undefined
+  return credential.kind === 'api_key' ? credential.key.prefix : `jwt:${credential.userId}`
+}
+
+/**
+ * Logs a refusal as an access decision — `event: "access_denied"` with the request id (from the
+ * request's logger), the status, the reason and the credential's public prefix, the same shape as
+ * the tenant pipeline's refusals — and returns the problem for the caller to throw. For refusals
+ * that routes make themselves (e.g. the owner rule of /v1/members).
+ */
+export function accessDenied (request: FastifyRequest, problem: HttpProblem, reason: string, extra: Record<string, unknown> = {}): HttpProblem {
+  const prefix = credentialPrefix(request.tenantCredential)
+  request.log.warn({ event: 'access_denied', status: problem.status, reason, credentialPrefix: prefix, ...extra }, `access denied: ${reason}`)
+  return problem
+}
