@@ -1,10 +1,21 @@
-import type { FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { v7 as uuidv7 } from 'uuid'
-import { insertAuditEvent } from './repositories/audit-events.ts'
+import { insertAuditEvent, type AppendedAuditEvent } from './repositories/audit-events.ts'
+
+/**
+ * The head anchor: every audit event, once committed, is also written to the log with its chain
+ * position and hash. The log lives outside the database, so a chain rewritten consistently by
+ * someone with owner access (every hash recomputed, the head moved) no longer matches the hashes
+ * logged at the time: GET /v1/audit-events/verify?anchor_seq=&anchor_hash= checks one of them.
+ */
+export function logAuditAppended (log: FastifyBaseLogger, tenantId: string, appended: AppendedAuditEvent): void {
+  log.info({ event: 'audit_appended', tenant: tenantId, seq: appended.seq, hash: appended.hash }, 'audit event appended')
+}
 
 /**
  * Records a change in the audit trail, in the request's own transaction: the event commits with the
- * change or not at all. The actor (key id or user id) and request id come from the pipeline.
+ * change or not at all (and is logged, as the head anchor, only once it has committed). The actor
+ * (key id or user id) and request id come from the pipeline; the time, from the database.
  */
 export async function audit (
   request: FastifyRequest,
@@ -14,7 +25,7 @@ export async function audit (
 ): Promise<void> {
   const actor = request.tenant
   if (actor === null) throw new Error('audit() needs an authenticated tenant request')
-  await insertAuditEvent(request.db, {
+  const appended = await insertAuditEvent(request.db, {
     id: uuidv7(),
     actor_type: actor.actorType,
     actor_id: actor.actorId,
@@ -24,4 +35,5 @@ export async function audit (
     request_id: request.id,
     data: JSON.stringify(data),
   })
+  request.afterCommit?.push(async () => { logAuditAppended(request.log, actor.tenantId, appended) })
 }

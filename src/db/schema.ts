@@ -75,10 +75,12 @@ export interface ErasureReceipts {
   finished_at: Timestamp;
   id: string;
   partitions_dropped: boolean;
+  partitions_dropped_at: Timestamp | null;
   placement: string;
   request_id: string | null;
   requested_by: string;
   rows_removed: Json;
+  shard: number | null;
   started_at: Timestamp;
   subject_slug: string;
   subject_tenant_id: string;
@@ -137,6 +139,13 @@ export interface Memberships {
   user_id: string;
 }
 
+export interface ShardReservations {
+  created_at: Generated<Timestamp>;
+  purpose: string;
+  shard: number;
+  subject_tenant_id: string;
+}
+
 export interface Tenants {
   created_at: Generated<Timestamp>;
   id: string;
@@ -158,5 +167,6 @@ export interface DB {
   invoice_lines: InvoiceLines;
   invoices: Invoices;
   memberships: Memberships;
+  shard_reservations: ShardReservations;
   tenants: Tenants;
 }

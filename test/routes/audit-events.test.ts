@@ -1,10 +1,18 @@
+import { PassThrough } from 'node:stream'
 import t from 'tap'
 import pg from 'pg'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
 import { inAnHour, signUserToken } from '../helpers/tokens.ts'
 
-const ctx = await buildTestApp(t)
+// The app's log lines, for the head anchor (`audit_appended`).
+const logLines: Array<Record<string, unknown>> = []
+const logStream = new PassThrough()
+logStream.on('data', (chunk: Buffer) => {
+  for (const line of chunk.toString().split('\n')) if (line !== '') logLines.push(JSON.parse(line) as Record<string, unknown>)
+})
+const ctx = await buildTestApp(t, { LOG_LEVEL: 'info' }, undefined, { logStream })
+const appendedLines = (tenantId: string) => logLines.filter((l) => l.event === 'audit_appended' && l.tenant === tenantId)
 
 interface Event { id: string, seq: number, action: string, actor: { type: string, id: string }, resource: { type: string, id: string }, request_id: string | null, hash: string }
 
@@ -109,4 +117,68 @@ t.test("a tenant's audit trail holds only its own events", async (t) => {
   const trail = await events(b)
   t.same(trail.map((e) => e.action), ['tenant.created'])
   t.equal(trail[0]!.resource.id, b.id)
+})
+
+t.test('the runtime role cannot backdate an audit event: the database sets its time', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  const client = new pg.Client({ connectionString: ctx.db.appUrl })
+  await client.connect()
+  t.teardown(() => client.end())
+  const insert = (withTime: boolean) => client.query(`INSERT INTO audit_events (id, ${withTime ? 'occurred_at, ' : ''}actor_type, actor_id, action, resource_type, resource_id)
+    VALUES (gen_random_uuid(), ${withTime ? "'2001-01-01T00:00:00Z', " : ''}'system', 'x', 'backdated', 'x', 'x') RETURNING occurred_at`)
+  await client.query('BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
+  await t.rejects(insert(true), { code: '42501' }, 'it may not supply occurred_at')
+  await client.query('ROLLBACK')
+
+  // Even with the privilege granted by mistake, the trigger ignores the time supplied.
+  await query(ctx.db.adminUrl, 'GRANT INSERT (occurred_at) ON audit_events TO app')
+  t.teardown(() => query(ctx.db.adminUrl, 'REVOKE INSERT (occurred_at) ON audit_events FROM app'))
+  await client.query('BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
+  const { rows: [row] } = await insert(true)
+  await client.query('COMMIT')
+  t.ok(Math.abs((row.occurred_at as Date).getTime() - Date.now()) < 60_000, `stored ${(row.occurred_at as Date).toISOString()}, not 2001`)
+  const verify = await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events/verify' }))
+  t.match(verify.json(), { ok: true, events: 2 }, 'and the event is chained with the time the database set')
+})
+
+t.test('every committed audit event is logged with its chain position and hash; a failed change logs none', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  const created = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'logged' } }))
+  t.equal(created.statusCode, 201)
+  const trail = await events(tenant)
+  const logged = appendedLines(tenant.id)
+  t.same(logged.map((l) => ({ seq: l.seq, hash: l.hash })), trail.map((e) => ({ seq: e.seq, hash: e.hash })).reverse(),
+    'the operator\'s tenant.created and the customer.created, with the hashes the API reports')
+  await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload: { customer_id: '0190a6d2-0000-7000-8000-000000000000', currency: 'EUR', lines: [{ description: 'x', quantity: 1, unit_amount_cents: 5 }] } }))
+  t.equal(appendedLines(tenant.id).length, 2, 'a rolled-back event is not logged')
+})
+
+t.test('a chain rewritten as a whole passes the chain check but fails against an anchor from the log', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  for (const name of ['one', 'two', 'three']) await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name } }))
+  const anchor = appendedLines(tenant.id).find((l) => l.seq === 2)!
+  const verify = async (qs = '') => (await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/audit-events/verify${qs}` })))
+  const anchored = `?anchor_seq=${String(anchor.seq)}&anchor_hash=${String(anchor.hash)}`
+  t.same((await verify(anchored)).json(), { ok: true, events: 4, first_broken: null }, 'the intact chain matches its anchor')
+
+  // Someone with owner access changes who did what and recomputes every hash and the head.
+  await query(ctx.db.adminUrl, `DO $$
+    DECLARE r record; prev bytea := NULL;
+    BEGIN
+      FOR r IN SELECT id FROM audit_events WHERE tenant_id = '${tenant.id}' ORDER BY seq LOOP
+        UPDATE audit_events SET actor_id = 'someone-else', prev_hash = prev WHERE tenant_id = '${tenant.id}' AND id = r.id;
+        UPDATE audit_events e SET hash = audit_event_hash(e.prev_hash, e) WHERE tenant_id = '${tenant.id}' AND id = r.id RETURNING hash INTO prev;
+      END LOOP;
+      UPDATE audit_heads SET hash = prev WHERE tenant_id = '${tenant.id}';
+    END $$`)
+  t.same((await verify()).json(), { ok: true, events: 4, first_broken: null }, 'undetectable from inside the database')
+  t.match((await verify(anchored)).json(), { ok: false, first_broken: { seq: 2, reason: /anchor/ } }, 'detected against the logged hash')
+  t.match((await verify('?anchor_seq=99&anchor_hash=' + 'a'.repeat(64))).json(), { ok: false, first_broken: { seq: 99, id: null, reason: /missing/ } })
+
+  const half = await verify('?anchor_seq=2')
+  t.equal(half.statusCode, 400, 'anchor_seq needs anchor_hash')
+  t.match(half.json(), { errors: [{ path: 'querystring/anchor_hash' }] })
+  t.equal((await verify('?anchor_seq=2&anchor_hash=xyz')).statusCode, 400, 'a hash is 64 hex digits')
 })
