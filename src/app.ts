@@ -5,6 +5,7 @@ import type { ResolvedConfig } from './config.ts'
 import type { QueryListener } from './db/database.ts'
 import { usePreparedStatements } from './db/tenant-transaction.ts'
 import dbPlugin from './plugins/external/db.ts'
+import httpHardening from './plugins/external/http-hardening.ts'
 import jwtPlugin from './plugins/external/jwt.ts'
 import metricsPlugin from './plugins/external/metrics.ts'
 import swaggerPlugin from './plugins/external/swagger.ts'
@@ -19,7 +20,8 @@ import { validatorCompiler } from './validation.ts'
 export type AppConfig = Pick<ResolvedConfig,
   'DATABASE_URL' | 'APP_DATABASE_URL' | 'ADMIN_TOKEN' | 'LOG_LEVEL' | 'DB_POOL_MAX' | 'DB_OPERATOR_POOL_MAX' |
   'DB_CONNECT_TIMEOUT_MS' | 'BODY_LIMIT_BYTES' | 'NODE_ENV' | 'KEY_USAGE_FLUSH_MS' | 'jwt' | 'CREDENTIAL_CACHE_TTL_MS'> &
-  Partial<Pick<ResolvedConfig, 'DB_PREPARED_STATEMENTS' | 'DB_LISTEN_URL' | 'CACHE_GRACE_MS'>>
+  Partial<Pick<ResolvedConfig, 'DB_PREPARED_STATEMENTS' | 'DB_LISTEN_URL' | 'CACHE_GRACE_MS' | 'DB_POOL_QUEUE_MAX' |
+    'DB_STATEMENT_TIMEOUT_MS' | 'DB_IDLE_IN_TRANSACTION_TIMEOUT_MS' | 'REQUEST_DEADLINE_MS' | 'MAX_EVENT_LOOP_DELAY_MS' | 'CORS_ORIGINS'>>
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -73,6 +75,10 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
   })
 
   // Ecosystem plugins, then our shared plugins, then routes (Fastify's documented order).
+  await app.register(httpHardening, {
+    corsOrigins: (config.CORS_ORIGINS ?? '').split(',').filter((o) => o !== ''),
+    maxEventLoopDelayMs: config.MAX_EVENT_LOOP_DELAY_MS ?? 1000,
+  })
   await app.register(dbPlugin, {
     appDatabaseUrl: config.APP_DATABASE_URL,
     ownerDatabaseUrl: config.DATABASE_URL,
@@ -80,6 +86,11 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
     operatorPoolMax: config.DB_OPERATOR_POOL_MAX,
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
     onQuery: options.onQuery,
+    limits: {
+      maxWaiting: config.DB_POOL_QUEUE_MAX ?? 64,
+      timeouts: { statementMs: config.DB_STATEMENT_TIMEOUT_MS ?? 5000, idleInTransactionMs: config.DB_IDLE_IN_TRANSACTION_TIMEOUT_MS ?? 10_000 },
+      deadlineMs: config.REQUEST_DEADLINE_MS ?? 10_000,
+    },
   })
   await app.register(metricsPlugin)
   await app.register(jwtPlugin, { settings: config.jwt })

@@ -34,6 +34,18 @@ export const ConfigSchema = Type.Object({
   /** Named prepared statements on the runtime connections (turn off behind a PgBouncer older than 1.21 in transaction mode). */
   DB_PREPARED_STATEMENTS: Type.Boolean({ default: true }),
   DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 60_000, default: 2000 }),
+  /** Requests waiting for a runtime connection beyond this many are refused at once with 503 (load shedding). */
+  DB_POOL_QUEUE_MAX: Type.Integer({ minimum: 0, maximum: 100_000, default: 64 }),
+  /** statement_timeout of every tenant transaction (transaction-local). */
+  DB_STATEMENT_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 5000 }),
+  /** idle_in_transaction_session_timeout of every tenant transaction (transaction-local). */
+  DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 10_000 }),
+  /** A tenant request still running after this long is cancelled (its query too) and answered 503. */
+  REQUEST_DEADLINE_MS: Type.Integer({ minimum: 10, maximum: 600_000, default: 10_000 }),
+  /** Event-loop delay past which requests are shed with 503 (0: off). */
+  MAX_EVENT_LOOP_DELAY_MS: Type.Integer({ minimum: 0, maximum: 60_000, default: 1000 }),
+  /** Origins allowed by CORS, comma-separated (empty: no cross-origin access). */
+  CORS_ORIGINS: Type.String({ default: '', pattern: '^(https?://[^,\\s]+(,https?://[^,\\s]+)*)?$', description: 'comma-separated http(s) origins' }),
   /** Where the embedded PostgreSQL and the generated secrets live when no DATABASE_URL is given. */
   DATA_DIR: Type.String({ minLength: 1, default: '.data' }),
   EMBEDDED_PG_PORT: Type.Integer({ minimum: 1, maximum: 65535, default: 54329 }),

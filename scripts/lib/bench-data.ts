@@ -9,7 +9,7 @@ import {
 import pg from 'pg'
 import { formatApiKey } from '../../src/auth/api-keys.ts'
 import type { DB } from '../../src/db/schema.ts'
-import { BIND_SQL } from '../../src/db/tenant-transaction.ts'
+import { BIND_WITH_TIMEOUTS_SQL } from '../../src/db/tenant-transaction.ts'
 import { TenantScopePlugin, type TenantTables } from '../../src/db/tenant-scope.ts'
 import { priceLines } from '../../src/money.ts'
 import { insertAuditEvent } from '../../src/repositories/audit-events.ts'
@@ -159,7 +159,8 @@ export async function pgbenchScript (scenario: Exclude<Scenario, 'healthz'>, mod
   driver.queries.length = 0
   let opening: string[]
   if (mode === 'server') {
-    opening = [BIND_SQL.replace('$1', sqlTenant(':t')).replace('$2', literal(S.key)).replace('$3', 'NULL') + ';']
+    opening = [BIND_WITH_TIMEOUTS_SQL.replace('$1', sqlTenant(':t')).replace('$2', literal(S.key)).replace('$3', 'NULL')
+      .replace('$4', "'5000'").replace('$5', "'10000'").replace(/\s+/g, ' ') + ';']
   } else {
     await raw.selectFrom('api_keys').select(['id', 'scopes', 'secret_hash']).where('tenant_id', '=', S.tenant).where('id', '=', S.key).where('revoked_at', 'is', null).execute()
     opening = [`SELECT set_config('app.current_tenant_id', ${sqlTenant(':t')}, true);`, ...driver.queries.map(inline)]

@@ -36,6 +36,11 @@ export function createPool (options: PoolOptions): pg.Pool {
   // An idle client whose server connection dies emits 'error' on the pool; without a listener that
   // would crash the process. The pool discards the client, and the next checkout opens a new one.
   pool.on('error', options.onIdleError ?? (() => {}))
+  // A checked-out client whose connection dies (a server restart, a terminated backend) emits
+  // 'error' on itself, and the pool listens only while the client is idle: without this the process
+  // would crash. The error also reaches every query in flight on it, so the request that holds the
+  // client fails (503) and releases it with the error, which discards it.
+  pool.on('connect', (client) => { client.on('error', () => {}) })
   return pool
 }
 

@@ -21,6 +21,26 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
  */
 export const BIND_SQL = 'SELECT shard, status, key_scopes, key_secret_hash, member_role FROM bind_tenant($1::uuid, $2::uuid, $3::text)'
 
+/**
+ * bind_tenant() plus the transaction's own time limits, set transaction-locally like the binding (no
+ * session state, so it holds behind a transaction-pooling PgBouncer too): no statement runs longer
+ * than $4 ms, and a transaction left idle by its client for $5 ms is ended by the server.
+ */
+export const BIND_WITH_TIMEOUTS_SQL = `SELECT shard, status, key_scopes, key_secret_hash, member_role,
+  set_config('statement_timeout', $4, true) AS statement_timeout,
+  set_config('idle_in_transaction_session_timeout', $5, true) AS idle_timeout
+  FROM bind_tenant($1::uuid, $2::uuid, $3::text)`
+
+export interface TransactionTimeouts {
+  statementMs: number
+  idleInTransactionMs: number
+}
+
+/** Why a transaction was aborted from outside (its client left, its deadline passed). */
+export class TransactionAborted extends Error {
+  override name = 'TransactionAborted'
+}
+
 export interface Binding {
   /** null when the tenant does not exist (any more). */
   shard: number | null
@@ -61,21 +81,28 @@ class ClientConnection implements DatabaseConnection {
   readonly #client: pg.ClientBase
   /** The tenant transaction currently open on this connection. */
   transaction: TenantTransaction | null = null
+  /** Statements sent and not yet answered. */
+  inFlight = 0
   constructor (client: pg.ClientBase) { this.#client = client }
 
   async executeQuery<R> (query: CompiledQuery): Promise<QueryResult<R>> {
     const transaction = this.transaction
     transaction?.beforeQuery()
     const pending = this.#client.query(statement(query.sql, [...query.parameters]))
+    this.inFlight++
     transaction?.afterQuery()
     let result: pg.QueryResult
     try {
       result = await pending
     } catch (error) {
+      // Cancelled by abort(): the reason is what happened, not "canceling statement".
+      if (transaction?.abortReason !== undefined) throw transaction.abortReason
       // A statement pipelined behind a binding that failed or was refused fails with "current
       // transaction is aborted"; the binding's own error is the one worth reporting.
       await transaction?.confirmed
       throw error
+    } finally {
+      this.inFlight--
     }
     // No result reaches the handler before the binding's answer has been confirmed (it is in
     // already: the server answers in order).
@@ -170,19 +197,39 @@ export class TenantTransaction {
     this.#singleQuery = singleQuery && readOnly
     this.ready = ready
     ready.catch(() => {}) // observed by commit() or the caller
+    ready.then(() => { this.#bindingAnswered = true }, () => { this.#bindingAnswered = true })
     this.confirmed = confirm === undefined ? ready.then(() => {}) : ready.then((binding) => { confirm(binding) })
     this.confirmed.catch(() => {}) // observed by queries, commit() or the caller
   }
 
   get finished (): boolean { return this.#finished }
 
-  /** Cancels the statement running on this transaction's connection (client gone, deadline passed). */
-  cancel (): void {
-    if (!this.#finished) cancelRunningQuery(this.client)
+  #abortReason: Error | undefined
+  /** Set once abort() was called: no statement may run any more, and the transaction can only roll back. */
+  get abortReason (): Error | undefined { return this.#abortReason }
+  /** A CancelRequest was sent for this connection's backend: it must not serve anyone else. */
+  #cancelSent = false
+  #bindingAnswered = false
+
+  /**
+   * Stops the transaction from outside (its client disconnected, its deadline passed): the
+   * statement running now is cancelled on the server (CancelRequest), any further statement fails
+   * with `reason`, and the transaction can only roll back. A connection that was sent a
+   * CancelRequest is discarded at release, never reused: a cancel that arrives late must not hit
+   * the next request's statement on that backend.
+   */
+  abort (reason: Error): void {
+    if (this.#finished || this.#abortReason !== undefined) return
+    this.#abortReason = reason
+    if (this.#connection.inFlight > 0 || !this.#bindingAnswered) {
+      this.#cancelSent = true
+      cancelRunningQuery(this.client)
+    }
   }
 
   /** @internal Called by the connection before each query. */
   beforeQuery (): void {
+    if (this.#abortReason !== undefined) throw this.#abortReason
     if (this.#earlyCommit !== null) throw new Error('this route is declared single-query (config.singleQuery) but sent a second query')
   }
 
@@ -200,7 +247,7 @@ export class TenantTransaction {
 
   #release (error?: Error): void {
     if (this.#connection.transaction === this) this.#connection.transaction = null
-    this.client.release(error)
+    this.client.release(error ?? (this.#cancelSent ? new TransactionAborted('a cancel request was sent on this connection') : undefined))
   }
 
   /**
@@ -210,6 +257,7 @@ export class TenantTransaction {
   async commit (): Promise<void> {
     if (this.#finished) return
     try {
+      if (this.#abortReason !== undefined) throw this.#abortReason
       await this.confirmed
     } catch (error) {
       await this.rollback()
@@ -257,6 +305,13 @@ export interface BeginOptions {
    * the binding without waiting (holdWrites), while nothing it reads or writes survives a refusal.
    */
   confirm?: (binding: Binding) => void
+  /** Transaction-local statement and idle-in-transaction timeouts, set by the binding statement. */
+  timeouts?: TransactionTimeouts
+}
+
+/** The server is at capacity: this many requests already wait for a connection. */
+export class PoolSaturated extends Error {
+  override name = 'PoolSaturated'
 }
 
 /**
@@ -265,8 +320,18 @@ export interface BeginOptions {
  * before `trx.ready` settles follow them in the same flight. A failed binding aborts the transaction,
  * so nothing that follows it can succeed; `trx.ready` reports why.
  */
-export async function startTenantTransaction (pool: pg.Pool, tenantId: string, choose: BeginOptions | (() => BeginOptions) = {}): Promise<TenantTransaction> {
+export async function startTenantTransaction (
+  pool: pg.Pool,
+  tenantId: string,
+  choose: BeginOptions | (() => BeginOptions) = {},
+  queue: { maxWaiting?: number } = {}
+): Promise<TenantTransaction> {
   if (!UUID.test(tenantId)) throw new TypeError('tenant id must be a UUID')
+  // A bounded queue: past it, a request is refused at once (503) instead of waiting its turn while
+  // latency and memory grow without bound.
+  if (queue.maxWaiting !== undefined && pool.idleCount === 0 && pool.totalCount >= (pool.options.max ?? 10) && pool.waitingCount >= queue.maxWaiting) {
+    throw new PoolSaturated(`${pool.waitingCount} requests already wait for a database connection`)
+  }
   const client = await pool.connect()
   // Decided once the connection is ours, right before sending: a credential cache consulted here
   // cannot have gone stale while the request queued for a connection.
@@ -276,7 +341,10 @@ export async function startTenantTransaction (pool: pg.Pool, tenantId: string, c
   stream?.cork?.()
   const begin = client.query(options.readOnly === true ? 'BEGIN READ ONLY' : 'BEGIN')
   const check = options.check ?? {}
-  const bind = client.query<Binding>(statement(BIND_SQL, [tenantId, check.keyId ?? null, check.userId ?? null]))
+  const timeouts = options.timeouts
+  const bind = timeouts === undefined
+    ? client.query<Binding>(statement(BIND_SQL, [tenantId, check.keyId ?? null, check.userId ?? null]))
+    : client.query<Binding>(statement(BIND_WITH_TIMEOUTS_SQL, [tenantId, check.keyId ?? null, check.userId ?? null, String(timeouts.statementMs), String(timeouts.idleInTransactionMs)]))
   if (options.holdWrites === true && stream?.uncork !== undefined) setImmediate(() => stream.uncork!())
   else stream?.uncork?.()
   const ready = Promise.allSettled([begin, bind]).then(([began, bound]) => {

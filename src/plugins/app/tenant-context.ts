@@ -6,8 +6,8 @@ import { CredentialRejected, presentedCredential, requestedTenant, unauthorizedF
 import { ROLE_SCOPES, type MemberRole, type TenantIdentity } from '../../auth/identity.ts'
 import type { DB } from '../../db/schema.ts'
 import { TenantScopePlugin } from '../../db/tenant-scope.ts'
-import { startTenantTransaction, type Binding, type TenantTransaction } from '../../db/tenant-transaction.ts'
-import { badRequest, forbidden, unauthorized, unavailable, type HttpProblem } from '../../errors.ts'
+import { PoolSaturated, startTenantTransaction, type Binding, type TenantTransaction } from '../../db/tenant-transaction.ts'
+import { badRequest, forbidden, HttpProblem, unauthorized, unavailable } from '../../errors.ts'
 
 /**
  * The tenant pipeline, installed on the /v1 scope only:
@@ -50,6 +50,8 @@ declare module 'fastify' {
     beforeCommit: Array<(status: number, payload: unknown) => Promise<void>> | null
     /** Work to do once the transaction has committed, before the response leaves. */
     afterCommit: Array<() => Promise<void>> | null
+    /** The request's deadline (REQUEST_DEADLINE_MS): when it fires, the transaction is aborted. */
+    tenantDeadline: NodeJS.Timeout | null
   }
   interface FastifyContextConfig {
     /** The scope a credential needs for this route; defaults to read for GET/HEAD, write otherwise. */
@@ -124,6 +126,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   fastify.decorateRequest('requestedTenantId', null)
   fastify.decorateRequest('beforeCommit', null)
   fastify.decorateRequest('afterCommit', null)
+  fastify.decorateRequest('tenantDeadline', null)
 
   const cache = fastify.credentialCache
   const verifyJwt: JwtVerifier | undefined = fastify.hasDecorator('jwt')
@@ -178,6 +181,21 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   // Requests whose client disconnected before the response was written: their work is rolled back.
   // (Fastify's onRequestAbort only covers a request that is still being received.)
   const abandoned = new WeakSet<FastifyRequest>()
+  // Requests past their deadline: cancelled, rolled back and answered 503.
+  const expired = new WeakSet<FastifyRequest>()
+  const limits = fastify.dbLimits
+  const timeouts = limits.timeouts
+  // Nobody reads this answer; the status (nginx's 499) is for the logs and metrics.
+  const clientGone = (): HttpProblem => new HttpProblem(499, { slug: 'client-closed-request', title: 'Client Closed Request', detail: 'the client disconnected' })
+  const deadlineProblem = (): HttpProblem => unavailable(`the request did not complete within ${limits.deadlineMs} ms and was cancelled; retry it`, 1)
+
+  fastify.addHook('onRequest', async (request) => {
+    request.tenantDeadline = setTimeout(() => {
+      expired.add(request)
+      request.log.warn({ event: 'deadline_exceeded', deadlineMs: limits.deadlineMs }, 'request deadline passed: cancelling its transaction')
+      request.tenantTransaction?.abort(deadlineProblem())
+    }, limits.deadlineMs).unref()
+  })
 
   fastify.addHook('preHandler', async (request, reply) => {
     const credential = request.tenantCredential
@@ -198,6 +216,14 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     let cached: TenantIdentity | undefined
     let generation = 0
     const check = credential.kind === 'api_key' ? { keyId: credential.key.keyId } : { userId: credential.userId }
+    // A client that disconnects gets its work rolled back, and its running statement cancelled so
+    // that it stops holding a backend and a pooled connection.
+    reply.raw.once('close', () => {
+      if (reply.raw.writableFinished) return
+      abandoned.add(request)
+      request.log.info('client disconnected before the response; its transaction is cancelled and rolled back')
+      request.tenantTransaction?.abort(clientGone())
+    })
     const trx = await startTenantTransaction(fastify.dbPool, tenantId, () => {
       generation = cache.generation
       if (credential.kind === 'api_key') {
@@ -209,30 +235,39 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
         const member = cache.getMember(tenantId, credential.userId)
         if (member !== undefined) cached = { tenantId, actorType: 'user', actorId: member.userId, scopes: ROLE_SCOPES[member.role], role: member.role, shard: member.shard }
       }
-      if (cached === undefined) return { readOnly, check }
+      if (cached === undefined) return { readOnly, check, timeouts }
       const assumed = cached
       return {
         readOnly,
         check,
+        timeouts,
         holdWrites: true,
         singleQuery: request.routeOptions.config.singleQuery === true,
         confirm: (binding: Binding) => { confirmCached(request, binding, credential, assumed, prefix) },
       }
+    }, { maxWaiting: limits.maxWaiting }).catch((error: unknown) => {
+      if (error instanceof PoolSaturated) {
+        request.log.warn({ event: 'load_shed', reason: error.message }, 'refused: the database connection queue is full')
+        throw unavailable('the server is at capacity; retry shortly', 1)
+      }
+      throw error
     })
     request.tenantTransaction = trx
     request.beforeCommit = []
     request.afterCommit = []
-    reply.raw.once('close', () => {
-      if (reply.raw.writableFinished) return
-      abandoned.add(request)
-      request.log.info('client disconnected before the response; its transaction will be rolled back')
-    })
+    if (abandoned.has(request)) trx.abort(clientGone())
+    if (expired.has(request)) trx.abort(deadlineProblem())
 
     let identity: TenantIdentity
     if (cached !== undefined) {
       identity = cached
     } else {
-      const binding = await trx.ready
+      let binding: Binding
+      try {
+        binding = await trx.ready
+      } catch (error) {
+        throw trx.abortReason ?? error
+      }
       const found = identify(binding, credential, tenantId)
       if (isDenial(found)) throw deny(request, found.problem, found.reason, prefix, found.extra)
       identity = found
@@ -282,6 +317,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   })
 
   fastify.addHook('onResponse', async (request) => {
+    if (request.tenantDeadline !== null) clearTimeout(request.tenantDeadline)
     await release(request, false)
   })
 }

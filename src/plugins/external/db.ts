@@ -3,6 +3,7 @@ import fp from 'fastify-plugin'
 import type pg from 'pg'
 import { createDatabase, createPool, observePool, type Database, type PoolTraffic, type QueryListener } from '../../db/database.ts'
 import { loadTenantTables, type TenantTables } from '../../db/tenant-scope.ts'
+import type { TransactionTimeouts } from '../../db/tenant-transaction.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -16,7 +17,18 @@ declare module 'fastify' {
     dbTraffic: PoolTraffic
     /** Tenant tables and which of them are sharded, read from the catalog when the app starts. */
     tenantTables: TenantTables
+    /** Bounds of every tenant request's use of the database. */
+    dbLimits: DbLimits
   }
+}
+
+export interface DbLimits {
+  /** Requests that may wait for a runtime connection; more are refused at once (503). */
+  maxWaiting: number
+  /** Transaction-local statement and idle-in-transaction timeouts. */
+  timeouts: TransactionTimeouts
+  /** A tenant request still running after this long is cancelled and answered 503. */
+  deadlineMs: number
 }
 
 export interface DbPluginOptions {
@@ -27,6 +39,7 @@ export interface DbPluginOptions {
   connectTimeoutMs: number
   /** Sees every statement the runtime connections send (tests audit the scoping with it). */
   onQuery?: QueryListener | undefined
+  limits: DbLimits
 }
 
 async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Promise<void> {
@@ -58,6 +71,7 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
   fastify.decorate('ownerDb', createDatabase(ownerPool))
   fastify.decorate('ownerPool', ownerPool)
   fastify.decorate('tenantTables', new Map())
+  fastify.decorate('dbLimits', options.limits)
   fastify.addHook('onReady', async () => {
     fastify.tenantTables = await loadTenantTables(appPool)
   })

@@ -45,7 +45,7 @@ async function swaggerPlugin (fastify: FastifyInstance): Promise<void> {
       return { schema: { ...schema, ...(security !== undefined && { security }), ...(headers !== undefined && { headers }) }, url }
     },
   })
-  await fastify.register(swaggerUi, { routePrefix: '/docs' })
+  await fastify.register(swaggerUi, { routePrefix: '/docs', staticCSP: true })
   fastify.get('/openapi.json', { schema: { hide: true } }, async () => fastify.swagger())
 }
 

@@ -1,0 +1,53 @@
+import cors from '@fastify/cors'
+import helmet from '@fastify/helmet'
+import underPressure from '@fastify/under-pressure'
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { PROBLEM_CONTENT_TYPE, unavailable } from '../../errors.ts'
+
+export interface HttpHardeningOptions {
+  /** Origins allowed to call the API from a browser; empty: no CORS headers at all. */
+  corsOrigins: string[]
+  /** Event-loop delay (ms) past which requests are shed with 503; 0 turns it off. */
+  maxEventLoopDelayMs: number
+}
+
+/** Liveness and metrics answer even under pressure: an overloaded process is still alive. */
+const ALWAYS_SERVED = new Set(['/healthz', '/metrics'])
+
+/**
+ * Security headers (helmet), CORS (off unless origins are configured) and load shedding
+ * (under-pressure): past the event-loop delay threshold, requests are refused at once with a 503
+ * problem and retry-after instead of queueing with unbounded latency and memory. The database
+ * connection queue has its own bound (DB_POOL_QUEUE_MAX, in the tenant pipeline).
+ */
+async function httpHardening (fastify: FastifyInstance, options: HttpHardeningOptions): Promise<void> {
+  // A JSON API: nothing may be framed, embedded or executed from its responses. The /docs page sets
+  // its own, wider policy for its static files (see swagger.ts).
+  await fastify.register(helmet, {
+    contentSecurityPolicy: { directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] }, useDefaults: false },
+    crossOriginResourcePolicy: { policy: 'same-site' },
+  })
+  await fastify.register(cors, options.corsOrigins.length === 0
+    ? { origin: false }
+    : {
+        origin: options.corsOrigins,
+        methods: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'],
+        allowedHeaders: ['authorization', 'content-type', 'idempotency-key', 'x-tenant-id', 'x-request-id'],
+        exposedHeaders: ['retry-after', 'x-request-id', 'idempotent-replayed'],
+        maxAge: 600,
+      })
+  if (options.maxEventLoopDelayMs > 0) {
+    await fastify.register(underPressure, {
+      maxEventLoopDelay: options.maxEventLoopDelayMs,
+      pressureHandler: (request, reply, type, value) => {
+        if (ALWAYS_SERVED.has(request.url.split('?')[0]!)) return // handled as usual
+        request.log.warn({ event: 'load_shed', pressure: type, value }, 'refused: the server is under pressure')
+        const problem = unavailable('the server is overloaded; retry shortly', 1)
+        reply.code(503).headers(problem.headers).type(PROBLEM_CONTENT_TYPE).send(problem.toJSON(request.url.split('?')[0]))
+      },
+    })
+  }
+}
+
+export default fp(httpHardening, { name: 'http-hardening' })
