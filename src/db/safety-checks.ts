@@ -103,12 +103,25 @@ async function checkRole (client: pg.ClientBase, problems: string[]): Promise<st
   if (role.rolcreatedb) problems.push(`runtime role ${name} has CREATEDB: the runtime role must be NOCREATEDB`)
   if (role.owns_database) problems.push(`runtime role ${name} owns the database: use the owner role for DATABASE_URL and a separate runtime role`)
 
-  const elevated = await client.query<{ rolname: string }>(`
-    SELECT r.rolname FROM pg_roles r
-     WHERE r.rolname <> current_user AND pg_has_role(current_user, r.oid, 'MEMBER')
-       AND (r.rolsuper OR r.rolbypassrls OR r.rolcreaterole)`)
+  // Every role the runtime role is a member of, directly or through other roles (pg_auth_members,
+  // followed recursively; a member can SET ROLE to it whether or not it inherits), with the chain.
+  const elevated = await client.query<{ rolname: string, via: string[], attributes: string[] }>(`
+    WITH RECURSIVE granted (roleid, path) AS (
+      SELECT m.roleid, ARRAY[]::oid[] FROM pg_auth_members m WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+      UNION ALL
+      SELECT m.roleid, g.path || g.roleid FROM pg_auth_members m JOIN granted g ON m.member = g.roleid
+       WHERE NOT m.roleid = ANY (g.path || g.roleid)
+    )
+    SELECT DISTINCT ON (r.rolname) r.rolname,
+           array(SELECT v.rolname FROM unnest(g.path) WITH ORDINALITY AS u(oid, n) JOIN pg_roles v ON v.oid = u.oid ORDER BY u.n)::text[] AS via,
+           array_remove(ARRAY[CASE WHEN r.rolsuper THEN 'SUPERUSER' END, CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END,
+                              CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, CASE WHEN r.rolcreatedb THEN 'CREATEDB' END], NULL) AS attributes
+      FROM granted g JOIN pg_roles r ON r.oid = g.roleid
+     WHERE r.rolsuper OR r.rolbypassrls OR r.rolcreaterole OR r.rolcreatedb
+     ORDER BY r.rolname, cardinality(g.path)`)
   for (const r of elevated.rows) {
-    problems.push(`runtime role ${name} is a member of ${r.rolname}, which is a superuser or has BYPASSRLS or CREATEROLE`)
+    const via = r.via.length === 0 ? '' : ` (through ${r.via.join(' → ')})`
+    problems.push(`runtime role ${name} is a member of ${r.rolname}${via}, which has ${r.attributes.join(', ')}: it can act with that role's rights`)
   }
 
   const schemas = await client.query<{ nspname: string }>(`
@@ -116,6 +129,71 @@ async function checkRole (client: pg.ClientBase, problems: string[]): Promise<st
      WHERE ${USER_SCHEMAS} AND has_schema_privilege(current_user, n.oid, 'CREATE')`)
   for (const s of schemas.rows) problems.push(`runtime role ${name} may create objects in schema ${s.nspname}`)
   return name
+}
+
+type TablePrivilege = 'SELECT' | 'INSERT' | 'UPDATE' | 'DELETE' | 'TRUNCATE' | 'REFERENCES' | 'TRIGGER'
+
+/**
+ * Every table privilege the runtime role may hold: `true` for the whole table, or the columns. Any
+ * other privilege it holds (directly, through PUBLIC or through a role it belongs to) is refused, so
+ * a grant nobody uses cannot creep in: a migration that grants more must add it here. A partition
+ * may hold what its partitioned table may. Kept to what the runtime code uses (request.db, tenant
+ * transactions, the key-usage flush); the migrations grant exactly this (sql/0010_least_privilege.sql).
+ */
+export const RUNTIME_PRIVILEGES: Readonly<Record<string, Partial<Record<TablePrivilege, true | readonly string[]>>>> = {
+  tenants: { SELECT: true },
+  api_keys: { SELECT: true, INSERT: true, UPDATE: ['last_used_at', 'revoked_at'] },
+  // UPDATE (role) is never written: it is what SELECT ... FOR UPDATE (the owners' row locks) requires.
+  memberships: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['role'] },
+  customers: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['name', 'email', 'external_ref', 'updated_at'] },
+  invoices: {
+    SELECT: true,
+    INSERT: ['tenant_id', 'id', 'customer_id', 'number', 'status', 'currency', 'amount_cents', 'due_date', 'memo', 'created_at',
+      'updated_at', 'finalized_at', 'paid_at', 'voided_at'],
+    UPDATE: ['customer_id', 'number', 'status', 'currency', 'amount_cents', 'due_date', 'memo', 'updated_at', 'finalized_at',
+      'paid_at', 'voided_at'],
+  },
+  invoice_lines: { SELECT: true, DELETE: true, INSERT: ['tenant_id', 'invoice_id', 'position', 'description', 'quantity', 'unit_amount_cents', 'amount_cents'] },
+  invoice_counters: { SELECT: true, INSERT: true, UPDATE: ['last_number'] },
+  idempotency_keys: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['status', 'response'] },
+  // Not occurred_at nor the chain columns: the database sets those (sql/0011_audit_hardening.sql).
+  audit_events: { SELECT: true, INSERT: ['tenant_id', 'id', 'actor_type', 'actor_id', 'action', 'resource_type', 'resource_id', 'request_id', 'data'] },
+  audit_heads: { SELECT: true },
+}
+
+async function checkPrivileges (client: pg.ClientBase, role: string, problems: string[]): Promise<void> {
+  // Whole-table privileges, then column privileges held without the whole-table one. has_*_privilege
+  // counts grants to the role, to PUBLIC and to every role it inherits from.
+  const { rows } = await client.query<{ table_name: string, root: string, privilege: TablePrivilege, columns: string[] | null }>(`
+    WITH rels AS (
+      SELECT c.oid, c.oid::regclass::text AS table_name, coalesce(pg_partition_root(c.oid), c.oid)::regclass::text AS root
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND ${USER_SCHEMAS}
+    )
+    SELECT r.table_name, r.root, p.privilege, NULL::text[] AS columns
+      FROM rels r CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS p(privilege)
+     WHERE has_table_privilege(current_user, r.oid, p.privilege)
+    UNION ALL
+    SELECT r.table_name, r.root, p.privilege,
+           array(SELECT a.attname FROM pg_attribute a
+                  WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+                    AND has_column_privilege(current_user, r.oid, a.attnum, p.privilege) ORDER BY a.attnum)::text[]
+      FROM rels r CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'REFERENCES']) AS p(privilege)
+     WHERE NOT has_table_privilege(current_user, r.oid, p.privilege)
+       AND has_any_column_privilege(current_user, r.oid, p.privilege)
+     ORDER BY 1, 3`)
+  for (const row of rows) {
+    const allowed = RUNTIME_PRIVILEGES[row.root]?.[row.privilege]
+    if (allowed === true) continue
+    if (row.columns === null) {
+      problems.push(`runtime role ${role} holds ${row.privilege} on ${row.table_name}, which is not in its allow-list (RUNTIME_PRIVILEGES)`)
+      continue
+    }
+    const extra = row.columns.filter((column) => allowed === undefined || !allowed.includes(column))
+    if (extra.length > 0) {
+      problems.push(`runtime role ${role} holds ${row.privilege} (${extra.join(', ')}) on ${row.table_name}, which is not in its allow-list (RUNTIME_PRIVILEGES)`)
+    }
+  }
 }
 
 async function checkViews (client: pg.ClientBase, problems: string[]): Promise<void> {
@@ -237,6 +315,7 @@ export async function runSafetyChecks (runtime: pg.Pool | pg.ClientBase): Promis
       if (table.can_trigger) problems.push(`runtime role ${role} has TRIGGER on ${name}`)
       checkPolicies(table, policies.filter((p) => p.table_name === name), problems)
     }
+    await checkPrivileges(client, role, problems)
     await checkViews(client, problems)
     await checkDefinerFunctions(client, problems)
     await checkDistributionKeys(client, problems)

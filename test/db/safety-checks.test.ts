@@ -57,6 +57,43 @@ t.test('a runtime role that inherits BYPASSRLS through a membership is refused',
   t.match(result.problems.join('\n'), new RegExp(`member of ${bypassRole}`))
 })
 
+t.test('a runtime role that reaches a CREATEDB or SUPERUSER role through other roles is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  const name = (url: string): string => decodeURIComponent(new URL(url).username)
+  const url = await roleLikeApp(t, db, '')
+  const [middle, createdb, superuser] = [name(await createRole(t, db, '')), name(await createRole(t, db, 'CREATEDB')), name(await createRole(t, db, 'SUPERUSER'))]
+  await query(db.adminUrl, `GRANT ${middle} TO ${name(url)}; GRANT ${createdb} TO ${middle}`)
+  const problems = (await report(url)).problems.join('\n')
+  t.match(problems, `is a member of ${createdb} (through ${middle}), which has CREATEDB`)
+  await query(db.adminUrl, `REVOKE ${createdb} FROM ${middle}; GRANT ${superuser} TO ${middle}`)
+  const second = (await report(url)).problems.join('\n')
+  t.match(second, `is a member of ${superuser} (through ${middle}), which has SUPERUSER`)
+  t.notMatch(second, new RegExp(createdb), 'a revoked membership no longer counts')
+  await query(db.adminUrl, `REVOKE ${superuser} FROM ${middle}`)
+  t.same((await report(url)).problems, [], 'a plain chain of memberships is fine')
+})
+
+t.test('a table privilege outside the allow-list is refused, however the runtime role holds it', async (t) => {
+  const db = await createTestDatabase(t)
+  await query(db.ownerUrl, 'GRANT DELETE ON api_keys TO app; GRANT UPDATE (secret_hash, scopes) ON api_keys TO app; GRANT SELECT ON erasure_receipts TO PUBLIC')
+  const problems = (await report(db.appUrl)).problems
+  t.same(problems.filter((p) => /allow-list/.test(p)).sort(), [
+    'runtime role app holds DELETE on api_keys, which is not in its allow-list (RUNTIME_PRIVILEGES)',
+    'runtime role app holds SELECT on erasure_receipts, which is not in its allow-list (RUNTIME_PRIVILEGES)',
+    'runtime role app holds UPDATE (secret_hash, scopes) on api_keys, which is not in its allow-list (RUNTIME_PRIVILEGES)',
+  ], 'a direct grant, a column grant and a grant to PUBLIC')
+  await query(db.ownerUrl, 'REVOKE DELETE, UPDATE (secret_hash, scopes) ON api_keys FROM app; REVOKE SELECT ON erasure_receipts FROM PUBLIC')
+  t.same((await report(db.appUrl)).problems, [], 'once revoked, the schema passes again')
+
+  // Through a role the runtime role belongs to.
+  const name = (url: string): string => decodeURIComponent(new URL(url).username)
+  const runtime = await roleLikeApp(t, db, '')
+  const writer = name(await createRole(t, db, ''))
+  await query(db.ownerUrl, `GRANT UPDATE ON tenants TO ${writer}`)
+  await query(db.adminUrl, `GRANT ${writer} TO ${name(runtime)}`)
+  t.match((await report(runtime)).problems, ['runtime role ' + name(runtime) + ' holds UPDATE on tenants, which is not in its allow-list (RUNTIME_PRIVILEGES)'])
+})
+
 t.test('the database owner as runtime role is refused (it owns every table)', async (t) => {
   const db = await createTestDatabase(t)
   const result = await report(db.ownerUrl)
@@ -83,7 +120,10 @@ t.test('a new tenant table without a policy is refused', async (t) => {
   await query(db.ownerUrl, `CREATE TABLE notes (tenant_id uuid NOT NULL, id uuid NOT NULL, PRIMARY KEY (tenant_id, id));
     ALTER TABLE notes ENABLE ROW LEVEL SECURITY; ALTER TABLE notes FORCE ROW LEVEL SECURITY;
     GRANT SELECT ON notes TO app`)
-  t.same((await report(db.appUrl)).problems, ['table notes has no row-level security policy for the runtime role'])
+  t.same((await report(db.appUrl)).problems, [
+    'table notes has no row-level security policy for the runtime role',
+    'runtime role app holds SELECT on notes, which is not in its allow-list (RUNTIME_PRIVILEGES)',
+  ])
 })
 
 t.test('a permissive policy that lets rows through is refused', async (t) => {
@@ -112,7 +152,8 @@ t.test('a view that is not security_invoker is refused', async (t) => {
   await query(db.ownerUrl, 'CREATE VIEW all_customers AS SELECT * FROM customers; GRANT SELECT ON all_customers TO app')
   t.match((await report(db.appUrl)).problems.join('\n'), /view all_customers is not security_invoker/)
   await query(db.ownerUrl, 'ALTER VIEW all_customers SET (security_invoker = true)')
-  t.same((await report(db.appUrl)).problems, [], 'a security_invoker view is accepted')
+  t.same((await report(db.appUrl)).problems, ['runtime role app holds SELECT on all_customers, which is not in its allow-list (RUNTIME_PRIVILEGES)'],
+    'a security_invoker view is accepted (its grant still has to be in the allow-list)')
 })
 
 t.test('an unexpected SECURITY DEFINER function the runtime role can call is refused', async (t) => {
