@@ -1,3 +1,4 @@
+import { createPublicKey, type KeyObject } from 'node:crypto'
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 
@@ -97,6 +98,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   if (config.JWT_ALGORITHM !== undefined && (config.JWT_ALGORITHM === 'HS256') !== (config.JWT_PUBLIC_KEY === undefined)) {
     throw new ConfigError(`invalid environment variable JWT_ALGORITHM: ${config.JWT_ALGORITHM} needs ${config.JWT_ALGORITHM === 'HS256' ? 'JWT_SECRET' : 'JWT_PUBLIC_KEY'}`)
   }
+  if (config.JWT_PUBLIC_KEY !== undefined) checkJwtPublicKey(config.JWT_PUBLIC_KEY, config.JWT_ALGORITHM ?? 'RS256')
   if (config.NODE_ENV === 'production' && config.ADMIN_TOKEN === undefined) {
     throw new ConfigError('invalid environment variable ADMIN_TOKEN: required in production (at least 32 characters)')
   }
@@ -104,6 +106,32 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     throw new ConfigError('invalid environment variable DATABASE_URL: required in production (the embedded database is for development)')
   }
   return config
+}
+
+/** The PEM as configured: literal "\n" sequences (one-line environment values) become newlines. */
+const publicKeyPem = (value: string): string => value.replaceAll('\\n', '\n')
+
+/**
+ * JWT_PUBLIC_KEY must parse as a public key of the kind JWT_ALGORITHM verifies with: an RSA key of at
+ * least 2048 bits for RS256, a P-256 EC key for ES256. Checked at start-up, so a bad key stops the
+ * server with one line instead of failing on the first token.
+ */
+function checkJwtPublicKey (value: string, algorithm: 'RS256' | 'ES256' | 'HS256'): void {
+  const fail = (why: string): never => { throw new ConfigError(`invalid environment variable JWT_PUBLIC_KEY: ${why}`) }
+  let key: KeyObject
+  try {
+    key = createPublicKey(publicKeyPem(value))
+  } catch {
+    return fail('expected a PEM public key (-----BEGIN PUBLIC KEY-----) that parses')
+  }
+  const details = key.asymmetricKeyDetails ?? {}
+  if (algorithm === 'RS256') {
+    if (key.asymmetricKeyType !== 'rsa') fail(`a key of type ${key.asymmetricKeyType ?? 'unknown'} cannot verify RS256 tokens (set JWT_ALGORITHM to match the key)`)
+    if ((details.modulusLength ?? 0) < 2048) fail(`the RSA key has ${details.modulusLength ?? 0} bits; RS256 needs at least 2048`)
+  } else if (algorithm === 'ES256') {
+    if (key.asymmetricKeyType !== 'ec') fail(`a key of type ${key.asymmetricKeyType ?? 'unknown'} cannot verify ES256 tokens (set JWT_ALGORITHM to match the key)`)
+    if (details.namedCurve !== 'prime256v1') fail(`ES256 needs a P-256 key, not ${details.namedCurve ?? 'an unknown curve'}`)
+  }
 }
 
 export interface JwtSettings {
@@ -118,7 +146,7 @@ export interface JwtSettings {
 export function jwtSettings (config: Config, fallbackSecret?: string): JwtSettings | undefined {
   const common = { issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE }
   if (config.JWT_PUBLIC_KEY !== undefined) {
-    return { algorithm: config.JWT_ALGORITHM ?? 'RS256', key: config.JWT_PUBLIC_KEY.replaceAll('\\n', '\n'), ...common }
+    return { algorithm: config.JWT_ALGORITHM ?? 'RS256', key: publicKeyPem(config.JWT_PUBLIC_KEY), ...common }
   }
   const secret = config.JWT_SECRET ?? fallbackSecret
   return secret === undefined ? undefined : { algorithm: 'HS256', key: secret, ...common }

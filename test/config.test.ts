@@ -36,3 +36,33 @@ t.test('a bad value stops start-up with one line naming the variable', async (t)
     t.notMatch((error as Error).message, /secret/, 'secrets are not echoed')
   }
 })
+
+t.test('a JWT public key that does not parse or does not fit JWT_ALGORITHM stops start-up with one line', async (t) => {
+  const { generateKeyPairSync } = await import('node:crypto')
+  const pem = (type: 'rsa' | 'ec', options: Record<string, unknown>): string =>
+    (generateKeyPairSync(type as 'rsa', options as { modulusLength: number }).publicKey.export({ type: 'spki', format: 'pem' }) as string)
+  const rsa = pem('rsa', { modulusLength: 2048 })
+  const smallRsa = pem('rsa', { modulusLength: 1024 })
+  const ec = pem('ec', { namedCurve: 'prime256v1' })
+  const ec384 = pem('ec', { namedCurve: 'secp384r1' })
+  const oneLine = (key: string): string => key.trim().replaceAll('\n', '\\n')
+
+  t.equal(loadConfig({ JWT_PUBLIC_KEY: rsa }).JWT_PUBLIC_KEY, rsa, 'an RSA key for RS256 (the default)')
+  t.ok(loadConfig({ JWT_PUBLIC_KEY: oneLine(ec), JWT_ALGORITHM: 'ES256' }), 'a P-256 key for ES256, newlines written as \\n')
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ JWT_PUBLIC_KEY: '-----BEGIN PUBLIC KEY-----\nnot base64 at all\n-----END PUBLIC KEY-----' }, /^invalid environment variable JWT_PUBLIC_KEY: expected a PEM public key/],
+    [{ JWT_PUBLIC_KEY: rsa.replace(/[A-Za-z0-9]{20}/, 'A'.repeat(20)) }, /^invalid environment variable JWT_PUBLIC_KEY: expected a PEM public key/],
+    [{ JWT_PUBLIC_KEY: ec }, /^invalid environment variable JWT_PUBLIC_KEY: a key of type ec cannot verify RS256 tokens/],
+    [{ JWT_PUBLIC_KEY: oneLine(ec), JWT_ALGORITHM: 'RS256' }, /^invalid environment variable JWT_PUBLIC_KEY: a key of type ec cannot verify RS256/],
+    [{ JWT_PUBLIC_KEY: rsa, JWT_ALGORITHM: 'ES256' }, /^invalid environment variable JWT_PUBLIC_KEY: a key of type rsa cannot verify ES256/],
+    [{ JWT_PUBLIC_KEY: ec384, JWT_ALGORITHM: 'ES256' }, /^invalid environment variable JWT_PUBLIC_KEY: ES256 needs a P-256 key/],
+    [{ JWT_PUBLIC_KEY: smallRsa }, /^invalid environment variable JWT_PUBLIC_KEY: the RSA key has 1024 bits/],
+  ]
+  for (const [env, message] of cases) {
+    const error = (() => { try { loadConfig(env); return undefined } catch (e) { return e } })()
+    t.type(error, ConfigError, JSON.stringify(env).slice(0, 80))
+    t.match((error as Error).message, message)
+    t.notMatch((error as Error).message, /\n/, 'one line')
+    t.notMatch((error as Error).message, /MII|not base64/, 'the key is not echoed')
+  }
+})
