@@ -51,11 +51,32 @@ t.test('a token that expired within the clock tolerance still works', async (t) 
 })
 
 t.test('a user who is not a member gets 403 before any tenant data is read', async (t) => {
-  const res = await get('/v1/customers', bearer(signUserToken({ sub: 'ada', tid: globex.id, exp: inAnHour() })))
-  t.equal(res.statusCode, 403)
-  t.match(res.json(), { detail: 'you are not a member of this tenant' })
-  const stranger = await get('/v1/tenant', bearer(signUserToken({ sub: 'stranger', exp: inAnHour() })))
-  t.equal(stranger.statusCode, 403, 'a user with no membership at all')
+  // The same database through an app that reports every statement sent on the runtime connections.
+  const statements: string[] = []
+  const observed = await buildTestApp(t, {}, ctx.db, { onQuery: (text) => { statements.push(text) } })
+  await observed.app.ready()
+  const tables = [...observed.app.tenantTables.keys()]
+  const readsTenantData = (sql: string): boolean => tables.some((name) => new RegExp(`"${name}"|\\b${name}\\b`).test(sql))
+  const send = async (url: string, claims: Record<string, unknown>) => {
+    statements.length = 0
+    const res = await observed.app.inject({ method: 'GET', url, headers: bearer(signUserToken({ ...claims, exp: inAnHour() })) })
+    return { res, sent: [...statements] }
+  }
+
+  const member = await send('/v1/customers', { sub: 'ada', tid: acme.id })
+  t.equal(member.res.statusCode, 200)
+  t.ok(member.sent.some(readsTenantData), 'a member\'s request reads the customers (the observer sees such reads)')
+
+  const outsider = await send('/v1/customers', { sub: 'ada', tid: globex.id })
+  t.equal(outsider.res.statusCode, 403)
+  t.match(outsider.res.json(), { detail: 'you are not a member of this tenant' })
+  t.ok(outsider.sent.length > 0, 'the membership was checked in the database')
+  t.same(outsider.sent.filter(readsTenantData), [], 'no statement of the refused request reads a tenant table')
+
+  const stranger = await send('/v1/customers', { sub: 'stranger' })
+  t.equal(stranger.res.statusCode, 403, 'a user with no membership at all')
+  t.same(stranger.sent.filter(readsTenantData), [], 'nor for a user with no membership: only the directory lookup ran')
+  t.ok(stranger.sent.some((sql) => /user_tenant_ids/.test(sql)))
 })
 
 t.test('x-tenant-id chooses among the tenants a user belongs to', async (t) => {

@@ -94,6 +94,24 @@ t.test('an error in the middle of a request leaves no partial write', async (t) 
   t.same(await query(ctx.db.adminUrl, "SELECT 1 FROM tenants WHERE slug = 'half'"), [], 'the tenant row was rolled back with the key')
 })
 
+t.test('a tenant request whose handler writes and then fails leaves no partial write', async (t) => {
+  const ctx = await buildTestApp(t)
+  const tenant = await provisionTenant(ctx)
+  // POST /v1/customers inserts the customer, then its audit event: make the second write fail.
+  await query(ctx.db.ownerUrl, `
+    CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN IF NEW.action = 'customer.created' THEN RAISE EXCEPTION 'no audit today'; END IF; RETURN NEW; END $$;
+    CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_audit()`)
+  const statements: string[] = []
+  const observed = await buildTestApp(t, {}, ctx.db, { onQuery: (text) => { statements.push(text) } })
+  const res = await observed.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'Half written' } }))
+  t.equal(res.statusCode, 500)
+  t.notMatch(res.body, /no audit today|audit_events|refuse_audit/, 'nothing internal in the response')
+  t.ok(statements.some((s) => /insert into "customers"/i.test(s)), 'the customer insert was sent before the failure')
+  t.same(await query(ctx.db.adminUrl, "SELECT 1 FROM customers WHERE name = 'Half written'"), [], 'and rolled back with the failed audit event')
+  t.equal(observed.app.dbPool.totalCount, observed.app.dbPool.idleCount, 'the connection went back to the pool')
+})
+
 t.test('a client that disconnects mid-request gets its work rolled back and its connection released', async (t) => {
   const ctx = await buildTestApp(t, { DB_POOL_MAX: 2 })
   const tenant = await provisionTenant(ctx)

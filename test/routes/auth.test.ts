@@ -86,9 +86,41 @@ t.test('provisioning validates the body and refuses a duplicate slug with 409', 
 })
 
 t.test('keys are stored only as hashes', async (t) => {
-  const rows = await query<{ secret_hash: Buffer, prefix: string }>(ctx.db.adminUrl, 'SELECT secret_hash, prefix FROM api_keys WHERE id = $1', [tenant.keyId])
-  t.equal(rows[0]?.secret_hash.length, 32)
-  t.ok(tenant.key.startsWith(rows[0]!.prefix))
-  const leaked = await query(ctx.db.adminUrl, "SELECT 1 FROM api_keys WHERE position($1 in encode(secret_hash, 'escape')) > 0 OR prefix = $1", [tenant.key])
-  t.same(leaked, [], 'the key itself appears nowhere')
+  const { createHash } = await import('node:crypto')
+  // A second key, created through the API (with an idempotency key) and used, so that every place a
+  // request could leave text behind (audit trail, idempotency records, usage) has had its chance.
+  const created = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', headers: { 'idempotency-key': 'hash-only' }, payload: { name: 'second', scopes: ['read', 'write'] } }))
+  t.equal(created.statusCode, 201)
+  const second = created.json<{ id: string, key: string }>()
+  t.equal((await ctx.app.inject(as(second, { method: 'POST', url: '/v1/customers', payload: { name: 'made with the second key' } }))).statusCode, 201)
+  await ctx.app.keyUsage.flush()
+
+  for (const [id, key] of [[tenant.keyId, tenant.key], [second.id, second.key]] as const) {
+    const [row] = await query<{ secret_hash: Buffer, prefix: string }>(ctx.db.adminUrl, 'SELECT secret_hash, prefix FROM api_keys WHERE id = $1', [id])
+    t.same(row?.secret_hash, createHash('sha256').update(key).digest(), 'secret_hash is SHA-256 of the key')
+    t.ok(key.startsWith(row!.prefix), 'the stored prefix is the public start of the key')
+  }
+
+  // Every text-like column of every table (the admin connection sees past RLS), searched for the
+  // secret part of either key: rfk_ + key id (22) + tenant id (22) + secret (43) + checksum (6).
+  const columns = await query<{ table_name: string, column_name: string }>(ctx.db.adminUrl, `
+    SELECT c.table_name, c.column_name FROM information_schema.columns c
+      JOIN information_schema.tables tb ON tb.table_schema = c.table_schema AND tb.table_name = c.table_name
+     WHERE c.table_schema = 'public' AND tb.table_type = 'BASE TABLE'
+       AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb') OR (c.data_type = 'ARRAY' AND c.udt_name IN ('_text', '_varchar')))`)
+  t.ok(columns.some((c) => c.table_name === 'audit_events' && c.column_name === 'data'), 'the search covers the audit trail')
+  t.ok(columns.some((c) => c.table_name === 'idempotency_keys'), 'and idempotency records')
+  const secrets = [tenant.key, second.key].map((key) => key.slice(48, 91))
+  t.equal(secrets[0]!.length, 43)
+  const ident = (name: string): string => `"${name.replaceAll('"', '""')}"`
+  for (const secret of secrets) {
+    const found: string[] = []
+    for (const c of columns) {
+      const rows = await query(ctx.db.adminUrl, `SELECT 1 FROM ${ident(c.table_name)} WHERE position($1 in ${ident(c.column_name)}::text) > 0 LIMIT 1`, [secret])
+      if (rows.length > 0) found.push(`${c.table_name}.${c.column_name}`)
+    }
+    t.same(found, [], 'the secret part of the key appears in no text column')
+  }
+  const [audited] = await query<{ n: number }>(ctx.db.adminUrl, "SELECT count(*)::int AS n FROM audit_events WHERE action = 'api_key.created' AND resource_id = $1", [second.id])
+  t.equal(audited?.n, 1, 'the key creation itself was recorded (and searched)')
 })
