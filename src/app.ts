@@ -3,6 +3,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { ResolvedConfig } from './config.ts'
 import type { QueryListener } from './db/database.ts'
+import { unavailable } from './errors.ts'
 import { usePreparedStatements } from './db/tenant-transaction.ts'
 import dbPlugin from './plugins/external/db.ts'
 import httpHardening from './plugins/external/http-hardening.ts'
@@ -54,7 +55,8 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
     connectionTimeout: 30_000,
     requestTimeout: 30_000,
     keepAliveTimeout: 72_000,
-    return503OnClosing: true,
+    // Requests during shutdown are refused by our own hook below, as problem+json.
+    return503OnClosing: false,
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
     // A path parameter is checked before it is decoded: 768 leaves room for the longest one the
@@ -72,6 +74,21 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
   app.removeContentTypeParser('text/plain')
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
+  })
+
+  // Graceful shutdown (app.close(), on SIGTERM): requests in flight finish; new ones get a 503 to
+  // retry elsewhere; every response sent meanwhile closes its connection, so that keep-alive
+  // connections do not hold the shutdown open until their idle timeout.
+  let closing = false
+  app.addHook('preClose', async () => { closing = true })
+  app.addHook('onRequest', async (request) => {
+    if (closing) {
+      request.log.info({ event: 'shutdown_refused' }, 'refused: the server is shutting down')
+      throw unavailable('the server is shutting down; retry shortly', 1)
+    }
+  })
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close')
   })
 
   // Ecosystem plugins, then our shared plugins, then routes (Fastify's documented order).
