@@ -21,7 +21,9 @@ export const OperatorTenantSchema = Type.Object({
   name: Type.String(),
   slug: Type.String(),
   placement: PlacementSchema,
-  status: Type.Union([Type.Literal('active'), Type.Literal('erasing')]),
+  status: Type.Union([Type.Literal('active'), Type.Literal('moving'), Type.Literal('erasing')], {
+    description: 'active; moving: a placement move is in progress (requests are served, and wait while rows move); erasing: credentials revoked, erasure under way or to be retried',
+  }),
   created_at: Timestamp,
 }, { title: 'OperatorTenant' })
 export type OperatorTenant = Static<typeof OperatorTenantSchema>
@@ -60,6 +62,6 @@ export const ErasureReceiptSchema = Type.Object({
   started_at: Timestamp,
   finished_at: Timestamp,
   rows_removed: Type.Record(Type.String(), Type.Integer(), { description: 'rows removed per table' }),
-  partitions_dropped: Type.Boolean({ description: 'dedicated tenants: the emptied partitions were dropped (false: they are left empty, for a later retry)' }),
+  partitions_dropped: Type.Boolean({ description: 'dedicated tenants: the emptied partitions were dropped (false: they are left empty and no tenant\'s; the next sweep — any erasure, or POST /admin/v1/maintenance/sweep — drops them and records it on this receipt)' }),
   verified: Type.Boolean({ description: 'no table holds a row of the tenant any more (checked from the catalog)' }),
 }, { title: 'ErasureReceipt' })

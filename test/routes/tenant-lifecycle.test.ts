@@ -2,10 +2,12 @@ import { Readable } from 'node:stream'
 import { createInterface } from 'node:readline'
 import t from 'tap'
 import pg from 'pg'
+import { eraseTenant } from '../../src/db/erasure.ts'
 import { allocateShard } from '../../src/db/placement.ts'
 import { importTenant } from '../../src/db/tenant-data.ts'
 import { as, buildTestApp, provisionTenant, type ProvisionedTenant, type TestApp } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
+import { holdTransaction, onboard, operator, partitionsOf, shardOf, someoneWaits, waitUntil } from '../helpers/operator.ts'
 
 const admin = (c: TestApp) => ({ authorization: `Bearer ${c.adminToken}` })
 
@@ -153,4 +155,92 @@ t.test("other tenants' traffic keeps flowing during an erasure", async (t) => {
   t.equal(erased.statusCode, 200)
   t.ok(statuses.length > 10, `${statuses.length} requests ran alongside`)
   t.same([...new Set(statuses)].sort(), [200, 201], 'none of them failed')
+})
+
+t.test('an erasure whose partition drop gives up says so on its receipt, and the next erasure drops them and records it', async (t) => {
+  const ctx = await buildTestApp(t)
+  const first = await onboard(ctx, 'first-gone', 'dedicated')
+  await populate(ctx, first, 1)
+  const shard = await shardOf(ctx, first.id)
+  // A long transaction that has read the sharded tables: DETACH ... CONCURRENTLY waits for it.
+  const reader = await holdTransaction(ctx.db.adminUrl, ['SELECT count(*) FROM invoice_lines', 'SELECT count(*) FROM invoices', 'SELECT count(*) FROM audit_events'])
+  t.teardown(reader.release)
+  const pool = new pg.Pool({ connectionString: ctx.db.ownerUrl, max: 2 })
+  t.teardown(() => pool.end())
+  const receipt = await eraseTenant(pool, first.id, { requestedBy: 'operator', ddl: { lockTimeoutMs: 50, attempts: 2, backoffMs: 10 } })
+  t.match(receipt, { verified: true, partitions_dropped: false, rows_removed: { tenants: 1, invoices: 1 } })
+  t.match(await query(ctx.db.adminUrl, 'SELECT partitions_dropped, shard FROM erasure_receipts WHERE subject_tenant_id = $1', [first.id]), [{ partitions_dropped: false, shard }])
+  t.equal((await partitionsOf(ctx, shard)).length, 3, 'the emptied partitions are still there')
+  t.match(await query(ctx.db.adminUrl, 'SELECT purpose FROM shard_reservations WHERE shard = $1', [shard]), [{ purpose: 'erasure' }], 'reserved for release')
+  t.equal((await ctx.app.inject({ method: 'DELETE', url: `/admin/v1/tenants/${first.id}`, headers: operator(ctx) })).statusCode, 404, 'the tenant itself is gone')
+  await reader.release()
+
+  const second = await onboard(ctx, 'second-gone', 'dedicated')
+  const erased = await ctx.app.inject({ method: 'DELETE', url: `/admin/v1/tenants/${second.id}`, headers: operator(ctx) })
+  t.match(erased.json(), { verified: true, partitions_dropped: true })
+  t.same(await partitionsOf(ctx, shard), [], "the first tenant's partitions were dropped by the next erasure's sweep")
+  const [late] = await query<{ partitions_dropped: boolean, partitions_dropped_at: Date | null }>(ctx.db.adminUrl, 'SELECT partitions_dropped, partitions_dropped_at FROM erasure_receipts WHERE subject_tenant_id = $1', [first.id])
+  t.equal(late?.partitions_dropped, true, 'and its receipt records it')
+  t.ok(late?.partitions_dropped_at instanceof Date)
+  t.same(await query(ctx.db.adminUrl, 'SELECT shard FROM shard_reservations'), [])
+})
+
+t.test('rows an erasure cannot remove are named in a problem+json 500, the tenant stays erasing, and a retry completes it', async (t) => {
+  const ctx = await buildTestApp(t)
+  const doomed = await onboard(ctx, 'sticky', 'dedicated')
+  await populate(ctx, doomed, 1)
+  // A tenant table whose rows refuse to go (a BEFORE DELETE trigger that skips the delete).
+  await query(ctx.db.ownerUrl, `CREATE TABLE notes (tenant_id uuid NOT NULL DEFAULT current_tenant_id() REFERENCES tenants (id), id uuid NOT NULL, PRIMARY KEY (tenant_id, id));
+    ALTER TABLE notes ENABLE ROW LEVEL SECURITY; ALTER TABLE notes FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_isolation ON notes USING (tenant_id = current_tenant_id()) WITH CHECK (tenant_id = current_tenant_id());
+    CREATE FUNCTION keep_notes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+    CREATE TRIGGER keep_notes BEFORE DELETE ON notes FOR EACH ROW EXECUTE FUNCTION keep_notes()`)
+  await query(ctx.db.ownerUrl, `BEGIN; SELECT set_config('app.current_tenant_id', '${doomed.id}', true); INSERT INTO notes (id) VALUES (gen_random_uuid()), (gen_random_uuid()); COMMIT`)
+
+  const failed = await ctx.app.inject({ method: 'DELETE', url: `/admin/v1/tenants/${doomed.id}`, headers: operator(ctx) })
+  t.equal(failed.statusCode, 500)
+  t.match(failed.headers['content-type'], /application\/problem\+json/)
+  t.match(failed.json(), { status: 500, title: 'Erasure Incomplete', detail: /notes/, errors: [{ path: 'tables/notes', message: '2 rows left' }] })
+  t.notMatch(failed.body, /at |\.ts:|SELECT|DELETE FROM|trigger/i, 'no stack, SQL or internals')
+  t.match((await ctx.app.inject({ method: 'GET', url: `/admin/v1/tenants/${doomed.id}`, headers: operator(ctx) })).json(), { status: 'erasing' })
+  t.equal((await ctx.app.inject(as(doomed, { method: 'GET', url: '/v1/tenant' }))).statusCode, 401, 'its credentials stay revoked')
+  t.same(await query(ctx.db.adminUrl, 'SELECT 1 FROM erasure_receipts WHERE subject_tenant_id = $1', [doomed.id]), [], 'no receipt for an erasure that did not happen')
+  t.equal((await query(ctx.db.adminUrl, 'SELECT 1 FROM invoices WHERE tenant_id = $1', [doomed.id])).length, 1, 'nothing half-removed')
+
+  await query(ctx.db.ownerUrl, 'DROP TRIGGER keep_notes ON notes')
+  const retried = await ctx.app.inject({ method: 'DELETE', url: `/admin/v1/tenants/${doomed.id}`, headers: operator(ctx) })
+  t.equal(retried.statusCode, 200, retried.body)
+  t.match(retried.json(), { verified: true, partitions_dropped: true, rows_removed: { notes: 2, invoices: 1, customers: 2, tenants: 1 } })
+})
+
+t.test('a request in flight when an erasure starts finishes cleanly, later ones are refused, and the key is 401 afterwards', async (t) => {
+  const ctx = await buildTestApp(t)
+  const doomed = await onboard(ctx, 'in-flight', 'dedicated')
+  const customer = (await ctx.app.inject(as(doomed, { method: 'POST', url: '/v1/customers', payload: { name: 'c' } }))).json<{ id: string }>()
+  const invoice = (await ctx.app.inject(as(doomed, { method: 'POST', url: '/v1/invoices', payload: { customer_id: customer.id, currency: 'EUR', lines: [{ description: 'x', quantity: 1, unit_amount_cents: 1 }] } }))).json<{ id: string }>()
+  // The finalize request holds the tenant's lock (shared) and waits on its invoice's row.
+  const rowLock = await holdTransaction(ctx.db.adminUrl, [[`SELECT 1 FROM invoices_s${await shardOf(ctx, doomed.id)} WHERE id = $1 FOR UPDATE`, [invoice.id]]])
+  t.teardown(rowLock.release)
+  const inFlight = ctx.app.inject(as(doomed, { method: 'POST', url: `/v1/invoices/${invoice.id}/finalize` }))
+  await waitUntil('the finalize waits on the row lock', () => someoneWaits(ctx, /"invoices.*for update/i))
+  const erasure = ctx.app.inject({ method: 'DELETE', url: `/admin/v1/tenants/${doomed.id}`, headers: operator(ctx) })
+  await waitUntil('the erasure waits for the in-flight request', () => someoneWaits(ctx, /pg_advisory_xact_lock\(/))
+  // A request that starts now queues behind the erasure's lock, then reads its key: revoked.
+  const later = ctx.app.inject(as(doomed, { method: 'GET', url: '/v1/tenant' }))
+  await rowLock.release()
+
+  const finished = await inFlight
+  t.not(finished.statusCode, 500, `the in-flight request ends with ${finished.statusCode}, never a 500`)
+  if (finished.statusCode >= 400) {
+    t.match(finished.headers['content-type'], /application\/problem\+json/)
+    t.notMatch(finished.body, /stack|\.ts:\d/)
+  } else {
+    t.match(finished.json(), { status: 'open', number: 'INV-000001' })
+  }
+  const erased = await erasure
+  t.equal(erased.statusCode, 200, erased.body)
+  t.equal((await later).statusCode, 401, 'a request that started once the erasure had begun is refused')
+  t.match(erased.json(), { verified: true, rows_removed: { invoices: 1 } })
+  t.equal((await ctx.app.inject(as(doomed, { method: 'GET', url: '/v1/tenant' }))).statusCode, 401)
+  t.equal((await ctx.app.inject(as(doomed, { method: 'POST', url: '/v1/customers', payload: { name: 'after' } }))).statusCode, 401)
 })

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import operatorAuth from '../../../plugins/app/operator-auth.ts'
+import maintenance from './maintenance/index.ts'
 import tenants from './tenants/index.ts'
 
 export interface AdminOptions {
@@ -11,4 +12,5 @@ export interface AdminOptions {
 export default async function adminV1 (fastify: FastifyInstance, options: AdminOptions): Promise<void> {
   await fastify.register(operatorAuth, { adminToken: options.adminToken })
   await fastify.register(tenants, { prefix: '/tenants', cacheGraceMs: options.cacheGraceMs })
+  await fastify.register(maintenance, { prefix: '/maintenance' })
 }

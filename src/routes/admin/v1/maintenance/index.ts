@@ -1,0 +1,30 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from '@sinclair/typebox'
+import { sweepShards } from '../../../../db/placement.ts'
+import { problems, Uuid } from '../../../../schemas/common.ts'
+
+const SweepResultSchema = Type.Object({
+  tenants_reset: Type.Array(Uuid, { description: 'tenants left `moving` by a placement move that died, set back to active (where they were)' }),
+  shards_released: Type.Array(Type.Integer(), { description: 'dedicated shards no tenant lives in whose empty partitions were dropped (noted on their erasure receipts)' }),
+  shards_left: Type.Array(Type.Integer(), { description: 'such shards that could not be released now (an operation still running, or the tables busy): sweep again later' }),
+}, { title: 'SweepResult' })
+
+/** Operator maintenance: recovery after a crash or a partition release that gave up. */
+const maintenance: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.post('/sweep', {
+    schema: {
+      summary: 'Recover from interrupted placement moves and erasures',
+      description: 'Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of dedicated shards that belong to no tenant ' +
+        '(left by a crash, or by an erasure or move whose partition drop gave up), recording it on the erasure receipt. Safe to run at any time; ' +
+        'every erasure also runs it when it finishes.',
+      tags: ['operator'],
+      response: { 200: SweepResultSchema, ...problems(401, 503) },
+    },
+  }, async (request) => {
+    const swept = await sweepShards(fastify.ownerPool)
+    request.log.info({ ...swept }, 'maintenance sweep')
+    return { tenants_reset: swept.tenantsReset, shards_released: swept.shardsReleased, shards_left: swept.shardsLeft }
+  })
+}
+
+export default maintenance
