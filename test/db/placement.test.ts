@@ -86,14 +86,14 @@ t.test('a failed dedicated onboarding leaves no partition behind', async (t) => 
   t.equal((await query(ctx.db.adminUrl, 'SELECT 1 FROM pg_class WHERE relispartition')).length, before)
 })
 
-t.test('a new sharded table needs nothing but its CREATE TABLE', async (t) => {
+t.test('a new sharded table needs its CREATE TABLE and create_missing_shard_partitions(), and new dedicated tenants get its partitions', async (t) => {
   const own = await buildTestApp(t)
   await query(own.db.ownerUrl, `CREATE TABLE usage_events (
       tenant_id uuid NOT NULL DEFAULT current_tenant_id() REFERENCES tenants (id), id uuid NOT NULL,
       shard integer NOT NULL DEFAULT tenant_shard(), PRIMARY KEY (tenant_id, id, shard)) PARTITION BY LIST (shard);
     ALTER TABLE usage_events ENABLE ROW LEVEL SECURITY; ALTER TABLE usage_events FORCE ROW LEVEL SECURITY;
     CREATE POLICY tenant_isolation ON usage_events USING (tenant_id = current_tenant_id()) WITH CHECK (tenant_id = current_tenant_id());
-    DO $$ BEGIN FOR s IN 0 .. 15 LOOP PERFORM create_shard_partitions(s); END LOOP; END $$`)
+    SELECT create_missing_shard_partitions()`)
   const res = await own.app.inject({ method: 'POST', url: '/admin/v1/tenants', headers: admin(own), payload: { name: 'u', slug: 'usage', placement: 'dedicated' } })
   const id = res.json<{ tenant: { id: string } }>().tenant.id
   const [{ shard }] = await query<{ shard: number }>(own.db.adminUrl, 'SELECT shard FROM tenants WHERE id = $1', [id]) as [{ shard: number }]
