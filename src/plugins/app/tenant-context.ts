@@ -219,7 +219,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     // A client that disconnects gets its work rolled back, and its running statement cancelled so
     // that it stops holding a backend and a pooled connection.
     reply.raw.once('close', () => {
-      if (reply.raw.writableFinished) return
+      if (reply.raw.writableEnded) return
       abandoned.add(request)
       request.log.info('client disconnected before the response; its transaction is cancelled and rolled back')
       request.tenantTransaction?.abort(clientGone())
@@ -293,6 +293,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     request.tenant = identity
     request.tenantDb = request.tenantTransaction.db.withPlugin(new TenantScopePlugin(fastify.tenantTables, { tenantId, shard: identity.shard }))
     request.log = request.log.child({ tenantId })
+    reply.log = request.log // the "request completed" line carries the tenant too
   })
 
   fastify.addHook('onSend', async (request, reply, payload) => {

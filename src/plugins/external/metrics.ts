@@ -1,12 +1,17 @@
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { PROBLEM_BASE } from '../../errors.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
     metrics: Registry
   }
 }
+
+const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'])
+
+const PROBLEM_TYPE = new RegExp(`"type":"${PROBLEM_BASE.replaceAll('.', '\\.')}([a-z-]{1,40})"`)
 
 /**
  * Prometheus metrics at /metrics. Labels are bounded: the route pattern (never the raw URL), the
@@ -18,7 +23,7 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
   const duration = new Histogram({
     name: 'rowfence_http_request_duration_seconds',
     help: 'HTTP request duration',
-    labelNames: ['route', 'method'],
+    labelNames: ['route', 'method', 'status'],
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [registry],
   })
@@ -47,15 +52,37 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
       const pool = fastify.dbPool
       this.set({ state: 'total' }, pool.totalCount)
       this.set({ state: 'idle' }, pool.idleCount)
+      this.set({ state: 'in_use' }, pool.totalCount - pool.idleCount)
       this.set({ state: 'waiting' }, pool.waitingCount)
     },
   }))
   fastify.decorate('metrics', registry)
 
+  const errors = new Counter({
+    name: 'rowfence_http_errors_total',
+    help: 'error responses by problem type (the slug of the problem type URI: validation, unauthorized, unavailable, internal, ...)',
+    labelNames: ['type'],
+    registers: [registry],
+  })
+
+  // The problem type of each error response, read off the serialised problem (every error is one).
+  const problemTypes = new WeakMap<FastifyRequest, string>()
+  fastify.addHook('onSend', async (request, reply, payload) => {
+    if (reply.statusCode >= 400 && typeof payload === 'string') {
+      const slug = PROBLEM_TYPE.exec(payload)?.[1]
+      if (slug !== undefined) problemTypes.set(request, slug)
+    }
+    return payload
+  })
+
   fastify.addHook('onResponse', async (request, reply) => {
+    // The route pattern, never the raw URL; an unknown method stays out of the label set too.
     const route = request.routeOptions.url ?? 'unmatched'
-    requests.inc({ route, method: request.method, status: String(reply.statusCode) })
-    duration.observe({ route, method: request.method }, reply.elapsedTime / 1000)
+    const method = KNOWN_METHODS.has(request.method) ? request.method : 'OTHER'
+    const status = String(reply.statusCode)
+    requests.inc({ route, method, status })
+    duration.observe({ route, method, status }, reply.elapsedTime / 1000)
+    if (reply.statusCode >= 400) errors.inc({ type: problemTypes.get(request) ?? (reply.statusCode >= 500 ? 'internal' : 'other') })
   })
 
   fastify.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
