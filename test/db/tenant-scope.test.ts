@@ -5,6 +5,7 @@ import { TenantScopePlugin, loadTenantTables } from '../../src/db/tenant-scope.t
 import type { DB } from '../../src/db/schema.ts'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { createTestDatabase } from '../helpers/db.ts'
+import { scopingGaps, tenantReferences } from '../helpers/scoping.ts'
 import { inAnHour, signUserToken } from '../helpers/tokens.ts'
 
 const tenantId = '0190a6d2-0000-7000-8000-0000000000aa'
@@ -96,6 +97,9 @@ t.test('every statement the API sends to a tenant table carries the tenant predi
   const inv = (await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload: { customer_id: customer.id, currency: 'EUR', lines: [{ description: 'x', quantity: 1, unit_amount_cents: 1 }] } }))).json<{ id: string }>()
   await ctx.app.inject(as(tenant, { method: 'PATCH', url: `/v1/invoices/${inv.id}`, payload: { lines: [{ description: 'y', quantity: 2, unit_amount_cents: 1 }] } }))
   for (const action of ['finalize', 'pay']) await ctx.app.inject(as(tenant, { method: 'POST', url: `/v1/invoices/${inv.id}/${action}` }))
+  const voided = (await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload: { customer_id: customer.id, currency: 'EUR', lines: [{ description: 'v', quantity: 1, unit_amount_cents: 3 }] } }))).json<{ id: string }>()
+  for (const action of ['finalize', 'void']) await ctx.app.inject(as(tenant, { method: 'POST', url: `/v1/invoices/${voided.id}/${action}` }))
+  await ctx.app.inject(as(tenant, { method: 'POST', url: `/v1/invoices/${voided.id}/pay` })) // a refused transition reads too
   await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/invoices?status=paid&customer_id=${customer.id}` }))
   await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/invoices/${inv.id}` }))
   const key = (await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'k', scopes: ['read'] } }))).json<{ id: string }>()
@@ -109,10 +113,34 @@ t.test('every statement the API sends to a tenant table carries the tenant predi
   await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))
   await ctx.app.inject(as(tenant, { method: 'DELETE', url: `/v1/customers/${customer.id}` }))
 
-  const tableNames = [...ctx.app.tenantTables.keys()]
-  const touching = statements.filter((s) => /^\s*(select|update|delete|with)/i.test(s) && tableNames.some((n) => new RegExp(`"${n}"|\\b${n}\\b`).test(s)))
-  t.ok(touching.length > 30, `${touching.length} statements were checked`)
+  const tables = ctx.app.tenantTables
+  const touching = statements.filter((s) => tenantReferences(s, tables) > 0)
+  const references = touching.reduce((n, s) => n + tenantReferences(s, tables), 0)
+  t.ok(touching.length > 30, `${touching.length} statements with ${references} tenant-table references were checked`)
+  t.ok(touching.some((s) => /set "status" = \$\d+.*void/is.test(s) || /"voided_at"/.test(s)), 'the void transition was among them')
+  t.ok(touching.some((s) => /"paid_at"/.test(s)), 'and the pay transition')
   for (const s of touching) {
-    t.match(s, /"?tenant_id"? = \$\d+|"tenants"\."id" = \$\d+|"?t"?\."?id"? = \$\d+/, s.replace(/\s+/g, ' ').slice(0, 200))
+    t.same(scopingGaps(s, tables), [], s.replace(/\s+/g, ' ').slice(0, 200))
   }
+})
+
+t.test('the scoping check demands a predicate for every tenant-table reference, not one per statement', async (t) => {
+  const tables = new Map([
+    ['tenants', { keyColumn: 'id', sharded: false }],
+    ['customers', { keyColumn: 'tenant_id', sharded: false }],
+    ['invoices', { keyColumn: 'tenant_id', sharded: true }],
+    ['audit_events', { keyColumn: 'tenant_id', sharded: true }],
+  ])
+  const gaps = (sql: string) => scopingGaps(sql, tables)
+  t.same(gaps('select "i"."id" from "invoices" as "i" inner join "customers" as "c" on "c"."id" = "i"."customer_id" and "c"."tenant_id" = $1 where "i"."tenant_id" = $2 and "i"."shard" = $3'), [], 'both sides of a join scoped')
+  t.match(gaps('select "i"."id" from "invoices" as "i" inner join "customers" as "c" on "c"."id" = "i"."customer_id" where "i"."tenant_id" = $1 and "i"."shard" = $2'),
+    [/lacks a tenant_id/], 'a join scoped on one side only')
+  t.match(gaps('select * from "invoices" where "invoices"."tenant_id" = $1'), [/lacks a shard/], 'a sharded table without its shard')
+  t.same(gaps('SELECT (SELECT count(*) FROM audit_events WHERE tenant_id = $1 AND shard = $2) AS n FROM (SELECT 1) one LEFT JOIN audit_heads h ON h.tenant_id = $3'
+    .replace('audit_heads', 'customers')), [], 'raw subqueries with unqualified predicates')
+  t.match(gaps('SELECT * FROM audit_events a, audit_events b WHERE tenant_id = $1 AND a.shard = $2 AND b.shard = $3'), [/1 of a, b lacks a tenant_id/], 'one unqualified predicate covers one reference')
+  t.same(gaps('select * from "invoices_s3" as "invoices" where "invoices"."tenant_id" = $1'), [], 'a partition read directly needs the tenant, its shard is implied')
+  t.match(gaps('select * from "tenants" where "id" = $1'), [/lacks a id/], 'the registry needs its qualified id predicate')
+  t.same(gaps('insert into "customers" ("id", "name") values ($1, $2)'), [], 'insert targets need none')
+  t.same(gaps('SELECT shard, status FROM bind_tenant($1::uuid, $2::uuid, $3::text)'), [], 'functions are not tables')
 })
