@@ -144,9 +144,23 @@ t.test('30 concurrent finalizes get 30 distinct, gap-free numbers', async (t) =>
   t.same(numbers, Array.from({ length: 30 }, (_, i) => `INV-${String(i + 1).padStart(6, '0')}`))
   const next = await draft(fresh, customerId)
   t.match((await post(`/v1/invoices/${next.id}/finalize`, fresh)).json(), { number: 'INV-000031' })
-  const otherTenant = await draft()
-  const theirNumber = (await post(`/v1/invoices/${otherTenant.id}/finalize`)).json<Invoice>().number
-  t.not(theirNumber, 'INV-000032', "numbering is per tenant: one tenant's volume is invisible to another")
+})
+
+t.test('numbering is per tenant: interleaved finalizes of two tenants give each exactly 1..n', async (t) => {
+  const [a, b] = [await provisionTenant(ctx), await provisionTenant(ctx)]
+  const drafts = async (who: ProvisionedTenant, n: number) => {
+    const customerId = await customer(who)
+    return Promise.all(Array.from({ length: n }, () => draft(who, customerId)))
+  }
+  const [ofA, ofB] = [await drafts(a, 12), await drafts(b, 9)]
+  // A, B, A, B, ... one after the other: with one sequence shared by tenants, A would get 1, 3, 5, ...
+  const order = Array.from({ length: 12 }, (_, i) => [[a, ofA[i]], [b, ofB[i]]] as const).flat().filter(([, d]) => d !== undefined)
+  const results: Array<Awaited<ReturnType<typeof post>>> = []
+  for (const [who, d] of order) results.push(await post(`/v1/invoices/${d!.id}/finalize`, who))
+  const numbers = (who: ProvisionedTenant) => results.filter((_, i) => order[i]![0] === who).map((r) => r.json<Invoice>().number!)
+  const expected = (n: number) => Array.from({ length: n }, (_, i) => `INV-${String(i + 1).padStart(6, '0')}`)
+  t.same(numbers(a), expected(12), "tenant A's numbers are 1..12")
+  t.same(numbers(b), expected(9), "tenant B's numbers are 1..9, whatever A did in between")
 })
 
 t.test('lists filter by status and customer and return every invoice exactly once', async (t) => {
