@@ -17,7 +17,10 @@ async function main (): Promise<void> {
   const embedded = config.DATABASE_URL === undefined ? await startEmbedded({ dataDir: config.DATA_DIR, port: config.EMBEDDED_PG_PORT }) : undefined
   const pool = new pg.Pool({ connectionString: embedded?.ownerUrl ?? config.DATABASE_URL, max: 1, application_name: 'rowfence-export' })
   const out = values.out === undefined ? process.stdout : createWriteStream(values.out)
-  const bar = new cliProgress.SingleBar({ format: 'export {bar} {percentage}% | {value}/{total} rows | {eta_buffer}s left', stream: process.stderr, etaBuffer: 1000 }, cliProgress.Presets.shades_classic)
+  // On stderr, so stdout carries nothing but the NDJSON; outside a terminal (a log, CI) as a line every few seconds.
+  const bar = new cliProgress.SingleBar({
+    format: 'export {bar} {percentage}% | {value}/{total} rows | {eta_buffer}s left', stream: process.stderr, etaBuffer: 1000, noTTYOutput: true, notTTYSchedule: 2000,
+  }, cliProgress.Presets.shades_classic)
   let done = 0
   try {
     for await (const line of exportTenant(pool, values.tenant, (plan) => { bar.start(plan.total, 0) })) {

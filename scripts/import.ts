@@ -10,7 +10,7 @@ import pg from 'pg'
 import { loadConfig } from '../src/config.ts'
 import { startEmbedded } from '../src/db/embedded.ts'
 import { migrate } from '../src/db/migrate.ts'
-import { allocateShard, type Placement } from '../src/db/placement.ts'
+import { claimShard, createShard, OperationLock, pooledShardFor, releaseShard, type Placement } from '../src/db/placement.ts'
 import { importTenant } from '../src/db/tenant-data.ts'
 
 async function main (): Promise<void> {
@@ -18,25 +18,44 @@ async function main (): Promise<void> {
   if (values.file === undefined) throw new Error('--file <export.ndjson> is required')
   if (values.placement !== 'pooled' && values.placement !== 'dedicated') throw new Error('--placement must be pooled or dedicated')
   const placement: Placement = values.placement
-  const size = (await stat(values.file)).size
+  const file = values.file
+  const size = await stat(file).then((s) => s.size, (error: NodeJS.ErrnoException) => {
+    throw new Error(`cannot read --file ${file}: ${error.code === 'ENOENT' ? 'no such file' : error.message}`)
+  })
   const config = loadConfig()
   const embedded = config.DATABASE_URL === undefined ? await startEmbedded({ dataDir: config.DATA_DIR, port: config.EMBEDDED_PG_PORT }) : undefined
   const ownerUrl = embedded?.ownerUrl ?? config.DATABASE_URL!
   await migrate(ownerUrl)
   const pool = new pg.Pool({ connectionString: ownerUrl, max: 1, application_name: 'rowfence-import' })
-  const input = createReadStream(values.file)
-  const bar = new cliProgress.SingleBar({ format: 'import {bar} {percentage}% of the file | {rows} rows', stream: process.stderr }, cliProgress.Presets.shades_classic)
+  const input = createReadStream(file)
+  // On stderr; outside a terminal (a log, CI) as a line every few seconds.
+  const bar = new cliProgress.SingleBar({ format: 'import {bar} {percentage}% of the file | {rows} rows', stream: process.stderr, noTTYOutput: true, notTTYSchedule: 2000 }, cliProgress.Presets.shades_classic)
   bar.start(size, 0, { rows: 0 })
   let rows = 0
+  // A dedicated shard's partitions are created in a short DDL transaction of their own (the shared
+  // tables are never locked for the length of the import), reserved for the tenant, and claimed by
+  // the import's transaction: if the import fails, they are removed (or left to the next sweep).
+  let lock: OperationLock | undefined
+  let shard: number | undefined
+  let ok = false
   try {
-    // Allocated on the import's own connection, so a dedicated shard's partitions are part of its transaction.
-    const result = await importTenant(pool, createInterface({ input, crlfDelay: Infinity }), async (client, tenantId) =>
-      ({ shard: await allocateShard(client, tenantId, placement), placement }), (n) => { rows += n; bar.update(input.bytesRead, { rows }) })
+    const result = await importTenant(pool, createInterface({ input, crlfDelay: Infinity }), async (client, tenantId) => {
+      if (placement === 'pooled') return { shard: await pooledShardFor(client, tenantId), placement }
+      lock = await OperationLock.tryAcquire(pool, tenantId)
+      if (lock === undefined) throw new Error(`another operation on tenant ${tenantId} is in progress here`)
+      shard = await createShard(lock.client, tenantId, 'import')
+      await claimShard(client, shard)
+      return { shard, placement }
+    }, (n) => { rows += n; bar.update(input.bytesRead, { rows }) })
+    ok = true
     bar.update(size, { rows })
     bar.stop()
     process.stderr.write(`imported tenant ${result.tenantId} (${placement}): ${JSON.stringify(result.rows)}\n`)
   } finally {
     bar.stop()
+    const held = lock as OperationLock | undefined
+    if (!ok && held !== undefined && shard !== undefined) await releaseShard(held.client, shard).catch(() => {})
+    await held?.release()
     await pool.end()
     await embedded?.stop()
   }
