@@ -137,3 +137,48 @@ export async function crossTenantAttacks (t: Test, ctx: TestApp): Promise<void> 
     t.equal(noTenant.rows[0].n, 0, 'with no tenant bound, nothing is visible')
   })
 }
+
+/**
+ * Many tenants' requests interleaved on few connections (the app's pool, or PgBouncer's server
+ * pool): thousands of mixed reads and writes, 40 in flight at a time, and every response holds only
+ * its own tenant's ids.
+ */
+export function interleavedTenants (t: Test, ctx: TestApp, title: string): void {
+  t.test(title, async (t) => {
+    const tenants = await Promise.all(Array.from({ length: 8 }, async () => provisionTenant(ctx)))
+    const own = new Map<string, Set<string>>()
+    for (const tenant of tenants) {
+      const ids = new Set<string>()
+      for (let i = 0; i < 3; i++) {
+        const res = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: `${tenant.slug} ${i}` } }))
+        ids.add(res.json<{ id: string }>().id)
+      }
+      own.set(tenant.id, ids)
+    }
+    const everyone = new Set([...own.values()].flatMap((s) => [...s]))
+    let checked = 0
+    const failures: string[] = []
+    const one = async (i: number): Promise<void> => {
+      const tenant = tenants[i % tenants.length]!
+      const mine = own.get(tenant.id)!
+      const kind = i % 4
+      const res = kind === 0
+        ? await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/customers?limit=200' }))
+        : kind === 1
+          ? await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${[...mine][i % 3]}` }))
+          : kind === 2
+            ? await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))
+            : await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: `${tenant.slug} extra ${i}` } }))
+      if (res.statusCode >= 300) { failures.push(`${res.statusCode} ${res.body}`); return }
+      checked++
+      const body = res.body
+      for (const id of everyone) if (!mine.has(id) && body.includes(id)) failures.push(`${tenant.slug} saw ${id}`)
+      if (kind === 2 && res.json<{ id: string }>().id !== tenant.id) failures.push(`${tenant.slug} got another tenant`)
+    }
+    // 40 requests in flight at any time, over 8 client and 2 server connections.
+    let next = 0
+    await Promise.all(Array.from({ length: 40 }, async () => { while (next < 2000) await one(next++) }))
+    t.same(failures.slice(0, 5), [], 'no failure and no foreign id in any response')
+    t.equal(checked, 2000)
+  })
+}

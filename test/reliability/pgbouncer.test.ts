@@ -3,7 +3,7 @@
 // named prepared statement of PgBouncer < 1.21) would show up in another client's transaction.
 // The cross-tenant attacks run through it, then an interleaving of many tenants.
 import t from 'tap'
-import { crossTenantAttacks } from '../isolation/attacks.ts'
+import { crossTenantAttacks, interleavedTenants } from '../isolation/attacks.ts'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { createTestDatabase } from '../helpers/db.ts'
 import { findPgbouncer, startPgbouncer } from '../helpers/pgbouncer.ts'
@@ -33,41 +33,5 @@ if (binary === undefined) {
     t.equal((await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)
   })
 
-  t.test('thousands of interleaved requests of many tenants over two server connections: each sees only its own', async (t) => {
-    const tenants = await Promise.all(Array.from({ length: 8 }, async () => provisionTenant(ctx)))
-    const own = new Map<string, Set<string>>()
-    for (const tenant of tenants) {
-      const ids = new Set<string>()
-      for (let i = 0; i < 3; i++) {
-        const res = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: `${tenant.slug} ${i}` } }))
-        ids.add(res.json<{ id: string }>().id)
-      }
-      own.set(tenant.id, ids)
-    }
-    const everyone = new Set([...own.values()].flatMap((s) => [...s]))
-    let checked = 0
-    const failures: string[] = []
-    const one = async (i: number): Promise<void> => {
-      const tenant = tenants[i % tenants.length]!
-      const mine = own.get(tenant.id)!
-      const kind = i % 4
-      const res = kind === 0
-        ? await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/customers?limit=200' }))
-        : kind === 1
-          ? await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${[...mine][i % 3]}` }))
-          : kind === 2
-            ? await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))
-            : await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: `${tenant.slug} extra ${i}` } }))
-      if (res.statusCode >= 300) { failures.push(`${res.statusCode} ${res.body}`); return }
-      checked++
-      const body = res.body
-      for (const id of everyone) if (!mine.has(id) && body.includes(id)) failures.push(`${tenant.slug} saw ${id}`)
-      if (kind === 2 && res.json<{ id: string }>().id !== tenant.id) failures.push(`${tenant.slug} got another tenant`)
-    }
-    // 40 requests in flight at any time, over 8 client and 2 server connections.
-    let next = 0
-    await Promise.all(Array.from({ length: 40 }, async () => { while (next < 2000) await one(next++) }))
-    t.same(failures.slice(0, 5), [], 'no failure and no foreign id in any response')
-    t.equal(checked, 2000)
-  })
+  interleavedTenants(t, ctx, 'thousands of interleaved requests of many tenants over two server connections: each sees only its own')
 }
