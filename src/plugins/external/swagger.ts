@@ -1,7 +1,28 @@
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
+import { Type, type TSchema } from '@sinclair/typebox'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { ProblemSchema } from '../../schemas/common.ts'
+
+/** Headers of the tenant routes, documented here; the tenant pipeline and idempotency plugin validate them. */
+const TenantIdHeader = Type.String({ format: 'uuid', description: 'optional; must be the tenant of an API key, selects the tenant of a user' })
+const IdempotencyKeyHeader = Type.String({ minLength: 1, maxLength: 255, description: 'replays the first response for 24 hours; another body with the same key is a 409' })
+
+/** Errors of every route that takes a body, raised by Fastify before validation. */
+const BODY_PROBLEMS = {
+  413: { description: 'the body is larger than the server accepts (BODY_LIMIT_BYTES)', content: { 'application/problem+json': { schema: ProblemSchema } } },
+  415: { description: 'the body is not application/json', content: { 'application/problem+json': { schema: ProblemSchema } } },
+}
+
+function headersFor (existing: unknown, isPost: boolean): TSchema {
+  const declared = (existing as { properties?: Record<string, TSchema> } | undefined)?.properties ?? {}
+  return Type.Object({
+    ...declared,
+    'x-tenant-id': Type.Optional(TenantIdHeader),
+    ...(isPost && { 'idempotency-key': Type.Optional(IdempotencyKeyHeader) }),
+  })
+}
 
 /**
  * OpenAPI 3.1 generated from the route schemas (TypeBox is the single source), served at
@@ -30,19 +51,22 @@ async function swaggerPlugin (fastify: FastifyInstance): Promise<void> {
       // enforces them (they are documented here and validated in src/plugins/app/).
       const tenantRoute = url.startsWith('/v1/')
       const isPost = ([] as string[]).concat(route.method).includes('POST')
-      const headers = tenantRoute
-        ? {
-            type: 'object',
-            properties: {
-              'x-tenant-id': { type: 'string', format: 'uuid', description: 'optional; must be the tenant of an API key, selects the tenant of a user' },
-              ...(isPost && { 'idempotency-key': { type: 'string', minLength: 1, maxLength: 255, description: 'replays the first response for 24 hours; another body with the same key is a 409' } }),
-            },
-          }
-        : undefined
+      const headers = tenantRoute ? headersFor(schema.headers, isPost) : schema.headers
       const security: Array<Record<string, string[]>> | undefined = url.startsWith('/admin/')
         ? [{ operator: [] }]
         : url.startsWith('/v1/') ? [{ apiKey: [] }, { user: [] }] : undefined
-      return { schema: { ...schema, ...(security !== undefined && { security }), ...(headers !== undefined && { headers }) }, url }
+      const response = schema.body !== undefined && schema.response !== undefined
+        ? { ...BODY_PROBLEMS, ...(schema.response as Record<string, unknown>) }
+        : schema.response
+      return {
+        schema: {
+          ...schema,
+          ...(security !== undefined && { security }),
+          ...(headers !== undefined && { headers }),
+          ...(response !== undefined && { response }),
+        },
+        url,
+      }
     },
   })
   await fastify.register(swaggerUi, { routePrefix: '/docs', staticCSP: true })
