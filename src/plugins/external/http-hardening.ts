@@ -3,7 +3,7 @@ import helmet from '@fastify/helmet'
 import underPressure from '@fastify/under-pressure'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { PROBLEM_CONTENT_TYPE, unavailable } from '../../errors.ts'
+import { unavailable } from '../../errors.ts'
 
 export interface HttpHardeningOptions {
   /** Origins allowed to call the API from a browser; empty: no CORS headers at all. */
@@ -40,11 +40,12 @@ async function httpHardening (fastify: FastifyInstance, options: HttpHardeningOp
   if (options.maxEventLoopDelayMs > 0) {
     await fastify.register(underPressure, {
       maxEventLoopDelay: options.maxEventLoopDelayMs,
-      pressureHandler: (request, reply, type, value) => {
+      // A rejected promise goes to next(error), so the error handler answers (problem+json); sending
+      // from here would let the request's other hooks run on after the reply.
+      pressureHandler: async (request, _reply, type, value) => {
         if (ALWAYS_SERVED.has(request.url.split('?')[0]!)) return // handled as usual
         request.log.warn({ event: 'load_shed', pressure: type, value }, 'refused: the server is under pressure')
-        const problem = unavailable('the server is overloaded; retry shortly', 1)
-        reply.code(503).headers(problem.headers).type(PROBLEM_CONTENT_TYPE).send(problem.toJSON(request.url.split('?')[0]))
+        throw unavailable('the server is overloaded; retry shortly', 1)
       },
     })
   }
