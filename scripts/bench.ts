@@ -23,7 +23,7 @@ import { bootstrapDatabase } from '../src/db/bootstrap.ts'
 import { startEmbedded } from '../src/db/embedded.ts'
 import { migrate } from '../src/db/migrate.ts'
 import { loadTenantTables } from '../src/db/tenant-scope.ts'
-import { benchKey, LINE, pgbenchScript, seed, type Scenario } from './lib/bench-data.ts'
+import { benchKey, LINE, pgbenchScripts, seed, tenantsByShard, type PgbenchScript, type Scenario } from './lib/bench-data.ts'
 
 const say = (line: string): void => { process.stderr.write(`bench: ${line}\n`) }
 
@@ -42,13 +42,17 @@ function findPgbench (): string | undefined {
   return undefined
 }
 
-async function runPgbench (bin: string, appUrl: string, script: string, clients: number, seconds: number): Promise<Measure> {
+async function runPgbench (bin: string, appUrl: string, scripts: PgbenchScript[], clients: number, seconds: number, protocol: 'extended' | 'prepared' = 'extended'): Promise<Measure> {
   const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-pgbench-'))
   try {
-    await writeFile(path.join(dir, 'script.sql'), script)
+    const files: string[] = []
+    for (const [i, script] of scripts.entries()) {
+      await writeFile(path.join(dir, `script${i}.sql`), script.sql)
+      files.push('-f', `${path.join(dir, `script${i}.sql`)}@${script.weight}`)
+    }
     const url = new URL(appUrl)
-    const result = spawnSync(bin, ['-n', '-M', 'extended', '-c', String(clients), '-j', '2', '-T', String(seconds),
-      '-l', '--log-prefix', path.join(dir, 'log'), '-f', path.join(dir, 'script.sql'), decodeURIComponent(url.pathname.slice(1))], {
+    const result = spawnSync(bin, ['-n', '-M', protocol, '-c', String(clients), '-j', '2', '-T', String(seconds),
+      '-l', '--log-prefix', path.join(dir, 'log'), ...files, decodeURIComponent(url.pathname.slice(1))], {
       encoding: 'utf8',
       env: { ...process.env, PGHOST: url.searchParams.get('host') ?? url.hostname, PGPORT: url.port || '5432', PGUSER: decodeURIComponent(url.username), PGPASSWORD: decodeURIComponent(url.password) },
     })
@@ -199,6 +203,7 @@ async function main (): Promise<void> {
   const probe = new pg.Pool({ connectionString: urls.appUrl, max: 1 })
   const tables = await loadTenantTables(probe)
   await probe.end()
+  const shards = await tenantsByShard(urls.ownerUrl, tenants)
 
   const adminToken = randomBytes(32).toString('base64url')
   // --profile: a V8 CPU profile of the server per process, in bench/profiles (open in Chrome DevTools).
@@ -249,8 +254,8 @@ async function main (): Promise<void> {
           ? (tripsAfter - tripsBefore - 1) / http.requests // the scrape itself is not a round trip; only requests count
           : undefined
         const measurable = scenario !== 'healthz' && pgbench !== undefined
-        const reference = measurable ? await runPgbench(pgbench, urls.appUrl, await pgbenchScript(scenario, 'naive', tables, tenants, invoices), c, seconds) : undefined
-        const sameSql = measurable ? await runPgbench(pgbench, urls.appUrl, await pgbenchScript(scenario, 'server', tables, tenants, invoices), c, seconds) : undefined
+        const reference = measurable ? await runPgbench(pgbench, urls.appUrl, await pgbenchScripts(scenario, 'naive', tables, tenants, invoices, shards), c, seconds) : undefined
+        const sameSql = measurable ? await runPgbench(pgbench, urls.appUrl, await pgbenchScripts(scenario, 'server', tables, tenants, invoices, shards), c, seconds) : undefined
         const row = {
           scenario,
           connections: c,

@@ -91,7 +91,7 @@ class CaptureDriver implements Driver {
   async destroy (): Promise<void> {}
 }
 
-function capturing (tables: TenantTables, scope: { tenantId: string, shard: number }): { db: Kysely<DB>, raw: Kysely<DB>, driver: CaptureDriver } {
+function capturing (tables: TenantTables, scope: { tenantId: string, shard: number }, leafReads: boolean): { db: Kysely<DB>, raw: Kysely<DB>, driver: CaptureDriver } {
   const driver = new CaptureDriver()
   const db = new Kysely<DB>({
     dialect: {
@@ -101,7 +101,7 @@ function capturing (tables: TenantTables, scope: { tenantId: string, shard: numb
       createQueryCompiler: () => new PostgresQueryCompiler(),
     },
   })
-  return { db: db.withPlugin(new TenantScopePlugin(tables, scope)), raw: db, driver }
+  return { db: db.withPlugin(new TenantScopePlugin(tables, scope, { leafReads })), raw: db, driver }
 }
 
 // Placeholders of the captured statements, replaced by pgbench expressions.
@@ -138,16 +138,61 @@ function inline (query: CompiledQuery): string {
 
 export type Scenario = 'healthz' | 'get-invoice' | 'list-invoices' | 'create-invoice'
 
+/** A pgbench script and its weight (pgbench -f file@weight). */
+export interface PgbenchScript { sql: string, weight: number }
+
+/** Which benchmark tenants (1..n) live in which pooled shard, as the database computes it. */
+export async function tenantsByShard (url: string, tenants: number): Promise<Map<number, number[]>> {
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  try {
+    const { rows } = await client.query<{ t: number, shard: number }>(`
+      SELECT t, pooled_shard_for((lpad(to_hex(t), 8, '0') || '-0000-7000-8000-000000000000')::uuid) AS shard
+        FROM generate_series(1, $1::int) t`, [tenants])
+    const byShard = new Map<number, number[]>()
+    for (const row of rows) byShard.set(row.shard, [...(byShard.get(row.shard) ?? []), row.t])
+    return byShard
+  } finally {
+    await client.end()
+  }
+}
+
 /**
- * The pgbench script for a scenario, each statement its own round trip:
+ * The pgbench scripts for a scenario, each statement its own round trip:
  * - `naive`: the textbook per-request transaction — BEGIN, set_config, a key lookup, the route's
- *   statements, COMMIT (the reference the targets are set against);
- * - `server`: exactly the statements the server sends — BEGIN, bind_tenant() (binding, lock and
- *   credential check in one), the route's statements, COMMIT — but one at a time.
+ *   statements on the parent tables, COMMIT (the reference the targets are set against); one script;
+ * - `server`: exactly the statements the server sends — BEGIN, bind_tenant() (binding, lock,
+ *   credential check and timeouts in one), the route's statements as the scoping plugin writes them
+ *   (reads name the tenant's partition), COMMIT — but one at a time. A table name cannot be a
+ *   pgbench variable, so there is one script per shard, picking only tenants of that shard, weighted
+ *   by their number.
  * The route's statements are captured from the repository functions the routes call.
  */
-export async function pgbenchScript (scenario: Exclude<Scenario, 'healthz'>, mode: 'naive' | 'server', tables: TenantTables, tenants: number, invoices: number): Promise<string> {
-  const { db, raw, driver } = capturing(tables, { tenantId: S.tenant, shard: S.shard })
+export async function pgbenchScripts (
+  scenario: Exclude<Scenario, 'healthz'>,
+  mode: 'naive' | 'server',
+  tables: TenantTables,
+  tenants: number,
+  invoices: number,
+  shards: Map<number, number[]>
+): Promise<PgbenchScript[]> {
+  if (mode === 'naive') return [{ sql: await script(scenario, mode, tables, tenants, invoices, undefined), weight: 1 }]
+  const scripts: PgbenchScript[] = []
+  for (const [shard, members] of shards) {
+    scripts.push({ sql: await script(scenario, mode, tables, tenants, invoices, { shard, members }), weight: members.length })
+  }
+  return scripts
+}
+
+async function script (
+  scenario: Exclude<Scenario, 'healthz'>,
+  mode: 'naive' | 'server',
+  tables: TenantTables,
+  tenants: number,
+  invoices: number,
+  only: { shard: number, members: number[] } | undefined
+): Promise<string> {
+  const { db, raw, driver } = capturing(tables, { tenantId: S.tenant, shard: S.shard }, mode === 'server')
   if (scenario === 'get-invoice') await findInvoice(db, S.invoice)
   if (scenario === 'list-invoices') await listInvoices(db, { limit: 51 })
   if (scenario === 'create-invoice') {
@@ -165,14 +210,20 @@ export async function pgbenchScript (scenario: Exclude<Scenario, 'healthz'>, mod
     await raw.selectFrom('api_keys').select(['id', 'scopes', 'secret_hash']).where('tenant_id', '=', S.tenant).where('id', '=', S.key).where('revoked_at', 'is', null).execute()
     opening = [`SELECT set_config('app.current_tenant_id', ${sqlTenant(':t')}, true);`, ...driver.queries.map(inline)]
   }
+  // The tenant: any of 1..tenants, or (one script per shard) one of that shard's, by a CASE on :i.
+  const pick = only === undefined
+    ? [`\\set t random(1, ${tenants})`]
+    : [`\\set i random(0, ${only.members.length - 1})`, `\\set t ${only.members.length === 1 ? only.members[0]! : `case ${only.members.slice(0, -1).map((m, k) => `when :i = ${k} then ${m}`).join(' ')} else ${only.members.at(-1)!} end`}`]
+  const statements = [...opening, ...route.map(inline)].map((line) => only === undefined
+    ? line
+    : line.replaceAll(`_s${S.shard}"`, `_s${only.shard}"`).replaceAll(`pooled_shard_for(${sqlTenant(':t')}::uuid)`, String(only.shard)))
   return [
-    `\\set t random(1, ${tenants})`,
+    ...pick,
     `\\set j random(1, ${invoices})`,
     '\\set r1 random(0, 4095)',
     '\\set r2 random(0, 281474976710655)',
     scenario === 'create-invoice' ? 'BEGIN;' : 'BEGIN READ ONLY;',
-    ...opening,
-    ...route.map(inline),
+    ...statements,
     'COMMIT;',
     '',
   ].join('\n')

@@ -1,5 +1,5 @@
 import {
-  AliasNode, AndNode, BinaryOperationNode, ColumnNode, IdentifierNode, JoinNode, OperationNodeTransformer, OperatorNode, ParensNode,
+  AliasNode, AndNode, BinaryOperationNode, ColumnNode, FromNode, IdentifierNode, JoinNode, OperationNodeTransformer, OperatorNode, ParensNode,
   ReferenceNode, TableNode, ValueNode, WhereNode,
   type DeleteQueryNode, type KyselyPlugin, type OperationNode, type PluginTransformQueryArgs, type PluginTransformResultArgs,
   type QueryId, type QueryResult, type RootOperationNode, type SelectQueryNode, type UnknownRow, type UpdateQueryNode,
@@ -42,6 +42,11 @@ export async function loadTenantTables (pool: pg.Pool): Promise<TenantTables> {
   return new Map(rows.map((r) => [r.name, { keyColumn: r.key_column, sharded: r.sharded }]))
 }
 
+/** The partition of a sharded table that holds one shard (named so by sql's create_shard_partitions). */
+export function partitionName (table: string, shard: number): string {
+  return `${table}_s${shard}`
+}
+
 export interface Scope {
   tenantId: string
   shard: number
@@ -58,15 +63,17 @@ function equals (table: string, column: string, value: unknown): OperationNode {
 class ScopeTransformer extends OperationNodeTransformer {
   readonly #tables: TenantTables
   readonly #scope: Scope
+  readonly #leafReads: boolean
 
-  constructor (tables: TenantTables, scope: Scope) {
+  constructor (tables: TenantTables, scope: Scope, leafReads: boolean) {
     super()
     this.#tables = tables
     this.#scope = scope
+    this.#leafReads = leafReads
   }
 
-  /** The scoping predicate for one FROM/JOIN item, or undefined when it is not a tenant table. */
-  #predicate (item: OperationNode): OperationNode | undefined {
+  /** The tenant table a FROM/JOIN item names, with the name the query refers to it by. */
+  #reference (item: OperationNode): { table: string, refName: string, info: TenantTable } | undefined {
     let table: TableNode | undefined
     let refName: string | undefined
     if (TableNode.is(item)) {
@@ -78,9 +85,29 @@ class ScopeTransformer extends OperationNodeTransformer {
     }
     if (table === undefined || refName === undefined || table.table.schema !== undefined) return undefined
     const info = this.#tables.get(table.table.identifier.name)
-    if (info === undefined) return undefined
-    const tenant = equals(refName, info.keyColumn, this.#scope.tenantId)
-    return info.sharded ? AndNode.create(tenant, equals(refName, 'shard', this.#scope.shard)) : tenant
+    return info === undefined ? undefined : { table: table.table.identifier.name, refName, info }
+  }
+
+  /** The scoping predicate for one FROM/JOIN item, or undefined when it is not a tenant table. */
+  #predicate (item: OperationNode): OperationNode | undefined {
+    const ref = this.#reference(item)
+    if (ref === undefined) return undefined
+    const tenant = equals(ref.refName, ref.info.keyColumn, this.#scope.tenantId)
+    return ref.info.sharded ? AndNode.create(tenant, equals(ref.refName, 'shard', this.#scope.shard)) : tenant
+  }
+
+  /**
+   * A sharded table read by a SELECT becomes its partition for the tenant's shard, under the name
+   * the query uses: PostgreSQL then plans one plain table instead of pruning a partitioned one on
+   * every execution, and a prepared statement's generic plan (chosen after a few runs) references
+   * that one partition only, where a generic plan of the parent would lock every partition each
+   * time it runs. The partition has the same RLS policy as its parent.
+   */
+  #leaf (item: OperationNode): OperationNode {
+    if (!this.#leafReads) return item
+    const ref = this.#reference(item)
+    if (ref === undefined || !ref.info.sharded) return item
+    return AliasNode.create(TableNode.create(partitionName(ref.table, this.#scope.shard)), IdentifierNode.create(ref.refName))
   }
 
   #where<T extends { where?: WhereNode }> (node: T, items: ReadonlyArray<OperationNode>): T {
@@ -107,7 +134,15 @@ class ScopeTransformer extends OperationNodeTransformer {
   protected override transformSelectQuery (node: SelectQueryNode, queryId?: QueryId): SelectQueryNode {
     const inner = super.transformSelectQuery(node, queryId)
     const scoped = this.#where(inner, inner.from?.froms ?? [])
-    return { ...scoped, joins: this.#joins(scoped.joins) }
+    // A locking read (FOR UPDATE, FOR SHARE) needs UPDATE rights on what it names: it stays on the
+    // parent, which the runtime role may update.
+    if (scoped.endModifiers !== undefined && scoped.endModifiers.length > 0) return { ...scoped, joins: this.#joins(scoped.joins) }
+    const joins = this.#joins(scoped.joins)?.map((join) => ({ ...join, table: this.#leaf(join.table) }))
+    return {
+      ...scoped,
+      ...(scoped.from !== undefined && { from: FromNode.create(scoped.from.froms.map((f) => this.#leaf(f))) }),
+      joins,
+    }
   }
 
   protected override transformUpdateQuery (node: UpdateQueryNode, queryId?: QueryId): UpdateQueryNode {
@@ -127,8 +162,9 @@ class ScopeTransformer extends OperationNodeTransformer {
 export class TenantScopePlugin implements KyselyPlugin {
   readonly #transformer: ScopeTransformer
 
-  constructor (tables: TenantTables, scope: Scope) {
-    this.#transformer = new ScopeTransformer(tables, scope)
+  /** leafReads: SELECTs read the tenant's partition of a sharded table directly (see #leaf). */
+  constructor (tables: TenantTables, scope: Scope, options: { leafReads?: boolean } = {}) {
+    this.#transformer = new ScopeTransformer(tables, scope, options.leafReads ?? true)
   }
 
   transformQuery (args: PluginTransformQueryArgs): RootOperationNode {

@@ -2,7 +2,7 @@ import t from 'tap'
 import pg from 'pg'
 import { OPERATION_LOCK_SALT } from '../../src/db/placement.ts'
 import { runSafetyChecks } from '../../src/db/safety-checks.ts'
-import { as, buildTestApp, type TestApp } from '../helpers/app.ts'
+import { as, buildTestApp, provisionTenant, type TestApp } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
 import { holdTransaction, onboard as onboardAs, partitionsOf as partitionsIn, shardOf, someoneWaits, timed, waitUntil } from '../helpers/operator.ts'
 
@@ -71,7 +71,21 @@ t.test('dedicated onboarding creates the tenant\'s partitions of every sharded t
   const client = new pg.Client({ connectionString: ctx.db.appUrl })
   await client.connect()
   t.teardown(() => client.end())
-  await t.rejects(client.query(`SELECT * FROM invoices_s${shard}`), { code: '42501' }, 'the runtime role cannot address a partition directly')
+  // The runtime role reads partitions directly (the scoping plugin names them), under their own RLS:
+  // with no tenant bound it sees nothing, bound to another tenant nothing of this one, and it can
+  // write to none of them directly.
+  await workload(tenant)
+  t.equal((await client.query(`SELECT count(*)::int AS n FROM invoices_s${shard}`)).rows[0].n, 0, 'no tenant bound: no rows of the partition')
+  const stranger = await provisionTenant(ctx)
+  await client.query('BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [stranger.id])
+  t.equal((await client.query(`SELECT count(*)::int AS n FROM invoices_s${shard}`)).rows[0].n, 0, "another tenant's binding: none of this tenant's rows")
+  await client.query('ROLLBACK')
+  await client.query('BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
+  t.ok((await client.query(`SELECT count(*)::int AS n FROM invoices_s${shard}`)).rows[0].n > 0, 'its own binding: its rows')
+  await t.rejects(client.query(`UPDATE invoices_s${shard} SET memo = 'direct'`), { code: '42501' }, 'no direct write to a partition')
+  await client.query('ROLLBACK')
   t.same((await runSafetyChecks(client)).problems, [], 'the safety checks hold with the new partitions')
   const invoiceId = await workload(tenant)
   const [row] = await query<{ tableoid: string }>(ctx.db.adminUrl, 'SELECT tableoid::regclass::text FROM invoices WHERE id = $1', [invoiceId])

@@ -35,7 +35,15 @@ t.test('the plugin adds the tenant (and shard) predicate to selects, joins, subq
   t.same(join.parameters, [tenantId, tenantId, 7])
 
   const sub = db.selectFrom('customers').select('id').where('id', 'in', (eb) => eb.selectFrom('invoices').select('customer_id')).compile()
-  t.match(sub.sql, /select "customer_id" from "invoices" where "invoices"."tenant_id" = \$1 and "invoices"."shard" = \$2\)/)
+  t.match(sub.sql, /select "customer_id" from "invoices_s7" as "invoices" where "invoices"."tenant_id" = \$1 and "invoices"."shard" = \$2\)/)
+
+  // Reads of a sharded table name the tenant's partition (under the name the query uses); locking
+  // reads and writes stay on the parent.
+  t.match(join.sql, /from "invoices_s7" as "i" left join "customers" as "c"/)
+  const locked = db.selectFrom('invoices').select('status').where('id', '=', tenantId).forUpdate().compile()
+  t.match(locked.sql, /^select "status" from "invoices" where/)
+  const unscopedLeaf = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) }).withPlugin(new TenantScopePlugin(tables, { tenantId, shard: 7 }, { leafReads: false }))
+  t.match(unscopedLeaf.selectFrom('invoices').select('id').compile().sql, /^select "id" from "invoices" where/, 'leaf reads can be turned off')
 
   const update = db.updateTable('invoices').set({ memo: 'm' }).where('id', '=', tenantId).compile()
   t.match(update.sql, /^update "invoices" set "memo" = \$1 where \("id" = \$2\) and "invoices"."tenant_id" = \$3 and "invoices"."shard" = \$4$/)
