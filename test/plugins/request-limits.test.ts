@@ -134,3 +134,31 @@ t.test('past DB_POOL_QUEUE_MAX waiting requests, more are refused at once with 5
   t.equal((await busy).statusCode, 200)
   t.equal((await queued).statusCode, 200, 'the one that queued within the bound is served')
 })
+
+t.test('a request that ended (answered or abandoned) never reports its deadline afterwards', async (t) => {
+  const { PassThrough } = await import('node:stream')
+  const lines: string[] = []
+  const stream = new PassThrough()
+  stream.on('data', (chunk: Buffer) => { lines.push(...chunk.toString().split('\n').filter((l) => l !== '')) })
+  const ctx = await buildTestApp(t, { LOG_LEVEL: 'info', REQUEST_DEADLINE_MS: 400, DB_STATEMENT_TIMEOUT_MS: 60_000 }, undefined, { logStream: stream })
+  const tenant = await provisionTenant(ctx)
+  const customerId = await customerOf(ctx, tenant)
+  const address = await ctx.app.listen({ host: '127.0.0.1', port: 0 })
+  t.equal((await fetch(`${address}/v1/customers/${customerId}`, { headers: { authorization: `Bearer ${tenant.key}` } })).status, 200)
+  // Abandoned while it waits on a row lock, well before its deadline.
+  const locker = await lockCustomer(t, ctx, customerId)
+  const body = JSON.stringify({ name: 'abandoned' })
+  const req = httpRequest(`${address}/v1/customers/${customerId}`, {
+    method: 'PATCH',
+    headers: { authorization: `Bearer ${tenant.key}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+  })
+  req.on('error', () => {})
+  req.end(body)
+  await waitFor('the PATCH to block on the row lock', async () => await lockWaiters(locker) === 1)
+  req.destroy()
+  await waitFor('its statement to be cancelled', async () => await lockWaiters(locker) === 0, 2000)
+  await locker.query('COMMIT')
+  await sleep(700)
+  t.ok(lines.some((l) => l.includes('client disconnected')), 'the disconnect was logged')
+  t.same(lines.filter((l) => l.includes('deadline_exceeded')), [], 'no deadline line for requests that were over')
+})

@@ -189,12 +189,22 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   const clientGone = (): HttpProblem => new HttpProblem(499, { slug: 'client-closed-request', title: 'Client Closed Request', detail: 'the client disconnected' })
   const deadlineProblem = (): HttpProblem => unavailable(`the request did not complete within ${limits.deadlineMs} ms and was cancelled; retry it`, 1)
 
-  fastify.addHook('onRequest', async (request) => {
+  fastify.addHook('onRequest', async (request, reply) => {
     request.tenantDeadline = setTimeout(() => {
+      if (reply.raw.writableEnded) return
       expired.add(request)
       request.log.warn({ event: 'deadline_exceeded', deadlineMs: limits.deadlineMs }, 'request deadline passed: cancelling its transaction')
       request.tenantTransaction?.abort(deadlineProblem())
     }, limits.deadlineMs).unref()
+    // A client that disconnects gets its work rolled back, and its running statement cancelled so
+    // that it stops holding a backend and a pooled connection. (onResponse does not run for it.)
+    reply.raw.once('close', () => {
+      if (request.tenantDeadline !== null) clearTimeout(request.tenantDeadline)
+      if (reply.raw.writableEnded) return
+      abandoned.add(request)
+      request.log.info('client disconnected before the response; its transaction is cancelled and rolled back')
+      request.tenantTransaction?.abort(clientGone())
+    })
   })
 
   fastify.addHook('preHandler', async (request, reply) => {
@@ -216,14 +226,6 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     let cached: TenantIdentity | undefined
     let generation = 0
     const check = credential.kind === 'api_key' ? { keyId: credential.key.keyId } : { userId: credential.userId }
-    // A client that disconnects gets its work rolled back, and its running statement cancelled so
-    // that it stops holding a backend and a pooled connection.
-    reply.raw.once('close', () => {
-      if (reply.raw.writableEnded) return
-      abandoned.add(request)
-      request.log.info('client disconnected before the response; its transaction is cancelled and rolled back')
-      request.tenantTransaction?.abort(clientGone())
-    })
     const trx = await startTenantTransaction(fastify.dbPool, tenantId, () => {
       generation = cache.generation
       if (credential.kind === 'api_key') {
