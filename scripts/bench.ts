@@ -1,4 +1,4 @@
-// npm run bench -- [--tenants 100] [--invoices 2000] [--seconds 10] [--connections 16,64]
+// npm run bench -- [--tenants 100] [--invoices 2000] [--seconds 10] [--repeat 3] [--connections 16,64]
 //                  [--scenarios healthz,get-invoice,list-invoices,create-invoice] [--workers 1]
 //                  [--pool 10] [--server-dir .] [--label name]
 //
@@ -174,6 +174,7 @@ async function main (): Promise<void> {
       'server-dir': { type: 'string', default: '.' },
       label: { type: 'string', default: 'current' },
       profile: { type: 'boolean', default: false },
+      repeat: { type: 'string', default: '3' },
     },
   })
   const tenants = Number(values.tenants)
@@ -182,6 +183,7 @@ async function main (): Promise<void> {
   const connections = values.connections.split(',').map(Number)
   const scenarios = values.scenarios.split(',') as Scenario[]
   const serverDir = path.resolve(values['server-dir'])
+  const repeat = Math.max(1, Number(values.repeat))
 
   const pgbench = findPgbench()
   if (pgbench === undefined) say('pgbench is MISSING (install PostgreSQL client tools, e.g. Debian postgresql-client): the server is measured without its reference')
@@ -243,34 +245,55 @@ async function main (): Promise<void> {
       for (const c of connections) {
         const job = { url, scenario, connections: c, seconds, tenants, invoices }
         await runLoad({ ...job, seconds: 2 }) // warm-up: connections, caches, JIT
-        const tripsBefore = await scrapeRoundTrips(url)
-        const before = await processStats(server.pid!)
-        const started = performance.now()
-        const http = await runLoad(job)
-        const elapsed = (performance.now() - started) / 1000
-        const after = await processStats(server.pid!)
-        const tripsAfter = await scrapeRoundTrips(url)
-        const roundTrips = tripsBefore !== undefined && tripsAfter !== undefined && http.requests !== undefined && http.requests > 0
-          ? (tripsAfter - tripsBefore - 1) / http.requests // the scrape itself is not a round trip; only requests count
-          : undefined
         const measurable = scenario !== 'healthz' && pgbench !== undefined
-        const reference = measurable ? await runPgbench(pgbench, urls.appUrl, await pgbenchScripts(scenario, 'naive', tables, tenants, invoices, shards), c, seconds) : undefined
-        const sameSql = measurable ? await runPgbench(pgbench, urls.appUrl, await pgbenchScripts(scenario, 'server', tables, tenants, invoices, shards), c, seconds) : undefined
+        const naiveScripts = measurable ? await pgbenchScripts(scenario, 'naive', tables, tenants, invoices, shards) : []
+        const serverScripts = measurable ? await pgbenchScripts(scenario, 'server', tables, tenants, invoices, shards) : []
+        // The machine is shared and noisy: the server and its references take turns, `repeat` times,
+        // and each figure is the median of its runs; a ratio is the median of the runs' own ratios.
+        const runs: Array<{ http: Measure, reference?: Measure, sameSql?: Measure, cpu: number, trips?: number }> = []
+        let peakKb = 0
+        for (let r = 0; r < repeat; r++) {
+          const tripsBefore = await scrapeRoundTrips(url)
+          const before = await processStats(server.pid!)
+          const started = performance.now()
+          const http = await runLoad(job)
+          const elapsed = (performance.now() - started) / 1000
+          const after = await processStats(server.pid!)
+          const tripsAfter = await scrapeRoundTrips(url)
+          peakKb = Math.max(peakKb, after.hwmKb)
+          // With several workers, /metrics answers for one of them only: no count then.
+          const trips = values.workers === '1' && tripsBefore !== undefined && tripsAfter !== undefined && http.requests !== undefined && http.requests > 0
+            ? (tripsAfter - tripsBefore - 1) / http.requests // the scrape itself is not a round trip; only requests count
+            : undefined
+          const reference = measurable ? await runPgbench(pgbench, urls.appUrl, naiveScripts, c, seconds) : undefined
+          const sameSql = measurable ? await runPgbench(pgbench, urls.appUrl, serverScripts, c, seconds) : undefined
+          runs.push({ http, ...(reference !== undefined && { reference }), ...(sameSql !== undefined && { sameSql }), cpu: ((after.cpuTicks - before.cpuTicks) / 100) / elapsed * 100, ...(trips !== undefined && { trips }) })
+        }
+        const med = (xs: number[]): number => { const v = [...xs].sort((x, y) => x - y); return v.length === 0 ? NaN : v.length % 2 === 1 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2 }
+        const http = { rps: med(runs.map((x) => x.http.rps)), p50: med(runs.map((x) => x.http.p50)), p99: med(runs.map((x) => x.http.p99)), errors: runs.reduce((n, x) => n + (x.http.errors ?? 0), 0) }
+        const refs = runs.flatMap((x) => x.reference === undefined ? [] : [{ ...x.reference, http: x.http }])
+        const reference = refs.length === 0 ? undefined : { rps: med(refs.map((x) => x.rps)), p50: med(refs.map((x) => x.p50)), p99: med(refs.map((x) => x.p99)) }
+        const same = runs.flatMap((x) => x.sameSql === undefined ? [] : [x.sameSql])
+        const sameSql = same.length === 0 ? undefined : { rps: med(same.map((x) => x.rps)) }
+        const tripCounts = runs.flatMap((x) => x.trips === undefined ? [] : [x.trips])
+        const roundTrips = tripCounts.length === 0 ? undefined : med(tripCounts)
         const row = {
           scenario,
           connections: c,
+          runs: repeat,
           rps: Math.round(http.rps),
-          p50_ms: http.p50,
-          p99_ms: http.p99,
+          p50_ms: Number(http.p50.toFixed(2)),
+          p99_ms: Number(http.p99.toFixed(2)),
           errors: http.errors,
           pgbench_tps: reference === undefined ? null : Math.round(reference.rps),
           pgbench_p50_ms: reference === undefined ? null : Number(reference.p50.toFixed(2)),
           pgbench_p99_ms: reference === undefined ? null : Number(reference.p99.toFixed(2)),
           pgbench_server_sql_tps: sameSql === undefined ? null : Math.round(sameSql.rps),
-          rps_ratio: reference === undefined ? null : Number((http.rps / reference.rps).toFixed(2)),
-          p99_ratio: reference === undefined ? null : Number((http.p99 / reference.p99).toFixed(2)),
-          server_peak_rss_mb: Math.round(after.hwmKb / 1024),
-          server_cpu_percent: Math.round(((after.cpuTicks - before.cpuTicks) / 100) / elapsed * 100),
+          rps_ratio: refs.length === 0 ? null : Number(med(refs.map((x) => x.http.rps / x.rps)).toFixed(2)),
+          p99_ratio: refs.length === 0 ? null : Number(med(refs.map((x) => x.http.p99 / x.p99)).toFixed(2)),
+          rps_ratio_runs: refs.map((x) => Number((x.http.rps / x.rps).toFixed(2))),
+          server_peak_rss_mb: Math.round(peakKb / 1024),
+          server_cpu_percent: Math.round(med(runs.map((x) => x.cpu))),
           round_trips_per_request: roundTrips === undefined || scenario === 'healthz' ? null : Number(roundTrips.toFixed(2)),
         }
         rows.push(row)
@@ -285,7 +308,7 @@ async function main (): Promise<void> {
 
   const fmt = (v: unknown): string => v === null || v === undefined ? '–' : String(v)
   const table = [
-    `Dataset ${tenants} tenants × ${invoices} invoices; ${seconds} s per run; server: ${values.label}, ${values.workers} worker(s), pool ${values.pool}; load: ${WRK ?? 'autocannon'}.`,
+    `Dataset ${tenants} tenants × ${invoices} invoices; ${seconds} s per run, ${repeat} alternating runs of the server and each reference, medians shown; server: ${values.label}, ${values.workers} worker(s), pool ${values.pool}; load: ${WRK ?? 'autocannon'}.`,
     'Reference (pgbench, one round trip per statement): the naive transaction — BEGIN, set_config, key lookup, the route\'s SQL, COMMIT. Also shown: pgbench running the server\'s own statements one at a time.',
     '',
     '| scenario | conns | req/s | p50 ms | p99 ms | pgbench naive tps | naive p50 / p99 ms | req/s ÷ naive | p99 ÷ naive | pgbench, server SQL, tps | server peak RSS | server CPU | DB round trips / req |',
