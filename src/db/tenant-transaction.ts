@@ -160,7 +160,7 @@ class FinishedTransactionGuard implements KyselyPlugin {
   readonly #transaction: TenantTransaction
   constructor (transaction: TenantTransaction) { this.#transaction = transaction }
   transformQuery (args: PluginTransformQueryArgs): RootOperationNode {
-    if (this.#transaction.finished) throw new Error('this tenant transaction has ended; no more statements may run in it')
+    this.#transaction.assertOpen()
     return args.node
   }
 
@@ -203,6 +203,12 @@ export class TenantTransaction {
   }
 
   get finished (): boolean { return this.#finished }
+
+  /** Throws when no statement may run in this transaction any more (ended, or aborted from outside). */
+  assertOpen (): void {
+    if (this.#finished) throw new Error('this tenant transaction has ended; no more statements may run in it')
+    if (this.#abortReason !== undefined) throw this.#abortReason
+  }
 
   #abortReason: Error | undefined
   /** Set once abort() was called: no statement may run any more, and the transaction can only roll back. */

@@ -1,6 +1,7 @@
 import { sql, type ExpressionBuilder, type Insertable, type Kysely, type Selectable, type Updateable } from 'kysely'
 import { jsonArrayFrom } from 'kysely/helpers/postgres'
 import type { DB, Invoices } from '../db/schema.ts'
+import { queryTemplate } from '../db/query-templates.ts'
 import type { PricedLine } from '../money.ts'
 
 type Executor = Kysely<DB>
@@ -36,25 +37,63 @@ async function insertLines (trx: Executor, invoiceId: string, lines: PricedLine[
   }))).execute()
 }
 
+/**
+ * Inserts an invoice with its lines and returns it as findInvoice would: one statement (two
+ * data-modifying CTEs), so one round trip, and all or nothing. The lines' foreign key to the
+ * invoice is checked at the end of the statement, when both rows exist.
+ */
 export async function insertInvoice (trx: Executor, invoice: Omit<Insertable<Invoices>, 'tenant_id'>, lines: PricedLine[]): Promise<InvoiceRow> {
-  await trx.insertInto('invoices').values(invoice).execute()
-  await insertLines(trx, invoice.id, lines)
-  return (await findInvoice(trx, invoice.id))!
+  return trx
+    .with('inserted', (db) => db.insertInto('invoices').values(invoice).returningAll())
+    .with('inserted_lines', (db) => db.insertInto('invoice_lines').values(lines.map((l) => ({
+      invoice_id: invoice.id,
+      position: l.position,
+      description: l.description,
+      quantity: l.quantity,
+      unit_amount_cents: l.unit_amount_cents,
+      amount_cents: l.amount_cents,
+    }))).returning(['position', 'description', 'quantity', 'unit_amount_cents', 'amount_cents']))
+    .selectFrom('inserted')
+    .selectAll('inserted')
+    .select((eb) => jsonArrayFrom(
+      eb.selectFrom('inserted_lines').select(['description', 'quantity', 'unit_amount_cents', 'amount_cents']).orderBy('position')
+    ).as('lines'))
+    .executeTakeFirstOrThrow() as Promise<InvoiceRow>
 }
 
+// Placeholders of the query templates (see src/db/query-templates.ts): values no argument takes.
+const ID = 'ffffffff-ffff-7fff-bfff-fffffffff001'
+const BEFORE = 'ffffffff-ffff-7fff-bfff-fffffffff002'
+const CUSTOMER = 'ffffffff-ffff-7fff-bfff-fffffffff003'
+const STATUS = '\u0000status'
+const LIMIT = 987_654_321
+
+const findInvoiceQuery = queryTemplate(
+  (trx, id: string) => trx.selectFrom('invoices').selectAll('invoices').select(linesOf).where('invoices.id', '=', id),
+  [ID]
+)
+
 export async function findInvoice (trx: Executor, id: string): Promise<InvoiceRow | undefined> {
-  return trx.selectFrom('invoices').selectAll('invoices').select(linesOf).where('invoices.id', '=', id).executeTakeFirst()
+  return (await findInvoiceQuery(trx, id))[0]
 }
+
+const listInvoicesQuery = queryTemplate(
+  (trx, limit: number, before: string | undefined, status: string | undefined, customerId: string | undefined) => {
+    let query = trx.selectFrom('invoices').selectAll('invoices').select(linesOf).orderBy('invoices.id', 'desc').limit(limit)
+    if (before !== undefined) query = query.where('invoices.id', '<', before)
+    if (status !== undefined) query = query.where('invoices.status', '=', status)
+    if (customerId !== undefined) query = query.where('invoices.customer_id', '=', customerId)
+    return query
+  },
+  [LIMIT, BEFORE, STATUS, CUSTOMER],
+  (_limit, before, status, customerId) => `${before === undefined ? '' : 'b'}${status === undefined ? '' : 's'}${customerId === undefined ? '' : 'c'}`
+)
 
 export async function listInvoices (
   trx: Executor,
   page: { limit: number, before?: string | undefined, status?: string | undefined, customerId?: string | undefined }
 ): Promise<InvoiceRow[]> {
-  let query = trx.selectFrom('invoices').selectAll('invoices').select(linesOf).orderBy('invoices.id', 'desc').limit(page.limit)
-  if (page.before !== undefined) query = query.where('invoices.id', '<', page.before)
-  if (page.status !== undefined) query = query.where('invoices.status', '=', page.status)
-  if (page.customerId !== undefined) query = query.where('invoices.customer_id', '=', page.customerId)
-  return query.execute()
+  return listInvoicesQuery(trx, page.limit, page.before, page.status, page.customerId)
 }
 
 /** Locks the invoice row for a state change and returns its status (undefined: no such invoice here). */

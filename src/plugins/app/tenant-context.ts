@@ -5,6 +5,7 @@ import { secretMatches, type Scope } from '../../auth/api-keys.ts'
 import { CredentialRejected, presentedCredential, requestedTenant, unauthorizedFor, type JwtVerifier, type TenantCredential } from '../../auth/credentials.ts'
 import { ROLE_SCOPES, type MemberRole, type TenantIdentity } from '../../auth/identity.ts'
 import type { DB } from '../../db/schema.ts'
+import { registerScope } from '../../db/query-templates.ts'
 import { TenantScopePlugin } from '../../db/tenant-scope.ts'
 import { PoolSaturated, startTenantTransaction, type Binding, type TenantTransaction } from '../../db/tenant-transaction.ts'
 import { badRequest, forbidden, HttpProblem, unauthorized, unavailable } from '../../errors.ts'
@@ -294,6 +295,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     }
     request.tenant = identity
     request.tenantDb = request.tenantTransaction.db.withPlugin(new TenantScopePlugin(fastify.tenantTables, { tenantId, shard: identity.shard }))
+    registerScope(request.tenantDb, { tenantId, shard: identity.shard, assertOpen: () => { trx.assertOpen() } })
     request.log = request.log.child({ tenantId })
     reply.log = request.log // the "request completed" line carries the tenant too
   })
