@@ -201,7 +201,15 @@ async function script (
   if (scenario === 'list-invoices') await listInvoices(db, { limit: 51 })
   if (scenario === 'create-invoice') {
     const priced = priceLines([LINE, LINE, LINE])
-    await insertInvoice(db, { id: S.newInvoice, customer_id: S.customer, currency: 'EUR', amount_cents: priced.amount_cents, due_date: null, memo: null }, priced.lines)
+    const invoice = { id: S.newInvoice, customer_id: S.customer, currency: 'EUR', amount_cents: priced.amount_cents, due_date: null, memo: null }
+    if (mode === 'server') {
+      await insertInvoice(db, invoice, priced.lines) // one statement: invoice and lines in CTEs, returned as read
+    } else {
+      // The textbook way: the invoice, its lines, then the invoice read back with its lines.
+      await db.insertInto('invoices').values(invoice).execute()
+      await db.insertInto('invoice_lines').values(priced.lines.map((l) => ({ invoice_id: S.newInvoice, position: l.position, description: l.description, quantity: l.quantity, unit_amount_cents: l.unit_amount_cents, amount_cents: l.amount_cents }))).execute()
+      await findInvoice(db, S.newInvoice)
+    }
     await insertAuditEvent(db, { id: S.newEvent, actor_type: 'api_key', actor_id: S.key, action: 'invoice.created', resource_type: 'invoice', resource_id: S.newInvoice, request_id: 'bench', data: JSON.stringify({ amount_cents: priced.amount_cents, currency: 'EUR' }) })
   }
   const route = [...driver.queries]

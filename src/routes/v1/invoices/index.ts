@@ -33,15 +33,21 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
     },
   }, async (request, reply) => {
     const priced = priceLines(request.body.lines)
-    const row = await insertInvoice(request.db, {
-      id: uuidv7(),
-      customer_id: request.body.customer_id,
-      currency: request.body.currency,
-      amount_cents: priced.amount_cents,
-      due_date: request.body.due_date ?? null,
-      memo: request.body.memo ?? null,
-    }, priced.lines)
-    await audit(request, 'invoice.created', { type: 'invoice', id: row.id }, { amount_cents: priced.amount_cents, currency: row.currency })
+    const id = uuidv7()
+    // Both statements leave at once (the connection pipelines them); the invoice's goes first, so
+    // its failure (an unknown customer: 422) is the one reported, and the audit insert behind it
+    // fails with the aborted transaction.
+    const [row] = await Promise.all([
+      insertInvoice(request.db, {
+        id,
+        customer_id: request.body.customer_id,
+        currency: request.body.currency,
+        amount_cents: priced.amount_cents,
+        due_date: request.body.due_date ?? null,
+        memo: request.body.memo ?? null,
+      }, priced.lines),
+      audit(request, 'invoice.created', { type: 'invoice', id }, { amount_cents: priced.amount_cents, currency: request.body.currency }),
+    ])
     return reply.code(201).send(toInvoice(row))
   })
 
