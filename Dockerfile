@@ -13,4 +13,5 @@ COPY scripts ./scripts
 COPY src ./src
 USER node
 EXPOSE 3000
-CMD ["node_modules/.bin/tsx", "src/server.ts"]
+# The same command as `npm start` (a smaller young generation keeps the resident set down under load).
+CMD ["node", "--max-semi-space-size=4", "--import", "tsx", "src/server.ts"]

@@ -1,4 +1,4 @@
-// npm run bench -- [--tenants 100] [--invoices 2000] [--seconds 10] [--repeat 3] [--connections 16,64]
+// npm run bench -- [--tenants 100] [--invoices 2000] [--seconds 10] [--repeat 3] [--soak 0] [--connections 16,64]
 //                  [--scenarios healthz,get-invoice,list-invoices,create-invoice] [--workers 1]
 //                  [--pool 10] [--server-dir .] [--label name]
 //
@@ -133,22 +133,25 @@ async function runLoad (job: { url: string, scenario: Scenario, connections: num
 }
 
 /** Peak RSS (kB) and CPU time (clock ticks) of a process and its children on this machine. */
-async function processStats (pid: number): Promise<{ hwmKb: number, cpuTicks: number }> {
+async function processStats (pid: number): Promise<{ hwmKb: number, rssKb: number, cpuTicks: number }> {
   const pids = [pid]
   try {
     const children = (await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8')).trim()
     if (children !== '') pids.push(...children.split(/\s+/).map(Number))
   } catch {}
   let hwmKb = 0
+  let rssKb = 0
   let cpuTicks = 0
   for (const p of pids) {
     try {
-      hwmKb = Math.max(hwmKb, Number(/VmHWM:\s+(\d+)/.exec(await readFile(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0))
+      const status = await readFile(`/proc/${p}/status`, 'utf8')
+      hwmKb = Math.max(hwmKb, Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0))
+      rssKb = Math.max(rssKb, Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0))
       const fields = (await readFile(`/proc/${p}/stat`, 'utf8')).split(') ')[1]!.split(' ')
       cpuTicks += Number(fields[11]) + Number(fields[12])
     } catch {}
   }
-  return { hwmKb, cpuTicks }
+  return { hwmKb, rssKb, cpuTicks }
 }
 
 async function scrapeRoundTrips (url: string): Promise<number | undefined> {
@@ -174,6 +177,7 @@ async function main (): Promise<void> {
       'server-dir': { type: 'string', default: '.' },
       label: { type: 'string', default: 'current' },
       profile: { type: 'boolean', default: false },
+      soak: { type: 'string', default: '0' },
       repeat: { type: 'string', default: '3' },
     },
   })
@@ -210,7 +214,10 @@ async function main (): Promise<void> {
   const adminToken = randomBytes(32).toString('base64url')
   // --profile: a V8 CPU profile of the server per process, in bench/profiles (open in Chrome DevTools).
   const profiling = values.profile ? ['--cpu-prof', '--cpu-prof-dir', path.resolve('bench/profiles')] : []
-  const server = spawn(process.execPath, [...profiling, '--import', 'tsx', 'src/server.ts'], {
+  // The server starts exactly as `npm start` starts it (its node flags included).
+  const start = (JSON.parse(await readFile(path.join(serverDir, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start.split(/\s+/)
+  const serverArgs = start[0] === 'node' ? start.slice(1) : ['--import', 'tsx', 'src/server.ts']
+  const server = spawn(process.execPath, [...profiling, ...serverArgs], {
     cwd: serverDir,
     env: {
       PATH: process.env.PATH,
@@ -240,6 +247,8 @@ async function main (): Promise<void> {
   say(`server (${values.label}, ${values.workers} worker(s), pool ${values.pool}) at ${url}; load from ${WRK ?? 'autocannon (install wrk for a lighter load generator)'}`)
 
   const rows: Array<Record<string, unknown>> = []
+  const soak: Array<{ at_s: number, rss_mb: number }> = []
+  let soakResult: Measure | undefined
   try {
     for (const scenario of scenarios) {
       for (const c of connections) {
@@ -300,6 +309,20 @@ async function main (): Promise<void> {
         say(JSON.stringify(row))
       }
     }
+    // --soak N: N seconds of GET /v1/invoices/:id at the first concurrency, the server's memory
+    // sampled every 15 s: its resident set must level off, not grow.
+    const soakSeconds = Number(values.soak)
+    if (soakSeconds > 0) {
+      say(`soak: ${soakSeconds} s of get-invoice at ${connections[0]!} connections`)
+      const load = runLoad({ url, scenario: 'get-invoice', connections: connections[0]!, seconds: soakSeconds, tenants, invoices })
+      const started = Date.now()
+      while (Date.now() - started < soakSeconds * 1000 - 1000) {
+        await new Promise((resolve) => setTimeout(resolve, 15_000))
+        soak.push({ at_s: Math.round((Date.now() - started) / 1000), rss_mb: Math.round((await processStats(server.pid!)).rssKb / 1024) })
+        say(`soak: ${JSON.stringify(soak.at(-1))}`)
+      }
+      soakResult = await load
+    }
   } finally {
     server.kill('SIGTERM')
     await new Promise((resolve) => server.once('exit', resolve))
@@ -314,11 +337,14 @@ async function main (): Promise<void> {
     '| scenario | conns | req/s | p50 ms | p99 ms | pgbench naive tps | naive p50 / p99 ms | req/s ÷ naive | p99 ÷ naive | pgbench, server SQL, tps | server peak RSS | server CPU | DB round trips / req |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows.map((r) => `| ${String(r.scenario)} | ${fmt(r.connections)} | ${fmt(r.rps)} | ${fmt(r.p50_ms)} | ${fmt(r.p99_ms)} | ${fmt(r.pgbench_tps)} | ${fmt(r.pgbench_p50_ms)} / ${fmt(r.pgbench_p99_ms)} | ${fmt(r.rps_ratio)} | ${fmt(r.p99_ratio)} | ${fmt(r.pgbench_server_sql_tps)} | ${fmt(r.server_peak_rss_mb)} MB | ${fmt(r.server_cpu_percent)} % | ${fmt(r.round_trips_per_request)} |`),
+    ...(soak.length === 0
+      ? []
+      : ['', `Soak: ${values.soak} s of get-invoice at ${connections[0]!} connections, ${Math.round(soakResult?.rps ?? 0)} req/s; server RSS (MB) every 15 s: ${soak.map((x) => x.rss_mb).join(', ')}.`]),
   ].join('\n') + '\n'
   process.stdout.write(table)
   await mkdir('bench/results', { recursive: true })
   const stamp = new Date().toISOString().replace(/[:.]/g, '-')
-  await writeFile(`bench/results/bench-${values.label}-${stamp}.json`, JSON.stringify({ tenants, invoices, seconds, workers: values.workers, pool: values.pool, rows }, null, 2) + '\n')
+  await writeFile(`bench/results/bench-${values.label}-${stamp}.json`, JSON.stringify({ tenants, invoices, seconds, repeat, workers: values.workers, pool: values.pool, rows, ...(soak.length > 0 && { soak, soak_rps: soakResult?.rps }) }, null, 2) + '\n')
   await writeFile(`bench/results/bench-${values.label}-${stamp}.md`, table)
 }
 

@@ -44,9 +44,13 @@ export interface DbPluginOptions {
 
 async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Promise<void> {
   let closing = false
-  const onIdleError = (role: string) => (error: Error): void => {
+  const onIdleError = (role: string) => (error: Error & { code?: string }): void => {
     if (closing) return // connections ended by our own shutdown, or the server's
-    fastify.log.warn({ err: error, role }, 'an idle database connection failed and was discarded')
+    // Only the message and code: pg's error carries its client (with the connection's cancel key).
+    const err = { message: error.message, code: error.code }
+    // 57P01: the server is shutting down (a restart, or the embedded server stopped with us on Ctrl-C).
+    if (error.code === '57P01') fastify.log.info({ err, role }, 'the database server closed an idle connection; it was discarded')
+    else fastify.log.warn({ err, role }, 'an idle database connection failed and was discarded')
   }
   const appPool = createPool({
     connectionString: options.appDatabaseUrl,
