@@ -1,10 +1,11 @@
 // npm run check: the start-up safety checks, on their own. Exits 1 when the runtime role could
-// bypass row-level security or a tenant table is not protected. Without APP_DATABASE_URL it checks
-// the embedded development database.
+// bypass row-level security, a tenant table is not protected, or a sharded table lacks a partition
+// for a live shard. Without APP_DATABASE_URL it checks the embedded development database.
 import pg from 'pg'
 import { ConfigError, loadConfig } from '../src/config.ts'
 import { startEmbedded } from '../src/db/embedded.ts'
 import { runSafetyChecks } from '../src/db/safety-checks.ts'
+import { checkShardPartitions } from '../src/db/shard-checks.ts'
 
 async function main (): Promise<number> {
   const config = loadConfig()
@@ -12,17 +13,23 @@ async function main (): Promise<number> {
     ? await startEmbedded({ dataDir: config.DATA_DIR, port: config.EMBEDDED_PG_PORT })
     : undefined
   const client = new pg.Client({ connectionString: embedded?.appUrl ?? config.APP_DATABASE_URL, application_name: 'rowfence-check' })
+  // The shard check runs as the owner: only the owner's registry policy shows every tenant's shard.
+  const owner = new pg.Client({ connectionString: embedded?.ownerUrl ?? config.DATABASE_URL, application_name: 'rowfence-check' })
   try {
     await client.connect()
+    await owner.connect()
     const report = await runSafetyChecks(client)
-    if (report.ok) {
+    const problems = [...report.problems, ...await checkShardPartitions(owner)]
+    if (problems.length === 0) {
       console.log(`ok: runtime role ${report.role} is confined by row-level security on ${report.tenantTables} tenant tables`)
+      console.log('ok: every sharded table has a partition for every live shard')
       return 0
     }
-    for (const problem of report.problems) console.error(`problem: ${problem}`)
+    for (const problem of problems) console.error(`problem: ${problem}`)
     return 1
   } finally {
     await client.end().catch(() => {})
+    await owner.end().catch(() => {})
     await embedded?.stop()
   }
 }

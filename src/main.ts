@@ -5,11 +5,14 @@ import { buildApp } from './app.ts'
 import { jwtSettings, type Config, type ResolvedConfig } from './config.ts'
 import { readOrCreateSecretFile, startEmbedded, type EmbeddedDatabase } from './db/embedded.ts'
 import { migrate } from './db/migrate.ts'
+import { sweepShards } from './db/placement.ts'
 import { runSafetyChecks, UnsafeDatabaseError } from './db/safety-checks.ts'
+import { assertShardPartitions } from './db/shard-checks.ts'
 
 /**
  * Start-up, in order: find the database (the configured one, or an embedded cluster), migrate it,
- * refuse to go on unless the isolation safety checks hold, then build the app.
+ * refuse to go on unless the isolation safety checks and the shard partition check hold, recover
+ * what interrupted placement moves and erasures left behind (sweepShards), then build the app.
  */
 export interface Prepared {
   config: ResolvedConfig
@@ -38,6 +41,29 @@ export async function assertSafeDatabase (appDatabaseUrl: string): Promise<void>
     if (!report.ok) throw new UnsafeDatabaseError(report.problems)
   } finally {
     await client.end()
+  }
+}
+
+/**
+ * One sweep (the same as POST /admin/v1/maintenance/sweep) before serving, so a tenant a crashed
+ * instance left `moving`, or partitions no tenant lives in, do not wait for an operator. It skips
+ * whatever a live operation holds, so instances starting side by side are safe; a failure is
+ * reported, not fatal (the sweep can be run again at any time).
+ */
+async function sweepAtStartUp (ownerUrl: string, log: (line: string) => void): Promise<void> {
+  const pool = new pg.Pool({ connectionString: ownerUrl, max: 2, application_name: 'rowfence-sweep' })
+  pool.on('error', () => {}) // an idle connection lost: the next query reports it
+  try {
+    const swept = await sweepShards(pool)
+    const done: string[] = []
+    if (swept.tenantsReset.length > 0) done.push(`set ${swept.tenantsReset.length} tenant(s) left moving back to active (${swept.tenantsReset.join(', ')})`)
+    if (swept.shardsReleased.length > 0) done.push(`dropped the partitions of unused dedicated shard(s) ${swept.shardsReleased.join(', ')}`)
+    if (swept.shardsLeft.length > 0) done.push(`left shard(s) ${swept.shardsLeft.join(', ')} for a later sweep (busy)`)
+    if (done.length > 0) log(`start-up sweep: ${done.join('; ')}`)
+  } catch (error) {
+    log(`start-up sweep failed (run POST /admin/v1/maintenance/sweep later): ${error instanceof Error ? error.message : String(error)}`)
+  } finally {
+    await pool.end()
   }
 }
 
@@ -76,6 +102,10 @@ export async function prepare (config: Config, options: StartOptions = {}): Prom
       if (result.applied.length > 0) log(`applied ${result.applied.length} migration(s)`)
     }
     await assertSafeDatabase(appUrl)
+    // A sharded table without a partition for a live shard would fail that shard's tenants' writes
+    // (and the export, move or erasure of them) at run time: refuse now instead.
+    await assertShardPartitions(ownerUrl)
+    await sweepAtStartUp(ownerUrl, log)
     const resolved: ResolvedConfig = { ...config, DATABASE_URL: ownerUrl, APP_DATABASE_URL: appUrl, ADMIN_TOKEN: adminToken, jwt: jwtSettings(config, devJwtSecret) }
     return { config: resolved, embedded, adminTokenFile, jwtSecretFile }
   } catch (error) {

@@ -3,7 +3,9 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import path from 'node:path'
 import t from 'tap'
+import { buildTestApp } from './helpers/app.ts'
 import { createTestDatabase, query } from './helpers/db.ts'
+import { onboard, shardOf } from './helpers/operator.ts'
 
 interface Run {
   code: number | null
@@ -44,6 +46,44 @@ t.test('a tenant table without FORCE ROW LEVEL SECURITY is refused at start-up',
   const run = await exited
   t.equal(run.code, 1)
   t.match(run.stderr, /refusing to start: table customers does not FORCE ROW LEVEL SECURITY/)
+})
+
+t.test('a sharded table without a partition for a live dedicated shard is refused at start-up', async (t) => {
+  const ctx = await buildTestApp(t)
+  const tenant = await onboard(ctx, 'lost-partition', 'dedicated')
+  const shard = await shardOf(ctx, tenant.id)
+  await query(ctx.db.adminUrl, `ALTER TABLE invoice_lines DETACH PARTITION invoice_lines_s${shard}; DROP TABLE invoice_lines_s${shard}`)
+  const { child, exited } = startServer({ DATABASE_URL: ctx.db.ownerUrl, APP_DATABASE_URL: ctx.db.appUrl, ADMIN_TOKEN: 'x'.repeat(40) })
+  // A server that starts anyway fails the test instead of hanging it (SIGTERM: tsx passes it on to the server).
+  const serving = setTimeout(() => { child.kill('SIGTERM') }, 30_000)
+  const run = await exited
+  clearTimeout(serving)
+  t.equal(run.code, 1, run.stderr)
+  t.match(run.stderr, new RegExp(`^rowfence: refusing to start: sharded table invoice_lines has no partition for shard ${shard} \\(dedicated to 1 tenant\\): .*create_missing_shard_partitions\\(\\).*\n$`))
+})
+
+/** Waits until the server prints its URL (undefined after 30 s). */
+async function listening (server: ReturnType<typeof startServer>, pattern = /listening on (http:\/\/\S+)/): Promise<string | undefined> {
+  const deadline = Date.now() + 30_000
+  let url: string | undefined
+  while (url === undefined && Date.now() < deadline) {
+    url = pattern.exec(server.output())?.[1]
+    if (url === undefined) await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  return url
+}
+
+t.test('a tenant a crashed move left moving is set back to active when the server starts', async (t) => {
+  const db = await createTestDatabase(t)
+  const id = '0190a6d2-0000-7000-8000-0000000000dd'
+  await query(db.adminUrl, `INSERT INTO tenants (id, name, slug, shard, status) VALUES ('${id}', 'Stuck', 'stuck-mover', pooled_shard_for('${id}'), 'moving')`)
+  const server = startServer({ DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.appUrl, ADMIN_TOKEN: 'x'.repeat(40) })
+  t.teardown(() => { server.child.kill('SIGKILL') })
+  t.ok(await listening(server), 'the server printed its URL')
+  t.match(server.output(), `rowfence: start-up sweep: set 1 tenant(s) left moving back to active (${id})\n`)
+  t.same(await query(db.adminUrl, 'SELECT status FROM tenants WHERE id = $1', [id]), [{ status: 'active' }])
+  server.child.kill('SIGTERM')
+  t.equal((await server.exited).code, 0)
 })
 
 t.test('a correct setup serves, and SIGTERM stops it cleanly with exit code 0', async (t) => {
