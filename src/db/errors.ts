@@ -51,7 +51,10 @@ export function isConnectionError (error: unknown): boolean {
   return CONNECTION_MESSAGES.some((m) => error.message.includes(m))
 }
 
-/** Returns the problem for a database error, or undefined when it is not one we recognise. */
+/**
+ * Returns the problem for a database error, or undefined when it is not one we recognise or it is
+ * the server's own fault: the error handler answers those with a generic 500 and logs the error.
+ */
 export function problemFromDatabaseError (error: unknown): HttpProblem | undefined {
   if (!isPgLike(error)) return undefined
   if (isConnectionError(error)) return unavailable('the database is unavailable; retry shortly')
@@ -69,8 +72,13 @@ export function problemFromDatabaseError (error: unknown): HttpProblem | undefin
         ? unprocessable('a referenced resource does not exist')
         : unprocessable(known.missing, [{ path: known.field, message: 'does not resolve inside your tenant' }])
     }
-    case '23502':
     case '23514':
+      // The same SQLSTATE covers a row no partition accepts: a sharded table lacks the partition of
+      // a live shard (src/db/shard-checks.ts). That is the server's fault, not the request's: left to
+      // the error handler's generic 500, logged with the database's message, which never reaches the client.
+      if (/no partition of relation/.test(error.message)) return undefined
+      return badRequest('a value is invalid or out of range')
+    case '23502':
     case '22001':
     case '22003':
     case '22007':
