@@ -174,6 +174,28 @@ t.test('a unique key or foreign key of a tenant table without tenant_id is refus
   t.match(problems, /table customers: unique index customers_ref_idx does not include tenant_id/)
 })
 
+t.test('a foreign key that matches tenant_id with another column of the referenced table is refused', async (t) => {
+  const db = await createTestDatabase(t)
+  const notes = (name: string, references: string) => `CREATE TABLE ${name} (
+      tenant_id uuid NOT NULL DEFAULT current_tenant_id() REFERENCES tenants (id), id uuid NOT NULL, customer_id uuid NOT NULL,
+      PRIMARY KEY (tenant_id, id), CONSTRAINT ${name}_customer_fkey FOREIGN KEY (tenant_id, customer_id) REFERENCES customers ${references});
+    ALTER TABLE ${name} ENABLE ROW LEVEL SECURITY; ALTER TABLE ${name} FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_isolation ON ${name} USING (tenant_id = current_tenant_id()) WITH CHECK (tenant_id = current_tenant_id())`
+  // Includes tenant_id, yet a note's customer_id is compared with customers.tenant_id: it can name another tenant's customer.
+  await query(db.ownerUrl, notes('crossed_notes', '(id, tenant_id)'))
+  await query(db.ownerUrl, notes('notes', '(tenant_id, id)'))
+  t.same((await report(db.appUrl)).problems, [
+    'table crossed_notes: foreign key crossed_notes_customer_fkey matches tenant_id with customers.id, not with the referenced tenant (a reference could point into another tenant)',
+  ], 'the same key with the columns in order is accepted')
+  // A partitioned referenced table (one constraint row per partition) is reported once, by its own name.
+  await query(db.ownerUrl, `DROP TABLE crossed_notes;
+    ALTER TABLE notes ADD COLUMN invoice_id uuid, ADD COLUMN shard integer,
+      ADD CONSTRAINT notes_invoice_fkey FOREIGN KEY (tenant_id, invoice_id, shard) REFERENCES invoices (id, tenant_id, shard)`)
+  t.same((await report(db.appUrl)).problems, [
+    'table notes: foreign key notes_invoice_fkey matches tenant_id with invoices.id, not with the referenced tenant (a reference could point into another tenant)',
+  ])
+})
+
 t.test('a current_tenant_id() that is not fail-closed is refused', async (t) => {
   const db = await createTestDatabase(t)
   // The naive version: ''::uuid raises once a transaction-local setting has ended.
