@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { Page, Timestamp, Uuid } from './common.ts'
+import { Page, Text, Timestamp, Uuid } from './common.ts'
 
 export const ScopeSchema = Type.Union([Type.Literal('read'), Type.Literal('write'), Type.Literal('admin')])
 
@@ -29,7 +29,8 @@ export const OperatorTenantSchema = Type.Object({
 export type OperatorTenant = Static<typeof OperatorTenantSchema>
 
 export const CreateTenantSchema = Type.Object({
-  name: Type.String({ minLength: 1, maxLength: 200 }),
+  name: Text({ minLength: 1, maxLength: 200 }),
+  // Its pattern admits no NUL byte.
   slug: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{1,62}$', description: 'lowercase letters, digits and dashes; 2..63 characters' }),
   placement: Type.Optional(PlacementSchema),
 }, { additionalProperties: false })

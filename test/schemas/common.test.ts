@@ -43,7 +43,7 @@ t.test('a NUL byte in a path parameter or the query string is a 400', async (t) 
   t.equal(cursor.statusCode, 400)
 })
 
-t.test('a NUL byte in a tenant name is a 400 for the operator too', async (t) => {
+t.test("a NUL byte in a tenant's name or slug is a 400 naming the field, for the operator too", async (t) => {
   const res = await ctx.app.inject({
     method: 'POST',
     url: '/admin/v1/tenants',
@@ -52,8 +52,12 @@ t.test('a NUL byte in a tenant name is a 400 for the operator too', async (t) =>
   })
   t.equal(res.statusCode, 400)
   t.equal(res.headers['content-type'], 'application/problem+json; charset=utf-8')
+  t.match(res.json(), { status: 400, errors: [{ path: 'body/name', message: 'must not contain a NUL character' }] }, 'refused by the schema, naming the field')
   t.notMatch(res.body, /22021|UTF8|byte sequence/, 'nothing from the database in the response')
   t.same(await query(ctx.db.adminUrl, "SELECT 1 FROM tenants WHERE slug = 'nul-tenant'"), [], 'no tenant was created')
+  const slug = await ctx.app.inject({ method: 'POST', url: '/admin/v1/tenants', headers: { authorization: `Bearer ${ctx.adminToken}` }, payload: { name: 'Acme', slug: `nul${NUL}` } })
+  t.equal(slug.statusCode, 400)
+  t.match(slug.json(), { status: 400, errors: [{ path: 'body/slug' }] }, 'the slug pattern admits no NUL')
 })
 
 t.test('a JWT whose sub holds a NUL byte is a 401, with or without a tenant claim', async (t) => {
