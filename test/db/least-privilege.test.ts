@@ -66,3 +66,16 @@ t.test('the runtime role can no longer delete or rename keys, and still does wha
   const [key] = await query<{ owner_rights: boolean }>(db.adminUrl, 'SELECT owner_rights FROM api_keys')
   t.equal(key?.owner_rights, false, 'a key the runtime role inserts has no owner rights unless it says so')
 })
+
+t.test('since 0013 a key has owner rights only when its insert says so, whichever role inserts it', async (t) => {
+  const db = await createTestDatabase(t)
+  const tenant = '0190a6d2-0000-7000-8000-0000000000ee'
+  await query(db.adminUrl, `INSERT INTO tenants (id, name, slug, shard) VALUES ('${tenant}', 'E', 'tenant-e', pooled_shard_for('${tenant}'))`)
+  await inTenant(db.ownerUrl, tenant, [
+    [KEY, ['0190a6d2-0000-7000-8000-0000000000e1', 'owner, silent', hash(6), ['read', 'write', 'admin'], '2026-01-01T00:00:00Z']],
+    ["INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, owner_rights) VALUES ($1, 'owner, says so', 'rfk_x', $2, '{read,write,admin}', true)", ['0190a6d2-0000-7000-8000-0000000000e2', hash(7)]],
+  ])
+  await inTenant(db.appUrl, tenant, [[KEY, ['0190a6d2-0000-7000-8000-0000000000e3', 'runtime, silent', hash(8), ['read', 'write', 'admin'], '2026-01-01T00:00:00Z']]])
+  const rows = await query<{ id: string, owner_rights: boolean }>(db.adminUrl, 'SELECT id, owner_rights FROM api_keys ORDER BY id')
+  t.same(rows.map((r) => [r.id.slice(-2), r.owner_rights]), [['e1', false], ['e2', true], ['e3', false]])
+})

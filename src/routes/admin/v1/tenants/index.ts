@@ -70,7 +70,8 @@ const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, optio
       const shard = dedicatedShard ?? await pooledShardFor(db, id)
       const row = await insertTenant(db, { id, name: request.body.name, slug: request.body.slug, placement, shard })
       if (dedicatedShard !== undefined) await claimShard(db, dedicatedShard)
-      await insertApiKey(db, { id: key.id, name: 'initial admin key', prefix: key.prefix, secret_hash: key.secretHash, scopes: [...ALL_SCOPES] })
+      // Said, not defaulted: a key that does not say has no owner rights (sql/0013_owner_rights_default.sql).
+      await insertApiKey(db, { id: key.id, name: 'initial admin key', prefix: key.prefix, secret_hash: key.secretHash, scopes: [...ALL_SCOPES], owner_rights: true })
       const appended = await auditOperator(db, request, 'tenant.created', id, { slug: row.slug, placement, initial_key_prefix: key.prefix })
       return { row, appended }
     })
