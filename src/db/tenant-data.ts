@@ -135,6 +135,10 @@ export class ImportError extends Error {
  * tenant must not exist yet. Tables arrive parents first; the audit chain is re-linked by its
  * trigger as events arrive in seq order, and the result must equal the exported chain head, so a
  * tampered export is refused. `placeShard` chooses where the tenant lives here.
+ *
+ * An export made by an older schema lacks the columns added since: a column a row does not carry
+ * gets this database's default (a NOT NULL column without one is refused with the line). Keys from
+ * before owner rights existed (sql/0010) get them as that migration gave them: the initial admin key only.
  */
 export async function importTenant (
   pool: pg.Pool,
@@ -151,18 +155,25 @@ export async function importTenant (
     await client.query("SET LOCAL TimeZone = 'UTC'")
     const tables = new Map((await tenantTablesInOrder(client)).map((t) => [t.name, t]))
     const order = [...tables.keys()]
+    // Columns a row must carry: NOT NULL with no default (nor identity or generated value) here.
+    const { rows: requiredRows } = await client.query<{ table_name: string, column_name: string }>(`
+      SELECT c.relname AS table_name, a.attname AS column_name
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE n.nspname = 'public' AND c.relname = ANY ($1::text[]) AND a.attnum > 0 AND NOT a.attisdropped
+         AND a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''`, [order])
+    const required = new Set(requiredRows.map((r) => `${r.table_name}.${r.column_name}`))
     const counts: Record<string, number> = {}
     let tenantId: string | undefined
     let exportedHead: Record<string, unknown> | undefined
-    let batch: { table: string, rows: Array<Record<string, unknown>> } | undefined
+    const keysBeforeOwnerRights: string[] = []
+    // A batch holds rows of one table that carry the same columns (every row of an export does).
+    let batch: { table: string, columns: string[], rows: Array<Record<string, unknown>> } | undefined
     let position = 0
 
     const flush = async (): Promise<void> => {
       if (batch === undefined || batch.rows.length === 0) return
       const info = tables.get(batch.table)!
-      // The audit chain's own columns are recomputed by its trigger as events arrive in order; the
-      // result is compared with the exported chain head at the end.
-      const cols = info.columns.filter((c) => info.name !== 'audit_events' || !CHAIN_COLUMNS.includes(c)).map(ident).join(', ')
+      const cols = batch.columns.map(ident).join(', ')
       await client.query(`INSERT INTO ${ident(info.name)} (${cols}) SELECT ${cols} FROM json_populate_recordset(NULL::${ident(info.name)}, $1::json)`,
         [JSON.stringify(batch.rows)])
       counts[batch.table] = (counts[batch.table] ?? 0) + batch.rows.length
@@ -204,12 +215,28 @@ export async function importTenant (
       if (at < position) throw new ImportError(`line ${lineNo}: ${table} rows must come before ${order[position]} rows`)
       position = at
       if (table === 'audit_heads') { exportedHead = record; continue } // rebuilt by the chaining trigger
-      if (batch?.table !== table) { await flush(); batch = { table, rows: [] } }
+      const info = tables.get(table)!
+      // The audit chain's own columns are recomputed by its trigger as events arrive in order; the
+      // result is compared with the exported chain head at the end.
+      const insertable = info.columns.filter((c) => table !== 'audit_events' || !CHAIN_COLUMNS.includes(c))
+      const absent = insertable.filter((c) => !Object.hasOwn(record, c))
+      const needed = absent.filter((c) => required.has(`${table}.${c}`))
+      if (needed.length > 0) throw new ImportError(`line ${lineNo}: the ${table} row has no ${needed.join(', ')}, which this database requires`)
+      if (table === 'api_keys' && absent.includes('owner_rights')) keysBeforeOwnerRights.push(String(record.id))
+      const columns = insertable.filter((c) => !absent.includes(c))
+      if (batch?.table !== table || batch.columns.join() !== columns.join()) { await flush(); batch = { table, columns, rows: [] } }
       batch.rows.push(record)
       if (batch.rows.length >= 500) await flush()
     }
     await flush()
     if (tenantId === undefined) throw new ImportError('the export is empty')
+    if (keysBeforeOwnerRights.length > 0) {
+      // What sql/0010 did to the keys of the tenants that existed then: only the initial key (the
+      // first, created with the tenant by the operator) keeps owner rights, and only with the admin scope.
+      await client.query(`UPDATE api_keys k SET owner_rights = true
+        WHERE k.tenant_id = $1 AND 'admin' = ANY (k.scopes) AND k.id = ANY ($2::uuid[])
+          AND k.id = (SELECT f.id FROM api_keys f WHERE f.tenant_id = $1 ORDER BY f.created_at, f.id LIMIT 1)`, [tenantId, keysBeforeOwnerRights])
+    }
     if (exportedHead !== undefined) {
       const { rows: [head] } = await client.query<{ seq: string, hash: string }>("SELECT seq::text, '\\x' || encode(hash, 'hex') AS hash FROM audit_heads WHERE tenant_id = $1", [tenantId])
       if (head === undefined || head.seq !== String(exportedHead.seq) || head.hash !== exportedHead.hash) {

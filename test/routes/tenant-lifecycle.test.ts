@@ -80,6 +80,36 @@ t.test('export → import into an empty instance → export gives identical outp
   t.match(again, { name: 'ImportError', message: /already exists/ }, 'importing over an existing tenant is refused')
 })
 
+t.test('an export made before owner rights existed imports, and only its initial admin key gets owner rights, as the migration gave them', async (t) => {
+  const source = await buildTestApp(t)
+  const tenant = await provisionTenant(source, 'from-before-0010')
+  await populate(source, tenant, 1)
+  const minted = await source.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'minted', scopes: ['read', 'write', 'admin'] } }))
+  t.equal(minted.statusCode, 201, minted.body)
+  const mintedId = minted.json<{ id: string }>().id
+  const without = (ndjson: string, table: string, column: string) => ndjson.trimEnd().split('\n').map((line) => {
+    const parsed = JSON.parse(line) as { table: string, row: Record<string, unknown> }
+    if (parsed.table === table) delete parsed.row[column]
+    return JSON.stringify(parsed)
+  }).join('\n') + '\n'
+  // The export as a deployment before sql/0010 wrote it: api_keys rows without owner_rights.
+  const old = without(await exportOf(source, tenant.id), 'api_keys', 'owner_rights')
+  t.notMatch(old.split('\n').filter((l) => l.startsWith('{"table":"api_keys"')).join('\n'), /owner_rights/)
+
+  const target = await buildTestApp(t)
+  const result = await importInto(target, old)
+  t.match(result.rows, { api_keys: 2 })
+  const rights = await query<{ id: string, owner_rights: boolean }>(target.db.adminUrl, 'SELECT id, owner_rights FROM api_keys WHERE tenant_id = $1 ORDER BY id', [tenant.id])
+  t.same(Object.fromEntries(rights.map((r) => [r.id, r.owner_rights])), { [tenant.keyId]: true, [mintedId]: false }, 'the initial key has owner rights, a later admin key none')
+  t.equal((await target.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200, 'the key works on the new deployment')
+  t.match((await target.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events/verify' }))).json(), { ok: true }, 'the audit chain verifies')
+
+  // A column this database requires and has no default for is still refused, naming the line.
+  const target2 = await buildTestApp(t)
+  await t.rejects(importInto(target2, without(old, 'customers', 'name')), { name: 'ImportError', message: /^line \d+: the customers row has no name, which this database requires$/ })
+  t.same(await query(target2.db.adminUrl, 'SELECT 1 FROM tenants WHERE id = $1', [tenant.id]), [], 'nothing was written')
+})
+
 t.test('an altered export is refused and nothing is written', async (t) => {
   const source = await buildTestApp(t)
   const tenant = await provisionTenant(source, 'tampered')
