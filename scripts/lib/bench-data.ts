@@ -13,7 +13,7 @@ import { BIND_WITH_TIMEOUTS_SQL } from '../../src/db/tenant-transaction.ts'
 import { TenantScopePlugin, type TenantTables } from '../../src/db/tenant-scope.ts'
 import { priceLines } from '../../src/money.ts'
 import { insertAuditEvent } from '../../src/repositories/audit-events.ts'
-import { findInvoice, insertInvoice, listInvoices } from '../../src/repositories/invoices.ts'
+import { findInvoice, insertInvoice, listInvoicePage, listInvoices } from '../../src/repositories/invoices.ts'
 
 // Ids are derived from the tenant number t and the invoice number j, in TypeScript for the HTTP load
 // and in SQL for pgbench (which has only numeric variables).
@@ -198,7 +198,11 @@ async function script (
 ): Promise<string> {
   const { db, raw, driver } = capturing(tables, { tenantId: S.tenant, shard: S.shard }, mode === 'server')
   if (scenario === 'get-invoice') await findInvoice(db, S.invoice)
-  if (scenario === 'list-invoices') await listInvoices(db, { limit: 51 })
+  if (scenario === 'list-invoices') {
+    // The server renders the page in the database; the textbook reads rows and renders them itself.
+    if (mode === 'server') await listInvoicePage(db, { limit: 50 })
+    else await listInvoices(db, { limit: 51 })
+  }
   if (scenario === 'create-invoice') {
     const priced = priceLines([LINE, LINE, LINE])
     const invoice = { id: S.newInvoice, customer_id: S.customer, currency: 'EUR', amount_cents: priced.amount_cents, due_date: null, memo: null }

@@ -1,3 +1,4 @@
+import { sql, type RawBuilder } from 'kysely'
 import type { InvoiceRow } from '../repositories/invoices.ts'
 import type { Invoice, InvoiceStatus } from '../schemas/invoices.ts'
 
@@ -30,4 +31,39 @@ export function toInvoice (row: InvoiceRow): Invoice {
 
 export function formatInvoiceNumber (n: number): string {
   return `INV-${String(n).padStart(6, '0')}`
+}
+
+/** A timestamptz as toISOString() writes it: UTC, milliseconds (truncated), a Z. */
+const isoSql = (column: RawBuilder<unknown>): RawBuilder<unknown> =>
+  sql`to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`
+
+/**
+ * The same mapping as toInvoice, written for PostgreSQL: how the database renders each field of an
+ * invoice row (`ref`: the row's name in the query) as the API object, for routes that let the
+ * database build the JSON of a whole page (GET /v1/invoices). Its type has exactly Invoice's keys,
+ * so a field added to or removed from the schema does not compile until it is mapped here too; a
+ * test checks that both mappings give identical JSON.
+ */
+export const INVOICE_SQL_FIELDS: { [K in keyof Invoice]-?: (ref: string) => RawBuilder<unknown> } = {
+  id: (r) => sql.ref(`${r}.id`),
+  customer_id: (r) => sql.ref(`${r}.customer_id`),
+  number: (r) => sql.ref(`${r}.number`),
+  status: (r) => sql.ref(`${r}.status`),
+  currency: (r) => sql.ref(`${r}.currency`),
+  // bigint is a JSON number in json_build_object, as Number() makes it in toInvoice.
+  lines: (r) => sql.ref(`${r}.lines`),
+  amount_cents: (r) => sql.ref(`${r}.amount_cents`),
+  due_date: (r) => sql.ref(`${r}.due_date`),
+  memo: (r) => sql.ref(`${r}.memo`),
+  created_at: (r) => isoSql(sql.ref(`${r}.created_at`)),
+  updated_at: (r) => isoSql(sql.ref(`${r}.updated_at`)),
+  finalized_at: (r) => isoSql(sql.ref(`${r}.finalized_at`)),
+  paid_at: (r) => isoSql(sql.ref(`${r}.paid_at`)),
+  voided_at: (r) => isoSql(sql.ref(`${r}.voided_at`)),
+}
+
+/** json_build_object(...) of an invoice row, from INVOICE_SQL_FIELDS. */
+export function invoiceJsonSql (ref: string): RawBuilder<unknown> {
+  const pairs = Object.entries(INVOICE_SQL_FIELDS).map(([key, field]) => sql`${sql.lit(key)}, ${field(ref)}`)
+  return sql`json_build_object(${sql.join(pairs)})`
 }

@@ -2,6 +2,7 @@ import { sql, type ExpressionBuilder, type Insertable, type Kysely, type Selecta
 import { jsonArrayFrom } from 'kysely/helpers/postgres'
 import type { DB, Invoices } from '../db/schema.ts'
 import { queryTemplate } from '../db/query-templates.ts'
+import { invoiceJsonSql } from '../mappers/invoices.ts'
 import type { PricedLine } from '../money.ts'
 
 type Executor = Kysely<DB>
@@ -88,6 +89,48 @@ const listInvoicesQuery = queryTemplate(
   [LIMIT, BEFORE, STATUS, CUSTOMER],
   (_limit, before, status, customerId) => `${before === undefined ? '' : 'b'}${status === undefined ? '' : 's'}${customerId === undefined ? '' : 'c'}`
 )
+
+/** A page of invoices as the database rendered it: the JSON text of its items, and where it ends. */
+export interface InvoicePageJson {
+  /** A JSON array of API invoices (text, never parsed here). */
+  data: string
+  /** Whether rows remain after this page, and the last id of the page (the next cursor). */
+  more: boolean
+  lastId: string | null
+}
+
+const LIMIT_1 = 987_654_322
+
+const listInvoicePageQuery = queryTemplate(
+  (trx, limit: number, fetch: number, before: string | undefined, status: string | undefined, customerId: string | undefined) => {
+    let page = trx.selectFrom('invoices').selectAll('invoices').select(linesOf)
+      .select(sql<number>`row_number() OVER (ORDER BY invoices.id DESC)`.as('n'))
+      .orderBy('invoices.id', 'desc').limit(fetch)
+    if (before !== undefined) page = page.where('invoices.id', '<', before)
+    if (status !== undefined) page = page.where('invoices.status', '=', status)
+    if (customerId !== undefined) page = page.where('invoices.customer_id', '=', customerId)
+    return trx.selectFrom(page.as('i')).select([
+      sql<string>`coalesce(json_agg(${invoiceJsonSql('i')} ORDER BY i.id DESC) FILTER (WHERE i.n <= ${limit}), '[]')::text`.as('data'),
+      sql<boolean>`count(*) > ${limit}`.as('more'),
+      sql<string | null>`(array_agg(i.id ORDER BY i.id DESC))[${limit}]`.as('last_id'),
+    ])
+  },
+  [LIMIT, LIMIT_1, BEFORE, STATUS, CUSTOMER],
+  (_limit, _fetch, before, status, customerId) => `${before === undefined ? '' : 'b'}${status === undefined ? '' : 's'}${customerId === undefined ? '' : 'c'}`
+)
+
+/**
+ * A page of invoices, newest first, rendered as JSON by the database (INVOICE_SQL_FIELDS): the server
+ * sends the text on without parsing, mapping and serialising each row and its lines again. One
+ * query: limit + 1 rows are read, so whether another page follows is known.
+ */
+export async function listInvoicePage (
+  trx: Executor,
+  page: { limit: number, before?: string | undefined, status?: string | undefined, customerId?: string | undefined }
+): Promise<InvoicePageJson> {
+  const [row] = await listInvoicePageQuery(trx, page.limit, page.limit + 1, page.before, page.status, page.customerId)
+  return { data: row?.data ?? '[]', more: row?.more ?? false, lastId: row?.more === true ? row.last_id : null }
+}
 
 export async function listInvoices (
   trx: Executor,
