@@ -22,8 +22,8 @@ export const ConfigSchema = Type.Object({
   JWT_ALGORITHM: Type.Optional(Type.Union([Type.Literal('HS256'), Type.Literal('RS256'), Type.Literal('ES256')])),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
-  /** How long a verified credential may be reused without a lookup (0: never); invalidated at once by LISTEN/NOTIFY. */
-  CREDENTIAL_CACHE_TTL_MS: Type.Integer({ minimum: 0, maximum: 300_000, default: 10_000 }),
+  /** How long a verified credential lets requests skip waiting for its check (0: never). Safe to keep long: every request still reads the credential fresh (in the binding) and confirms it. */
+  CREDENTIAL_CACHE_TTL_MS: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 300_000 }),
   /** How long a placement move or an erasure waits, after notifying, for every instance's credential cache to let go of the tenant. */
   CACHE_GRACE_MS: Type.Integer({ minimum: 0, maximum: 60_000, default: 1000 }),
   /** A direct connection for LISTEN (defaults to APP_DATABASE_URL; set it when that URL goes through a transaction-pooling PgBouncer). */
