@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
-import { bootstrapDatabase } from '../src/db/bootstrap.ts'
+import { bootstrapDatabase, withDatabase } from '../src/db/bootstrap.ts'
 import { startEmbedded } from '../src/db/embedded.ts'
 import { migrate } from '../src/db/migrate.ts'
 import { loadTenantTables } from '../src/db/tenant-scope.ts'
@@ -205,7 +205,7 @@ async function main (): Promise<void> {
   const urls = await bootstrapDatabase({ adminUrl, database, ...passwords })
   await migrate(urls.ownerUrl)
   say(`seeding ${tenants} tenants × ${invoices} invoices (3 lines each), reusing earlier runs' data`)
-  await seed(urls.ownerUrl, tenants, invoices, say)
+  await seed(withDatabase(adminUrl, database), tenants, invoices, say)
   const probe = new pg.Pool({ connectionString: urls.appUrl, max: 1 })
   const tables = await loadTenantTables(probe)
   await probe.end()
