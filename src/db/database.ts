@@ -44,7 +44,8 @@ export function createPool (options: PoolOptions): pg.Pool {
   return pool
 }
 
-export type QueryListener = (sql: string) => void
+/** Sees each statement sent on a runtime connection: its SQL and its parameter values. */
+export type QueryListener = (sql: string, values: readonly unknown[]) => void
 
 export interface PoolTraffic {
   /** Statements sent. */
@@ -69,7 +70,10 @@ export function observePool (pool: pg.Pool, traffic: PoolTraffic, listener?: Que
     let inFlight = 0
     ;(client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
       const first = args[0]
-      if (listener !== undefined) listener(typeof first === 'string' ? first : (first as { text?: string } | undefined)?.text ?? '')
+      if (listener !== undefined) {
+        const config = typeof first === 'string' ? { text: first, values: args[1] } : first as { text?: string, values?: unknown } | undefined
+        listener(config?.text ?? '', Array.isArray(config?.values) ? config.values : [])
+      }
       traffic.statements++
       if (inFlight === 0) traffic.roundTrips++
       inFlight++

@@ -105,7 +105,7 @@ const listInvoicePageQuery = queryTemplate(
   (trx, limit: number, fetch: number, before: string | undefined, status: string | undefined, customerId: string | undefined) => {
     let page = trx.selectFrom('invoices').selectAll('invoices').select(linesOf)
       .select(sql<number>`row_number() OVER (ORDER BY invoices.id DESC)`.as('n'))
-      .orderBy('invoices.id', 'desc').limit(fetch)
+      .orderBy('invoices.id', 'desc').limit(sql.lit(fetch)) // inline: see queryTemplate
     if (before !== undefined) page = page.where('invoices.id', '<', before)
     if (status !== undefined) page = page.where('invoices.status', '=', status)
     if (customerId !== undefined) page = page.where('invoices.customer_id', '=', customerId)
@@ -116,7 +116,8 @@ const listInvoicePageQuery = queryTemplate(
     ])
   },
   [LIMIT, LIMIT_1, BEFORE, STATUS, CUSTOMER],
-  (_limit, _fetch, before, status, customerId) => `${before === undefined ? '' : 'b'}${status === undefined ? '' : 's'}${customerId === undefined ? '' : 'c'}`
+  (_limit, _fetch, before, status, customerId) => `${before === undefined ? '' : 'b'}${status === undefined ? '' : 's'}${customerId === undefined ? '' : 'c'}`,
+  [1]
 )
 
 /**
