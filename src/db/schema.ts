@@ -121,6 +121,7 @@ export interface Invoices {
   due_date: string | null;
   finalized_at: Timestamp | null;
   id: string;
+  lines: Generated<Json>;
   memo: string | null;
   number: string | null;
   paid_at: Timestamp | null;

@@ -33,7 +33,8 @@ async function protectionOf (table: string): Promise<Record<string, unknown>> {
   const indexes = (await query<{ def: string }>(ctx.db.adminUrl, 'SELECT pg_get_indexdef(indexrelid) AS def FROM pg_index WHERE indrelid = $1::regclass', [table]))
     .map((r) => r.def.replace(/INDEX \S+ ON (ONLY )?\S+/, 'INDEX ON')).sort()
   const triggers = await query(ctx.db.adminUrl, `
-    SELECT tgname, tgfoid::regproc::text AS fn, tgtype FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal ORDER BY 1`, [table])
+    SELECT tgname, tgfoid::regproc::text AS fn, tgtype FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal
+       AND tgtype & 1 = 1 ORDER BY 1`, [table]) // row-level: statement-level triggers (sql/0014) stay on the parent
   return { ...flags, policies, constraints, indexes, triggers }
 }
 
