@@ -1,4 +1,4 @@
-// npm run bench -- [--tenants 100] [--invoices 2000] [--seconds 10] [--repeat 3] [--soak 0] [--connections 16,64]
+// npm run bench -- [--tenants 100] [--invoices 2000] [--seconds 10] [--repeat 3] [--soak 0] [--soak-scenario get-invoice] [--connections 16,64]
 //                  [--scenarios healthz,get-invoice,list-invoices,create-invoice] [--workers 1]
 //                  [--pool 10] [--server-dir .] [--label name]
 //
@@ -178,6 +178,7 @@ async function main (): Promise<void> {
       label: { type: 'string', default: 'current' },
       profile: { type: 'boolean', default: false },
       soak: { type: 'string', default: '0' },
+      'soak-scenario': { type: 'string', default: 'get-invoice' },
       repeat: { type: 'string', default: '3' },
     },
   })
@@ -188,6 +189,8 @@ async function main (): Promise<void> {
   const scenarios = values.scenarios.split(',') as Scenario[]
   const serverDir = path.resolve(values['server-dir'])
   const repeat = Math.max(1, Number(values.repeat))
+  const soakScenario = values['soak-scenario'] as Scenario
+  if (!['healthz', 'get-invoice', 'list-invoices', 'create-invoice'].includes(soakScenario)) throw new Error(`--soak-scenario: unknown scenario ${soakScenario}`)
 
   const pgbench = findPgbench()
   if (pgbench === undefined) say('pgbench is MISSING (install PostgreSQL client tools, e.g. Debian postgresql-client): the server is measured without its reference')
@@ -309,12 +312,12 @@ async function main (): Promise<void> {
         say(JSON.stringify(row))
       }
     }
-    // --soak N: N seconds of GET /v1/invoices/:id at the first concurrency, the server's memory
-    // sampled every 15 s: its resident set must level off, not grow.
+    // --soak N: N seconds of one scenario (--soak-scenario, GET /v1/invoices/:id by default) at the
+    // first concurrency, the server's memory sampled every 15 s: its resident set must level off, not grow.
     const soakSeconds = Number(values.soak)
     if (soakSeconds > 0) {
-      say(`soak: ${soakSeconds} s of get-invoice at ${connections[0]!} connections`)
-      const load = runLoad({ url, scenario: 'get-invoice', connections: connections[0]!, seconds: soakSeconds, tenants, invoices })
+      say(`soak: ${soakSeconds} s of ${soakScenario} at ${connections[0]!} connections`)
+      const load = runLoad({ url, scenario: soakScenario, connections: connections[0]!, seconds: soakSeconds, tenants, invoices })
       const started = Date.now()
       while (Date.now() - started < soakSeconds * 1000 - 1000) {
         await new Promise((resolve) => setTimeout(resolve, 15_000))
@@ -339,12 +342,12 @@ async function main (): Promise<void> {
     ...rows.map((r) => `| ${String(r.scenario)} | ${fmt(r.connections)} | ${fmt(r.rps)} | ${fmt(r.p50_ms)} | ${fmt(r.p99_ms)} | ${fmt(r.pgbench_tps)} | ${fmt(r.pgbench_p50_ms)} / ${fmt(r.pgbench_p99_ms)} | ${fmt(r.rps_ratio)} | ${fmt(r.p99_ratio)} | ${fmt(r.pgbench_server_sql_tps)} | ${fmt(r.server_peak_rss_mb)} MB | ${fmt(r.server_cpu_percent)} % | ${fmt(r.round_trips_per_request)} |`),
     ...(soak.length === 0
       ? []
-      : ['', `Soak: ${values.soak} s of get-invoice at ${connections[0]!} connections, ${Math.round(soakResult?.rps ?? 0)} req/s; server RSS (MB) every 15 s: ${soak.map((x) => x.rss_mb).join(', ')}.`]),
+      : ['', `Soak: ${values.soak} s of ${soakScenario} at ${connections[0]!} connections, ${Math.round(soakResult?.rps ?? 0)} req/s; server RSS (MB) every 15 s: ${soak.map((x) => x.rss_mb).join(', ')}.`]),
   ].join('\n') + '\n'
   process.stdout.write(table)
   await mkdir('bench/results', { recursive: true })
   const stamp = new Date().toISOString().replace(/[:.]/g, '-')
-  await writeFile(`bench/results/bench-${values.label}-${stamp}.json`, JSON.stringify({ tenants, invoices, seconds, repeat, workers: values.workers, pool: values.pool, rows, ...(soak.length > 0 && { soak, soak_rps: soakResult?.rps }) }, null, 2) + '\n')
+  await writeFile(`bench/results/bench-${values.label}-${stamp}.json`, JSON.stringify({ tenants, invoices, seconds, repeat, workers: values.workers, pool: values.pool, rows, ...(soak.length > 0 && { soak, soak_scenario: soakScenario, soak_rps: soakResult?.rps }) }, null, 2) + '\n')
   await writeFile(`bench/results/bench-${values.label}-${stamp}.md`, table)
 }
 
