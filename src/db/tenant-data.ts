@@ -19,6 +19,10 @@ export interface TenantTableInfo {
 /** Columns that describe where and how a deployment keeps a tenant, not the tenant's data. */
 const PLACEMENT_COLUMNS: Record<string, string[]> = { tenants: ['shard', 'placement', 'status'], '*': ['shard'] }
 
+/** Columns the database derives from other rows: never exported, never taken from a file (the
+ * import's own rows rebuild them). invoices.lines is kept from invoice_lines (sql/0014). */
+const DERIVED_COLUMNS: Record<string, string[]> = { invoices: ['lines'] }
+
 const CHAIN_COLUMNS = ['seq', 'prev_hash', 'hash']
 
 const ident = (name: string): string => `"${name.replaceAll('"', '""')}"`
@@ -61,7 +65,7 @@ export async function tenantTablesInOrder (client: pg.ClientBase): Promise<Tenan
       name,
       keyColumn: name === 'tenants' ? 'id' : 'tenant_id',
       sharded: r.sharded,
-      columns: r.columns.filter((c) => !excluded.includes(c)),
+      columns: r.columns.filter((c) => !excluded.includes(c) && !(DERIVED_COLUMNS[name] ?? []).includes(c)),
       orderBy: r.has_seq ? ['seq'] : r.pk.filter((c) => c !== 'shard'),
     }
   })

@@ -14,9 +14,15 @@ export interface LineRow {
   amount_cents: number | string
 }
 
-/** Every column of invoices but the lines. */
+/** Every column of invoices but the lines (the compiler checks that none is missing). */
 const INVOICE_COLUMNS = ['id', 'tenant_id', 'shard', 'customer_id', 'number', 'status', 'currency', 'amount_cents', 'due_date', 'memo',
   'created_at', 'updated_at', 'finalized_at', 'paid_at', 'voided_at'] as const satisfies ReadonlyArray<Exclude<keyof Invoices, 'lines'>>
+/** Compiles only while INVOICE_COLUMNS names every column but the lines (else: `{ missing: ... }`). */
+type MissingColumns = Exclude<keyof Invoices, 'lines' | typeof INVOICE_COLUMNS[number]>
+export const INVOICE_COLUMNS_COMPLETE: [MissingColumns] extends [never] ? true : { missing: MissingColumns } = true
+
+/** What a caller may write of an invoice: never the lines copy, which only the database writes (sql/0014). */
+type InvoiceInsert = Omit<Insertable<Invoices>, 'tenant_id' | 'lines'>
 
 /** An invoice row: its lines come from invoices.lines, which the database keeps from invoice_lines (sql/0014). */
 export type InvoiceRow = Omit<Selectable<Invoices>, 'lines'> & { lines: LineRow[] }
@@ -37,7 +43,7 @@ async function insertLines (trx: Executor, invoiceId: string, lines: PricedLine[
  * data-modifying CTEs), so one round trip, and all or nothing. The lines' foreign key to the
  * invoice is checked at the end of the statement, when both rows exist.
  */
-export async function insertInvoice (trx: Executor, invoice: Omit<Insertable<Invoices>, 'tenant_id'>, lines: PricedLine[]): Promise<InvoiceRow> {
+export async function insertInvoice (trx: Executor, invoice: InvoiceInsert, lines: PricedLine[]): Promise<InvoiceRow> {
   return trx
     // Not `lines`: the trigger that fills it runs at the end of the statement; the lines are read
     // back from the lines CTE instead.
@@ -86,6 +92,19 @@ export interface InvoicePageJson {
 
 const LIMIT_1 = 987_654_322
 
+/**
+ * How many rows a page reads: at least limit + 1 (to know whether another page follows), rounded up
+ * to one of a few sizes. The size is written into the statement (see queryTemplate's `inline`), so
+ * each size is its own statement text per shape and shard; five sizes instead of 200 keep the named
+ * statements and their cached plans few. The rows past the limit are read but not rendered.
+ */
+const FETCH_SIZES = [11, 26, 51, 101, 201] as const
+export function fetchSize (limit: number): number {
+  const size = FETCH_SIZES.find((s) => s > limit)
+  if (size === undefined) throw new RangeError(`page limit ${limit} above ${FETCH_SIZES.at(-1)! - 1}`)
+  return size
+}
+
 const listInvoicePageQuery = queryTemplate(
   (trx, limit: number, fetch: number, before: string | undefined, status: string | undefined, customerId: string | undefined) => {
     let page = trx.selectFrom('invoices').selectAll('invoices')
@@ -108,13 +127,13 @@ const listInvoicePageQuery = queryTemplate(
 /**
  * A page of invoices, newest first, rendered as JSON by the database (INVOICE_SQL_FIELDS): the server
  * sends the text on without parsing, mapping and serialising each row and its lines again. One
- * query: limit + 1 rows are read, so whether another page follows is known.
+ * query: more than limit rows are read (fetchSize), so whether another page follows is known.
  */
 export async function listInvoicePage (
   trx: Executor,
   page: { limit: number, before?: string | undefined, status?: string | undefined, customerId?: string | undefined }
 ): Promise<InvoicePageJson> {
-  const [row] = await listInvoicePageQuery(trx, page.limit, page.limit + 1, page.before, page.status, page.customerId)
+  const [row] = await listInvoicePageQuery(trx, page.limit, fetchSize(page.limit), page.before, page.status, page.customerId)
   return { data: row?.data ?? '[]', more: row?.more ?? false, lastId: row?.more === true ? row.last_id : null }
 }
 
@@ -124,7 +143,7 @@ export async function lockInvoiceStatus (trx: Executor, id: string): Promise<str
   return row?.status
 }
 
-type InvoiceChanges = Omit<Updateable<Invoices>, 'tenant_id' | 'id' | 'created_at' | 'updated_at' | 'finalized_at' | 'paid_at' | 'voided_at'>
+type InvoiceChanges = Omit<Updateable<Invoices>, 'tenant_id' | 'id' | 'lines' | 'created_at' | 'updated_at' | 'finalized_at' | 'paid_at' | 'voided_at'>
 
 /** Applies changes (and replaces the lines, when given); `stamp` records the transition time. */
 export async function updateInvoice (
