@@ -14,14 +14,12 @@ import { BIND_WITH_TIMEOUTS_SQL } from '../../src/db/tenant-transaction.ts'
 import { TenantScopePlugin, type TenantTables } from '../../src/db/tenant-scope.ts'
 import { priceLines } from '../../src/money.ts'
 import { insertAuditEvent } from '../../src/repositories/audit-events.ts'
-import { findInvoice, insertInvoice, listInvoicePage } from '../../src/repositories/invoices.ts'
+import { findInvoice, insertInvoice, INVOICE_COLUMNS, listInvoicePage } from '../../src/repositories/invoices.ts'
 
-// The textbook queries of the naive reference: an invoice's columns and its lines aggregated from
-// invoice_lines in a correlated subquery. The server reads the lines the database keeps on the
-// invoice instead (invoices.lines, sql/0014); the reference is what a server without that does.
-const TEXTBOOK_COLUMNS = ['id', 'tenant_id', 'shard', 'customer_id', 'number', 'status', 'currency', 'amount_cents', 'due_date', 'memo',
-  'created_at', 'updated_at', 'finalized_at', 'paid_at', 'voided_at'] as const
-
+// The textbook queries of the naive reference: an invoice's columns (all but the copy of its lines)
+// and its lines aggregated from invoice_lines in a correlated subquery. The server reads the lines
+// the database keeps on the invoice instead (invoices.lines, sql/0014); the reference is what a
+// server without that does.
 function textbookLines (eb: ExpressionBuilder<DB, 'invoices'>) {
   return jsonArrayFrom(
     eb.selectFrom('invoice_lines as l')
@@ -33,11 +31,11 @@ function textbookLines (eb: ExpressionBuilder<DB, 'invoices'>) {
 }
 
 async function textbookFind (db: Kysely<DB>, id: string): Promise<void> {
-  await db.selectFrom('invoices').select(TEXTBOOK_COLUMNS.map((c) => `invoices.${c}` as const)).select(textbookLines).where('invoices.id', '=', id).execute()
+  await db.selectFrom('invoices').select(INVOICE_COLUMNS.map((c) => `invoices.${c}` as const)).select(textbookLines).where('invoices.id', '=', id).execute()
 }
 
 async function textbookList (db: Kysely<DB>, limit: number): Promise<void> {
-  await db.selectFrom('invoices').select(TEXTBOOK_COLUMNS.map((c) => `invoices.${c}` as const)).select(textbookLines)
+  await db.selectFrom('invoices').select(INVOICE_COLUMNS.map((c) => `invoices.${c}` as const)).select(textbookLines)
     .orderBy('invoices.id', 'desc').limit(limit).execute()
 }
 

@@ -73,10 +73,12 @@ export function problemFromDatabaseError (error: unknown): HttpProblem | undefin
         : unprocessable(known.missing, [{ path: known.field, message: 'does not resolve inside your tenant' }])
     }
     case '23514':
-      // The same SQLSTATE covers a row no partition accepts: a sharded table lacks the partition of
-      // a live shard (src/db/shard-checks.ts). That is the server's fault, not the request's: left to
+      // The same SQLSTATE covers a row no partition accepts (a sharded table lacks the partition of
+      // a live shard, src/db/shard-checks.ts) or a partition's own constraint refuses: those name no
+      // constraint, where every check constraint is named (read from the error's field, not its
+      // message, which follows lc_messages). That is the server's fault, not the request's: left to
       // the error handler's generic 500, logged with the database's message, which never reaches the client.
-      if (/no partition of relation/.test(error.message)) return undefined
+      if (error.constraint === undefined) return undefined
       return badRequest('a value is invalid or out of range')
     case '23502':
     case '22001':

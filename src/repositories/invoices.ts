@@ -15,7 +15,7 @@ export interface LineRow {
 }
 
 /** Every column of invoices but the lines (the compiler checks that none is missing). */
-const INVOICE_COLUMNS = ['id', 'tenant_id', 'shard', 'customer_id', 'number', 'status', 'currency', 'amount_cents', 'due_date', 'memo',
+export const INVOICE_COLUMNS = ['id', 'tenant_id', 'shard', 'customer_id', 'number', 'status', 'currency', 'amount_cents', 'due_date', 'memo',
   'created_at', 'updated_at', 'finalized_at', 'paid_at', 'voided_at'] as const satisfies ReadonlyArray<Exclude<keyof Invoices, 'lines'>>
 /** Compiles only while INVOICE_COLUMNS names every column but the lines (else: `{ missing: ... }`). */
 type MissingColumns = Exclude<keyof Invoices, 'lines' | typeof INVOICE_COLUMNS[number]>
@@ -27,15 +27,16 @@ type InvoiceInsert = Omit<Insertable<Invoices>, 'tenant_id' | 'lines'>
 /** An invoice row: its lines come from invoices.lines, which the database keeps from invoice_lines (sql/0014). */
 export type InvoiceRow = Omit<Selectable<Invoices>, 'lines'> & { lines: LineRow[] }
 
-async function insertLines (trx: Executor, invoiceId: string, lines: PricedLine[]): Promise<void> {
-  await trx.insertInto('invoice_lines').values(lines.map((l) => ({
+/** The invoice_lines rows of an invoice's priced lines (tenant_id and shard: the defaults). */
+function lineRows (invoiceId: string, lines: PricedLine[]) {
+  return lines.map((l) => ({
     invoice_id: invoiceId,
     position: l.position,
     description: l.description,
     quantity: l.quantity,
     unit_amount_cents: l.unit_amount_cents,
     amount_cents: l.amount_cents,
-  }))).execute()
+  }))
 }
 
 /**
@@ -48,14 +49,7 @@ export async function insertInvoice (trx: Executor, invoice: InvoiceInsert, line
     // Not `lines`: the trigger that fills it runs at the end of the statement; the lines are read
     // back from the lines CTE instead.
     .with('inserted', (db) => db.insertInto('invoices').values(invoice).returning(INVOICE_COLUMNS))
-    .with('inserted_lines', (db) => db.insertInto('invoice_lines').values(lines.map((l) => ({
-      invoice_id: invoice.id,
-      position: l.position,
-      description: l.description,
-      quantity: l.quantity,
-      unit_amount_cents: l.unit_amount_cents,
-      amount_cents: l.amount_cents,
-    }))).returning(['position', 'description', 'quantity', 'unit_amount_cents', 'amount_cents']))
+    .with('inserted_lines', (db) => db.insertInto('invoice_lines').values(lineRows(invoice.id, lines)).returning(['position', 'description', 'quantity', 'unit_amount_cents', 'amount_cents']))
     .selectFrom('inserted')
     .selectAll('inserted')
     .select((eb) => jsonArrayFrom(
@@ -160,7 +154,7 @@ export async function updateInvoice (
   const lines = options.lines
   if (lines !== undefined) {
     await trx.deleteFrom('invoice_lines').where('invoice_id', '=', id).execute()
-    await insertLines(trx, id, lines)
+    await trx.insertInto('invoice_lines').values(lineRows(id, lines)).execute()
   }
   return (await findInvoice(trx, id))!
 }

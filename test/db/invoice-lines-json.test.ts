@@ -2,7 +2,7 @@ import pg from 'pg'
 import t from 'tap'
 import { as, buildTestApp, provisionTenant, type ProvisionedTenant } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
-import { someoneWaits, waitUntil } from '../helpers/operator.ts'
+import { shardOf, someoneWaits, waitUntil } from '../helpers/operator.ts'
 
 // invoices.lines is a copy of invoice_lines that the database keeps (sql/0014): every way of
 // writing lines must leave the copy equal to the rows, and nobody may write the copy itself.
@@ -31,13 +31,19 @@ async function copyAndRows (invoiceId: string): Promise<{ copy: Line[], rows: Li
   return row
 }
 
-/** Runs statements as the runtime role, bound to a tenant, in one transaction (rolled back on error). */
-async function asApp (tenant: ProvisionedTenant, statements: Array<[string, unknown[]]>): Promise<void> {
+/** A runtime-role connection bound to a tenant, inside an open transaction. */
+async function openAs (tenant: ProvisionedTenant): Promise<pg.Client> {
   const client = new pg.Client({ connectionString: ctx.db.appUrl })
   await client.connect()
+  await client.query('BEGIN')
+  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
+  return client
+}
+
+/** Runs statements as the runtime role, bound to a tenant, in one transaction (rolled back on error). */
+async function asApp (tenant: ProvisionedTenant, statements: Array<[string, unknown[]]>): Promise<void> {
+  const client = await openAs(tenant)
   try {
-    await client.query('BEGIN')
-    await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
     for (const [text, values] of statements) await client.query(text, values)
     await client.query('COMMIT')
   } catch (error) {
@@ -47,9 +53,6 @@ async function asApp (tenant: ProvisionedTenant, statements: Array<[string, unkn
     await client.end()
   }
 }
-
-const shardOf = async (tenant: ProvisionedTenant): Promise<number> =>
-  (await query<{ shard: number }>(ctx.db.adminUrl, 'SELECT shard FROM tenants WHERE id = $1', [tenant.id]))[0]!.shard
 
 t.test('created, read, listed and replaced through the API, the copy is the rows', async (t) => {
   const invoice = await createInvoice(alice, [{ description: 'b', quantity: 2, unit_amount_cents: 5 }, { description: 'a', quantity: 1, unit_amount_cents: 7 }])
@@ -69,7 +72,7 @@ t.test('created, read, listed and replaced through the API, the copy is the rows
 
 t.test('lines written in raw SQL by the runtime role keep the copy current, statement by statement', async (t) => {
   const invoice = await createInvoice(alice, [{ description: 'one', quantity: 1, unit_amount_cents: 1 }])
-  const shard = await shardOf(alice)
+  const shard = await shardOf(ctx, alice.id)
   await asApp(alice, [
     ['INSERT INTO invoice_lines (invoice_id, position, description, quantity, unit_amount_cents, amount_cents) VALUES ($1, 3, $2, 1, 4, 4), ($1, 2, $3, 2, 2, 4)', [invoice.id, 'three', 'two']],
   ])
@@ -133,15 +136,6 @@ t.test('moved to a dedicated partition, the copy travels with the invoice', asyn
   t.same(read.lines, state.rows, 'read from its new partition')
 })
 
-/** A runtime-role connection bound to a tenant, inside an open transaction. */
-async function openAs (tenant: ProvisionedTenant): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString: ctx.db.appUrl })
-  await client.connect()
-  await client.query('BEGIN')
-  await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant.id])
-  return client
-}
-
 t.test('two transactions adding lines to one invoice at once: the copy keeps both', async (t) => {
   const invoice = await createInvoice(alice, [{ description: 'first', quantity: 1, unit_amount_cents: 1 }])
   const insert = 'INSERT INTO invoice_lines (invoice_id, position, description, quantity, unit_amount_cents, amount_cents) VALUES ($1, $2, $3, 1, 1, 1)'
@@ -161,7 +155,7 @@ t.test('two transactions adding lines to one invoice at once: the copy keeps bot
 
 t.test('a line written where the copy cannot follow is refused, not left stale', async (t) => {
   const invoice = await createInvoice(alice, [{ description: 'kept', quantity: 1, unit_amount_cents: 1 }])
-  const shard = await shardOf(alice)
+  const shard = await shardOf(ctx, alice.id)
   const before = await copyAndRows(invoice.id)
   const line = `INSERT INTO invoice_lines (tenant_id, shard, invoice_id, position, description, quantity, unit_amount_cents, amount_cents)
     VALUES ('${alice.id}', ${shard}, '${invoice.id}', 5, 'by hand', 1, 1, 1)`
@@ -173,14 +167,12 @@ t.test('a line written where the copy cannot follow is refused, not left stale',
   t.same(await copyAndRows(invoice.id), before, 'nothing changed')
   // The composite foreign key is deferrable: a line before its invoice would leave the new invoice's
   // copy empty. The trigger refuses the line instead.
-  const customer = (await ctx.app.inject(as(alice, { method: 'POST', url: '/v1/customers', payload: { name: 'C' } }))).json<{ id: string }>()
   const early = await openAs(alice)
   t.teardown(async () => { await early.end() })
   await early.query('SET CONSTRAINTS ALL DEFERRED')
   await t.rejects(early.query("INSERT INTO invoice_lines (invoice_id, position, description, quantity, unit_amount_cents, amount_cents) VALUES ('0190a6d2-0000-7000-8000-0000000000aa', 1, 'early', 1, 1, 1)"),
     { code: '23503', message: /before their invoice/ })
   await early.query('ROLLBACK')
-  t.ok(customer.id)
 })
 
 t.test('exports leave the copy out and imports rebuild it from the lines', async (t) => {

@@ -30,6 +30,19 @@ async function lockWaiters (locker: pg.Client): Promise<number> {
   return rows[0]!.n
 }
 
+/** Sends a PATCH of the customer over a real socket, waits until it blocks on the locker's row lock, then hangs up. */
+async function abandonPatch (address: string, tenant: { key: string }, customerId: string, name: string, locker: pg.Client): Promise<void> {
+  const body = JSON.stringify({ name })
+  const req = httpRequest(`${address}/v1/customers/${customerId}`, {
+    method: 'PATCH',
+    headers: { authorization: `Bearer ${tenant.key}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+  })
+  req.on('error', () => {})
+  req.end(body)
+  await waitFor('the PATCH to block on the row lock', async () => await lockWaiters(locker) === 1)
+  req.destroy()
+}
+
 async function customerOf (ctx: TestApp, tenant: { key: string }, name = 'Original'): Promise<string> {
   const created = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name } }))
   return created.json<{ id: string }>().id
@@ -99,15 +112,7 @@ t.test('a client that disconnects mid-query has its statement cancelled at once,
   const customerId = await customerOf(ctx, tenant)
   const address = await ctx.app.listen({ host: '127.0.0.1', port: 0 })
   const locker = await lockCustomer(t, ctx, customerId)
-  const body = JSON.stringify({ name: 'Changed by a vanished client' })
-  const req = httpRequest(`${address}/v1/customers/${customerId}`, {
-    method: 'PATCH',
-    headers: { authorization: `Bearer ${tenant.key}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-  })
-  req.on('error', () => {})
-  req.end(body)
-  await waitFor('the PATCH to block on the row lock', async () => await lockWaiters(locker) === 1)
-  req.destroy()
+  await abandonPatch(address, tenant, customerId, 'Changed by a vanished client', locker)
   await waitFor('its statement to be cancelled while the lock is still held', async () => await lockWaiters(locker) === 0, 2000)
   await waitFor('its connection to leave the pool busy list', () => ctx.app.dbPool.idleCount === ctx.app.dbPool.totalCount, 2000)
   await locker.query('COMMIT')
@@ -147,15 +152,7 @@ t.test('a request that ended (answered or abandoned) never reports its deadline 
   t.equal((await fetch(`${address}/v1/customers/${customerId}`, { headers: { authorization: `Bearer ${tenant.key}` } })).status, 200)
   // Abandoned while it waits on a row lock, well before its deadline.
   const locker = await lockCustomer(t, ctx, customerId)
-  const body = JSON.stringify({ name: 'abandoned' })
-  const req = httpRequest(`${address}/v1/customers/${customerId}`, {
-    method: 'PATCH',
-    headers: { authorization: `Bearer ${tenant.key}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-  })
-  req.on('error', () => {})
-  req.end(body)
-  await waitFor('the PATCH to block on the row lock', async () => await lockWaiters(locker) === 1)
-  req.destroy()
+  await abandonPatch(address, tenant, customerId, 'abandoned', locker)
   await waitFor('its statement to be cancelled', async () => await lockWaiters(locker) === 0, 2000)
   await locker.query('COMMIT')
   await sleep(700)

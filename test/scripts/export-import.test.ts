@@ -1,32 +1,14 @@
-import { spawn } from 'node:child_process'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
 import { as, buildTestApp, provisionTenant, type TestApp } from '../helpers/app.ts'
 import { createTestDatabase, query } from '../helpers/db.ts'
+import { runNpmScript } from '../helpers/npm.ts'
 import { operator } from '../helpers/operator.ts'
 
 // `npm run export` and `npm run import` as an operator runs them: child processes, configured by
 // the environment, progress on stderr, an exit code that says whether it worked.
-
-interface Run { code: number | null, stdout: string, stderr: string }
-
-function npmRun (script: 'export' | 'import', args: string[], database: { ownerUrl: string, appUrl: string }): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('npm', ['run', '--silent', script, '--', ...args], {
-      cwd: path.resolve(import.meta.dirname, '../..'),
-      env: { ...process.env, DATABASE_URL: database.ownerUrl, APP_DATABASE_URL: database.appUrl, NODE_ENV: 'test', ROWFENCE_TEST_DB: '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
-    child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-    child.on('error', reject)
-    child.on('close', (code) => { resolve({ code, stdout, stderr }) })
-  })
-}
 
 const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-cli-'))
 t.teardown(() => rm(dir, { recursive: true, force: true }))
@@ -44,7 +26,7 @@ async function exportOf (c: TestApp, id: string): Promise<string> {
 }
 
 t.test('npm run export writes the NDJSON to stdout and its progress to stderr', async (t) => {
-  const run = await npmRun('export', ['--tenant', tenant.id], source.db)
+  const run = await runNpmScript('export', ['--tenant', tenant.id], source.db)
   t.equal(run.code, 0, run.stderr)
   t.equal(run.stdout, viaHttp, 'stdout holds exactly the export, the same as the operator API serves')
   t.match(run.stderr, /export .*100% \| \d+\/\d+ rows/, 'a progress bar, on stderr')
@@ -53,14 +35,14 @@ t.test('npm run export writes the NDJSON to stdout and its progress to stderr', 
 
 t.test('npm run export --out writes the file; a bad tenant is a non-zero exit with a clear message', async (t) => {
   const file = path.join(dir, 'out.ndjson')
-  const run = await npmRun('export', ['--tenant', tenant.id, '--out', file], source.db)
+  const run = await runNpmScript('export', ['--tenant', tenant.id, '--out', file], source.db)
   t.equal(run.code, 0, run.stderr)
   t.equal(run.stdout, '')
   t.equal(await readFile(file, 'utf8'), viaHttp)
-  const missing = await npmRun('export', ['--tenant', '0190a6d2-0000-7000-8000-000000000000'], source.db)
+  const missing = await runNpmScript('export', ['--tenant', '0190a6d2-0000-7000-8000-000000000000'], source.db)
   t.not(missing.code, 0)
   t.match(missing.stderr, /^export: tenant 0190a6d2-0000-7000-8000-000000000000 not found$/m)
-  const malformed = await npmRun('export', ['--tenant', 'nope'], source.db)
+  const malformed = await runNpmScript('export', ['--tenant', 'nope'], source.db)
   t.not(malformed.code, 0)
   t.match(malformed.stderr, /^export: --tenant <uuid> is required$/m)
 })
@@ -69,7 +51,7 @@ t.test('npm run import loads an export into another deployment, and refuses wher
   const file = path.join(dir, 'tenant.ndjson')
   await writeFile(file, viaHttp)
   const targetDb = await createTestDatabase(t)
-  const run = await npmRun('import', ['--file', file, '--placement', 'dedicated'], targetDb)
+  const run = await runNpmScript('import', ['--file', file, '--placement', 'dedicated'], targetDb)
   t.equal(run.code, 0, run.stderr)
   t.match(run.stderr, /import .*100% of the file/, 'a progress bar, on stderr')
   t.match(run.stderr, new RegExp(`imported tenant ${tenant.id} \\(dedicated\\)`))
@@ -78,7 +60,7 @@ t.test('npm run import loads an export into another deployment, and refuses wher
   t.equal((await target.app.inject(as(tenant, { method: 'GET', url: '/v1/invoices' }))).statusCode, 200, 'and the key works there')
   t.same(await query(targetDb.adminUrl, 'SELECT shard FROM shard_reservations'), [], 'the dedicated shard was handed over')
 
-  const again = await npmRun('import', ['--file', file], targetDb)
+  const again = await runNpmScript('import', ['--file', file], targetDb)
   t.not(again.code, 0, 'importing over an existing tenant fails')
   t.match(again.stderr, /^import: a tenant with id .* already exists here$/m)
 })
@@ -88,16 +70,16 @@ t.test('npm run import refuses a bad file with a non-zero exit and a clear messa
   const partitionsBefore = (await query(targetDb.adminUrl, "SELECT 1 FROM pg_class WHERE relispartition AND relkind = 'r'")).length
   const garbage = path.join(dir, 'garbage.ndjson')
   await writeFile(garbage, 'this is not an export\n')
-  const notJson = await npmRun('import', ['--file', garbage], targetDb)
+  const notJson = await runNpmScript('import', ['--file', garbage], targetDb)
   t.not(notJson.code, 0)
   t.match(notJson.stderr, /^import: line 1: not JSON$/m)
-  const absent = await npmRun('import', ['--file', path.join(dir, 'absent.ndjson')], targetDb)
+  const absent = await runNpmScript('import', ['--file', path.join(dir, 'absent.ndjson')], targetDb)
   t.not(absent.code, 0)
   t.match(absent.stderr, /^import: cannot read --file .*absent\.ndjson: no such file$/m)
   // An altered export is found out only at the end, after a dedicated shard was created for it.
   const altered = path.join(dir, 'altered.ndjson')
   await writeFile(altered, viaHttp.replace(/"action":"customer\.created"/, '"action":"customer.deleted"'))
-  const tampered = await npmRun('import', ['--file', altered, '--placement', 'dedicated'], targetDb)
+  const tampered = await runNpmScript('import', ['--file', altered, '--placement', 'dedicated'], targetDb)
   t.not(tampered.code, 0)
   t.match(tampered.stderr, /^import: the imported audit trail does not reproduce the exported chain head/m)
   t.same(await query(targetDb.adminUrl, 'SELECT id FROM tenants'), [], 'no tenant')
