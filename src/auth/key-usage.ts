@@ -1,12 +1,14 @@
 import { sql } from 'kysely'
 import type pg from 'pg'
-import { withTenantTransaction } from '../db/tenant-transaction.ts'
+import { startTenantTransaction } from '../db/tenant-transaction.ts'
 
 /**
  * Records when API keys were last used without a write per request: uses are remembered in memory
- * and written in one transaction per flush (every KEY_USAGE_FLUSH_MS and at shutdown), each tenant's
- * keys under that tenant's own binding. Losing a few seconds of "last used" on a crash is acceptable;
- * adding a write to every request is not.
+ * and written per flush (every KEY_USAGE_FLUSH_MS and at shutdown), each tenant's keys under that
+ * tenant's own binding, in one UPDATE that leaves in the same write as BEGIN and the binding: two
+ * round trips per tenant however many of its keys were used. Losing a few seconds of "last used" on
+ * a crash is acceptable (so these commits do not wait for the WAL flush); adding a write to every
+ * request is not.
  */
 export class KeyUsageRecorder {
   readonly #pool: pg.Pool
@@ -45,16 +47,30 @@ export class KeyUsageRecorder {
       byTenant.set(use.tenantId, list)
     }
     this.#pending.clear()
+    // One tenant's failure (its binding refused, a lost connection) does not keep the others' uses
+    // from being written; the first error is reported once all were tried.
+    let failure: unknown
     for (const [tenantId, uses] of byTenant) {
-      await withTenantTransaction(this.#pool, tenantId, async (trx) => {
-        for (const use of uses) {
-          await trx.db.updateTable('api_keys')
-            .set({ last_used_at: sql<Date>`greatest(last_used_at, ${use.at})` })
-            .where('tenant_id', '=', tenantId)
-            .where('id', '=', use.keyId)
-            .execute()
-        }
-      })
+      await this.#writeTenant(tenantId, uses).catch((error: unknown) => { failure ??= error })
     }
+    if (failure !== undefined) throw failure
+  }
+
+  async #writeTenant (tenantId: string, uses: Array<{ keyId: string, at: Date }>): Promise<void> {
+    const trx = await startTenantTransaction(this.#pool, tenantId, { holdWrites: true })
+    try {
+      // Sent before the binding's answer (holdWrites: one write with BEGIN and the binding); RLS
+      // limits the UPDATE to the bound tenant's keys, and a tenant gone since matches nothing.
+      await Promise.all([
+        sql`SELECT set_config('synchronous_commit', 'off', true)`.execute(trx.db),
+        sql`UPDATE api_keys SET last_used_at = greatest(api_keys.last_used_at, u.at)
+              FROM unnest(${uses.map((u) => u.keyId)}::uuid[], ${uses.map((u) => u.at)}::timestamptz[]) AS u (id, at)
+             WHERE api_keys.tenant_id = ${tenantId} AND api_keys.id = u.id`.execute(trx.db),
+      ])
+    } catch (error) {
+      await trx.rollback()
+      throw error
+    }
+    await trx.commit()
   }
 }

@@ -83,6 +83,33 @@ t.test('last_used_at is recorded in batches, not written by each request', async
   t.ok(list.json<{ data: Array<{ id: string, last_used_at: string | null }> }>().data.find((k) => k.id === key.id)?.last_used_at)
 })
 
+t.test('a flush writes each tenant\'s uses under its own binding only, and never moves a time back', async (t) => {
+  const [a1, a2, a3, b1] = [await createKey(tenant, ['read']), await createKey(tenant, ['read']), await createKey(tenant, ['read']), await createKey(other, ['read'])]
+  const lastUsed = async (id: string): Promise<Date | null> =>
+    (await query<{ last_used_at: Date | null }>(ctx.db.adminUrl, 'SELECT last_used_at FROM api_keys WHERE id = $1', [id]))[0]!.last_used_at
+  const later = new Date('2100-01-01T00:00:00Z')
+  await query(ctx.db.adminUrl, 'UPDATE api_keys SET last_used_at = $2 WHERE id = $1', [a2.id, later])
+  const usage = ctx.app.keyUsage
+  usage.record(tenant.id, a1.id)
+  usage.record(tenant.id, a2.id)
+  usage.record(other.id, b1.id)
+  // An attack: the first tenant's key named under the other tenant's binding.
+  usage.record(other.id, a3.id)
+  await usage.flush()
+  t.type(await lastUsed(a1.id), Date, 'a used key of the first tenant is recorded')
+  t.same(await lastUsed(a2.id), later, 'a later recorded time is kept (greatest)')
+  t.type(await lastUsed(b1.id), Date, "the other tenant's key is recorded in its own transaction")
+  t.equal(await lastUsed(a3.id), null, "a key named under another tenant's binding is not written (RLS)")
+
+  // One tenant's write failing does not lose the others' uses; the flush still reports the failure.
+  const b2 = await createKey(other, ['read'])
+  usage.record('not-a-tenant-id', a3.id)
+  usage.record(other.id, b2.id)
+  await t.rejects(usage.flush(), /tenant id must be a UUID/)
+  t.type(await lastUsed(b2.id), Date, 'the other tenant was written despite the failure')
+  t.equal(await lastUsed(a3.id), null)
+})
+
 t.test('a credential cannot create a key with scopes beyond its own', async (t) => {
   const narrow = await createKey(tenant, ['read', 'admin'], 'read+admin')
   const res = await ctx.app.inject(as(narrow, { method: 'POST', url: '/v1/api-keys', payload: { name: 'wider', scopes: ['read', 'write'] } }))
