@@ -1,6 +1,6 @@
 // npm run bench -- [--tenants 100] [--invoices 2000] [--seconds 10] [--repeat 3] [--soak 0] [--soak-scenario get-invoice] [--connections 16,64]
 //                  [--scenarios healthz,get-invoice,list-invoices,create-invoice] [--workers 1]
-//                  [--pool 10] [--server-dir .] [--label name]
+//                  [--pool 10] [--server-dir .] [--label name] [--growth 1000x10000]
 //
 // Measures the server against the database's own ceiling, in one run on one machine:
 //   1. seeds the dataset (tenants × invoices of 3 lines, one key per tenant; reused between runs),
@@ -10,6 +10,8 @@
 //      the credential check, the route's statements, COMMIT) at the same concurrency,
 //   4. prints one table — req/s, p50, p99 and each as a ratio to pgbench — with the server's peak RSS,
 //      CPU and database round trips per request, and writes it to bench/results/.
+// --growth TxI instead measures how one read's latency grows from the --tenants × --invoices dataset to
+// T tenants × I invoices (see measureGrowth).
 // Database: BENCH_DATABASE_URL (a superuser), else an embedded PostgreSQL kept under .data/bench.
 // `--server-dir` runs another checkout's server against the same data (before/after comparisons).
 import { spawn, spawnSync } from 'node:child_process'
@@ -164,6 +166,147 @@ async function scrapeRoundTrips (url: string): Promise<number | undefined> {
   }
 }
 
+interface Dataset { tenants: number, invoices: number, urls: Awaited<ReturnType<typeof bootstrapDatabase>>, tables: Awaited<ReturnType<typeof loadTenantTables>>, shards: Map<number, number[]> }
+
+/** The benchmark database of a size: created, migrated and seeded (reusing what earlier runs seeded). */
+async function prepareDataset (adminUrl: string, tenants: number, invoices: number): Promise<Dataset> {
+  const database = `rowfence_bench_${tenants}x${invoices}`
+  const urls = await bootstrapDatabase({ adminUrl, database, ownerPassword: 'bench-owner', appPassword: 'bench-app' })
+  await migrate(urls.ownerUrl)
+  say(`seeding ${tenants} tenants × ${invoices} invoices (3 lines each) in ${database}, reusing earlier runs' data`)
+  await seed(withDatabase(adminUrl, database), tenants, invoices, say)
+  const probe = new pg.Pool({ connectionString: urls.appUrl, max: 1 })
+  const tables = await loadTenantTables(probe)
+  await probe.end()
+  return { tenants, invoices, urls, tables, shards: await tenantsByShard(urls.ownerUrl, tenants) }
+}
+
+interface RunningServer { url: string, pid: number, stop: () => Promise<void> }
+
+/** The server of `serverDir`, started exactly as `npm start` starts it (its node flags included), in production mode. */
+async function startServer (serverDir: string, urls: Dataset['urls'], options: { workers: string, pool: string, profile: boolean }): Promise<RunningServer> {
+  // --profile: a V8 CPU profile of the server per process, in bench/profiles (open in Chrome DevTools).
+  const profiling = options.profile ? ['--cpu-prof', '--cpu-prof-dir', path.resolve('bench/profiles')] : []
+  const start = (JSON.parse(await readFile(path.join(serverDir, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start.split(/\s+/)
+  const serverArgs = start[0] === 'node' ? start.slice(1) : ['--import', 'tsx', 'src/server.ts']
+  const server = spawn(process.execPath, [...profiling, ...serverArgs], {
+    cwd: serverDir,
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      NODE_ENV: 'production',
+      LOG_LEVEL: 'warn',
+      HOST: '127.0.0.1',
+      PORT: '0',
+      DATABASE_URL: urls.ownerUrl,
+      APP_DATABASE_URL: urls.appUrl,
+      ADMIN_TOKEN: randomBytes(32).toString('base64url'),
+      WEB_CONCURRENCY: options.workers,
+      DB_POOL_MAX: options.pool,
+      KEY_USAGE_FLUSH_MS: '15000',
+    },
+    stdio: ['ignore', 'inherit', 'pipe'],
+  })
+  let serverErr = ''
+  server.stderr.on('data', (chunk: Buffer) => { serverErr += chunk.toString() })
+  const deadline = Date.now() + 60_000
+  let url: string | undefined
+  while (url === undefined) {
+    url = /listening on (http:\/\/\S+)/.exec(serverErr)?.[1]
+    if (url === undefined && (Date.now() > deadline || server.exitCode !== null)) {
+      server.kill('SIGKILL')
+      throw new Error(`the server did not start: ${serverErr}`)
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  return {
+    url,
+    pid: server.pid!,
+    stop: async () => {
+      if (server.exitCode !== null) return
+      const exited = new Promise((resolve) => server.once('exit', resolve))
+      server.kill('SIGTERM')
+      await exited
+    },
+  }
+}
+
+const median = (xs: number[]): number => { const v = [...xs].sort((x, y) => x - y); return v.length === 0 ? NaN : v.length % 2 === 1 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2 }
+
+/**
+ * --growth TxI: how the latency of one read (GET /v1/invoices/:id) grows from the base dataset to a
+ * larger one. One server per dataset; the two take turns `repeat` times at each concurrency (a
+ * warm-up before every run, as each evicts the other's pages), and each turn is followed by pgbench
+ * running the server's own statements on the same dataset: the database's own growth for that SQL.
+ * The ratios are medians of the turns' own ratios (large ÷ base), the machine being noisy.
+ */
+async function measureGrowth (job: { pgbench: string | undefined, base: Dataset, large: Dataset, servers: [RunningServer, RunningServer], connections: number[], seconds: number, repeat: number }): Promise<Array<Record<string, unknown>>> {
+  const rows: Array<Record<string, unknown>> = []
+  const datasets = [job.base, job.large] as const
+  for (const c of job.connections) {
+    const turns: Array<Array<{ http: Measure, sameSql?: Measure }>> = [[], []]
+    for (let r = 0; r < job.repeat; r++) {
+      for (const [i, data] of datasets.entries()) {
+        const load = { url: job.servers[i]!.url, scenario: 'get-invoice' as const, connections: c, seconds: job.seconds, tenants: data.tenants, invoices: data.invoices }
+        await runLoad({ ...load, seconds: 2 }) // warm-up
+        const http = await runLoad(load)
+        const sameSql = job.pgbench === undefined
+          ? undefined
+          : await runPgbench(job.pgbench, data.urls.appUrl, await pgbenchScripts('get-invoice', 'server', data.tables, data.tenants, data.invoices, data.shards), c, job.seconds)
+        turns[i]!.push({ http, ...(sameSql !== undefined && { sameSql }) })
+        say(`growth: ${data.tenants}x${data.invoices} at ${c} connections, turn ${r + 1}: ${Math.round(http.rps)} req/s, p50 ${http.p50.toFixed(2)} ms`)
+      }
+    }
+    const [base, large] = turns as [typeof turns[0], typeof turns[0]]
+    const ratio = (pick: (m: { http: Measure, sameSql?: Measure }) => number | undefined): number | null => {
+      const xs = base.flatMap((b, r) => { const x = pick(large[r]!); const y = pick(b); return x === undefined || y === undefined ? [] : [x / y] })
+      return xs.length === 0 ? null : Number(median(xs).toFixed(2))
+    }
+    const sqlP50 = (m: { sameSql?: Measure }): number | undefined => m.sameSql?.p50
+    rows.push({
+      connections: c,
+      runs: job.repeat,
+      base_p50_ms: Number(median(base.map((m) => m.http.p50)).toFixed(2)),
+      large_p50_ms: Number(median(large.map((m) => m.http.p50)).toFixed(2)),
+      p50_growth: ratio((m) => m.http.p50),
+      p50_growth_turns: base.map((b, r) => Number((large[r]!.http.p50 / b.http.p50).toFixed(2))),
+      p99_growth: ratio((m) => m.http.p99),
+      rps_base: Math.round(median(base.map((m) => m.http.rps))),
+      rps_large: Math.round(median(large.map((m) => m.http.rps))),
+      server_sql_p50_growth: ratio(sqlP50),
+      errors: [...base, ...large].reduce((n, m) => n + (m.http.errors ?? 0), 0),
+    })
+  }
+  return rows
+}
+
+/** The growth table (stdout, bench/results/growth-*.md and .json), with the database's memory and the datasets' sizes. */
+async function writeGrowth (rows: Array<Record<string, unknown>>, job: { base: Dataset, large: Dataset, seconds: number, repeat: number, label: string, workers: string, pool: string }): Promise<void> {
+  const client = new pg.Client({ connectionString: job.large.urls.ownerUrl })
+  await client.connect()
+  const { rows: [db] } = await client.query<{ shared_buffers: string, base: string, large: string }>(
+    "SELECT current_setting('shared_buffers') AS shared_buffers, pg_size_pretty(pg_database_size($1)) AS base, pg_size_pretty(pg_database_size(current_database())) AS large",
+    [`rowfence_bench_${job.base.tenants}x${job.base.invoices}`])
+  await client.end()
+  const name = (d: Dataset): string => `${d.tenants} × ${d.invoices}`
+  const fmt = (v: unknown): string => v === null || v === undefined ? '–' : Array.isArray(v) ? v.join(', ') : String(v)
+  const table = [
+    `GET /v1/invoices/:id as the data grows from ${name(job.base)} (${db!.base}) to ${name(job.large)} (${db!.large}) invoices; PostgreSQL shared_buffers ${db!.shared_buffers}; ` +
+      `${job.seconds} s per run, the two datasets' servers taking turns ${job.repeat} times; server: ${job.label}, ${job.workers} worker(s), pool ${job.pool}; load: ${WRK ?? 'autocannon'}.`,
+    'Growth = large ÷ base, the median of the turns\' own ratios; "server SQL" is pgbench running the server\'s statements on each dataset right after its turn (the database\'s own growth).',
+    '',
+    '| conns | p50 base / large ms | **p50 growth** | p50 growth per turn | p99 growth | req/s base / large | server SQL p50 growth | errors |',
+    '|---|---|---|---|---|---|---|---|',
+    ...rows.map((r) => `| ${fmt(r.connections)} | ${fmt(r.base_p50_ms)} / ${fmt(r.large_p50_ms)} | **${fmt(r.p50_growth)}** | ${fmt(r.p50_growth_turns)} | ${fmt(r.p99_growth)} | ${fmt(r.rps_base)} / ${fmt(r.rps_large)} | ${fmt(r.server_sql_p50_growth)} | ${fmt(r.errors)} |`),
+  ].join('\n') + '\n'
+  process.stdout.write(table)
+  await mkdir('bench/results', { recursive: true })
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-')
+  const sizes = { base: { tenants: job.base.tenants, invoices: job.base.invoices, size: db!.base }, large: { tenants: job.large.tenants, invoices: job.large.invoices, size: db!.large } }
+  await writeFile(`bench/results/growth-${job.label}-${stamp}.json`, JSON.stringify({ ...sizes, shared_buffers: db!.shared_buffers, seconds: job.seconds, repeat: job.repeat, workers: job.workers, pool: job.pool, rows }, null, 2) + '\n')
+  await writeFile(`bench/results/growth-${job.label}-${stamp}.md`, table)
+}
+
 async function main (): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -180,6 +323,7 @@ async function main (): Promise<void> {
       soak: { type: 'string', default: '0' },
       'soak-scenario': { type: 'string', default: 'get-invoice' },
       repeat: { type: 'string', default: '3' },
+      growth: { type: 'string' },
     },
   })
   const tenants = Number(values.tenants)
@@ -203,50 +347,26 @@ async function main (): Promise<void> {
     stopDatabase = embedded.stop
     say('using the embedded PostgreSQL under .data/bench (BENCH_DATABASE_URL to use another server)')
   }
-  const database = `rowfence_bench_${tenants}x${invoices}`
-  const passwords = { ownerPassword: 'bench-owner', appPassword: 'bench-app' }
-  const urls = await bootstrapDatabase({ adminUrl, database, ...passwords })
-  await migrate(urls.ownerUrl)
-  say(`seeding ${tenants} tenants × ${invoices} invoices (3 lines each), reusing earlier runs' data`)
-  await seed(withDatabase(adminUrl, database), tenants, invoices, say)
-  const probe = new pg.Pool({ connectionString: urls.appUrl, max: 1 })
-  const tables = await loadTenantTables(probe)
-  await probe.end()
-  const shards = await tenantsByShard(urls.ownerUrl, tenants)
-
-  const adminToken = randomBytes(32).toString('base64url')
-  // --profile: a V8 CPU profile of the server per process, in bench/profiles (open in Chrome DevTools).
-  const profiling = values.profile ? ['--cpu-prof', '--cpu-prof-dir', path.resolve('bench/profiles')] : []
-  // The server starts exactly as `npm start` starts it (its node flags included).
-  const start = (JSON.parse(await readFile(path.join(serverDir, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start.split(/\s+/)
-  const serverArgs = start[0] === 'node' ? start.slice(1) : ['--import', 'tsx', 'src/server.ts']
-  const server = spawn(process.execPath, [...profiling, ...serverArgs], {
-    cwd: serverDir,
-    env: {
-      PATH: process.env.PATH,
-      HOME: process.env.HOME,
-      NODE_ENV: 'production',
-      LOG_LEVEL: 'warn',
-      HOST: '127.0.0.1',
-      PORT: '0',
-      DATABASE_URL: urls.ownerUrl,
-      APP_DATABASE_URL: urls.appUrl,
-      ADMIN_TOKEN: adminToken,
-      WEB_CONCURRENCY: values.workers,
-      DB_POOL_MAX: values.pool,
-      KEY_USAGE_FLUSH_MS: '15000',
-    },
-    stdio: ['ignore', 'inherit', 'pipe'],
-  })
-  let serverErr = ''
-  server.stderr.on('data', (chunk: Buffer) => { serverErr += chunk.toString() })
-  const deadline = Date.now() + 60_000
-  let url: string | undefined
-  while (url === undefined) {
-    url = /listening on (http:\/\/\S+)/.exec(serverErr)?.[1]
-    if (url === undefined && (Date.now() > deadline || server.exitCode !== null)) throw new Error(`the server did not start: ${serverErr}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
+  const growth = values.growth === undefined ? undefined : /^(\d+)x(\d+)$/.exec(values.growth)
+  if (growth === null) throw new Error(`--growth: expected TENANTSxINVOICES (e.g. 1000x10000), got ${values.growth}`)
+  const data = await prepareDataset(adminUrl, tenants, invoices)
+  const { urls, tables, shards } = data
+  if (growth !== undefined) {
+    const large = await prepareDataset(adminUrl, Number(growth[1]), Number(growth[2]))
+    const servers = [await startServer(serverDir, urls, { workers: values.workers, pool: values.pool, profile: false })] as RunningServer[]
+    try {
+      servers.push(await startServer(serverDir, large.urls, { workers: values.workers, pool: values.pool, profile: false }))
+      const rows = await measureGrowth({ pgbench, base: data, large, servers: servers as [RunningServer, RunningServer], connections, seconds, repeat })
+      await writeGrowth(rows, { base: data, large, seconds, repeat, label: values.label, workers: values.workers, pool: values.pool })
+    } finally {
+      for (const server of servers) await server.stop()
+      await stopDatabase()
+    }
+    return
   }
+
+  const server = await startServer(serverDir, urls, { workers: values.workers, pool: values.pool, profile: values.profile })
+  const url = server.url
   say(`server (${values.label}, ${values.workers} worker(s), pool ${values.pool}) at ${url}; load from ${WRK ?? 'autocannon (install wrk for a lighter load generator)'}`)
 
   const rows: Array<Record<string, unknown>> = []
@@ -266,11 +386,11 @@ async function main (): Promise<void> {
         let peakKb = 0
         for (let r = 0; r < repeat; r++) {
           const tripsBefore = await scrapeRoundTrips(url)
-          const before = await processStats(server.pid!)
+          const before = await processStats(server.pid)
           const started = performance.now()
           const http = await runLoad(job)
           const elapsed = (performance.now() - started) / 1000
-          const after = await processStats(server.pid!)
+          const after = await processStats(server.pid)
           const tripsAfter = await scrapeRoundTrips(url)
           peakKb = Math.max(peakKb, after.hwmKb)
           // With several workers, /metrics answers for one of them only: no count then.
@@ -281,14 +401,14 @@ async function main (): Promise<void> {
           const sameSql = measurable ? await runPgbench(pgbench, urls.appUrl, serverScripts, c, seconds) : undefined
           runs.push({ http, ...(reference !== undefined && { reference }), ...(sameSql !== undefined && { sameSql }), cpu: ((after.cpuTicks - before.cpuTicks) / 100) / elapsed * 100, ...(trips !== undefined && { trips }) })
         }
-        const med = (xs: number[]): number => { const v = [...xs].sort((x, y) => x - y); return v.length === 0 ? NaN : v.length % 2 === 1 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2 }
-        const http = { rps: med(runs.map((x) => x.http.rps)), p50: med(runs.map((x) => x.http.p50)), p99: med(runs.map((x) => x.http.p99)), errors: runs.reduce((n, x) => n + (x.http.errors ?? 0), 0) }
+
+        const http = { rps: median(runs.map((x) => x.http.rps)), p50: median(runs.map((x) => x.http.p50)), p99: median(runs.map((x) => x.http.p99)), errors: runs.reduce((n, x) => n + (x.http.errors ?? 0), 0) }
         const refs = runs.flatMap((x) => x.reference === undefined ? [] : [{ ...x.reference, http: x.http }])
-        const reference = refs.length === 0 ? undefined : { rps: med(refs.map((x) => x.rps)), p50: med(refs.map((x) => x.p50)), p99: med(refs.map((x) => x.p99)) }
+        const reference = refs.length === 0 ? undefined : { rps: median(refs.map((x) => x.rps)), p50: median(refs.map((x) => x.p50)), p99: median(refs.map((x) => x.p99)) }
         const same = runs.flatMap((x) => x.sameSql === undefined ? [] : [x.sameSql])
-        const sameSql = same.length === 0 ? undefined : { rps: med(same.map((x) => x.rps)) }
+        const sameSql = same.length === 0 ? undefined : { rps: median(same.map((x) => x.rps)) }
         const tripCounts = runs.flatMap((x) => x.trips === undefined ? [] : [x.trips])
-        const roundTrips = tripCounts.length === 0 ? undefined : med(tripCounts)
+        const roundTrips = tripCounts.length === 0 ? undefined : median(tripCounts)
         const row = {
           scenario,
           connections: c,
@@ -301,11 +421,11 @@ async function main (): Promise<void> {
           pgbench_p50_ms: reference === undefined ? null : Number(reference.p50.toFixed(2)),
           pgbench_p99_ms: reference === undefined ? null : Number(reference.p99.toFixed(2)),
           pgbench_server_sql_tps: sameSql === undefined ? null : Math.round(sameSql.rps),
-          rps_ratio: refs.length === 0 ? null : Number(med(refs.map((x) => x.http.rps / x.rps)).toFixed(2)),
-          p99_ratio: refs.length === 0 ? null : Number(med(refs.map((x) => x.http.p99 / x.p99)).toFixed(2)),
+          rps_ratio: refs.length === 0 ? null : Number(median(refs.map((x) => x.http.rps / x.rps)).toFixed(2)),
+          p99_ratio: refs.length === 0 ? null : Number(median(refs.map((x) => x.http.p99 / x.p99)).toFixed(2)),
           rps_ratio_runs: refs.map((x) => Number((x.http.rps / x.rps).toFixed(2))),
           server_peak_rss_mb: Math.round(peakKb / 1024),
-          server_cpu_percent: Math.round(med(runs.map((x) => x.cpu))),
+          server_cpu_percent: Math.round(median(runs.map((x) => x.cpu))),
           round_trips_per_request: roundTrips === undefined || scenario === 'healthz' ? null : Number(roundTrips.toFixed(2)),
         }
         rows.push(row)
@@ -321,14 +441,13 @@ async function main (): Promise<void> {
       const started = Date.now()
       while (Date.now() - started < soakSeconds * 1000 - 1000) {
         await new Promise((resolve) => setTimeout(resolve, 15_000))
-        soak.push({ at_s: Math.round((Date.now() - started) / 1000), rss_mb: Math.round((await processStats(server.pid!)).rssKb / 1024) })
+        soak.push({ at_s: Math.round((Date.now() - started) / 1000), rss_mb: Math.round((await processStats(server.pid)).rssKb / 1024) })
         say(`soak: ${JSON.stringify(soak.at(-1))}`)
       }
       soakResult = await load
     }
   } finally {
-    server.kill('SIGTERM')
-    await new Promise((resolve) => server.once('exit', resolve))
+    await server.stop()
     await stopDatabase()
   }
 

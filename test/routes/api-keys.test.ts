@@ -84,7 +84,7 @@ t.test('last_used_at is recorded in batches, not written by each request', async
 })
 
 t.test('a flush writes each tenant\'s uses under its own binding only, and never moves a time back', async (t) => {
-  const [a1, a2, a3, b1] = [await createKey(tenant, ['read']), await createKey(tenant, ['read']), await createKey(tenant, ['read']), await createKey(other, ['read'])]
+  const [a1, a2, a3, b1, b2] = [await createKey(tenant, ['read']), await createKey(tenant, ['read']), await createKey(tenant, ['read']), await createKey(other, ['read']), await createKey(other, ['read'])]
   const lastUsed = async (id: string): Promise<Date | null> =>
     (await query<{ last_used_at: Date | null }>(ctx.db.adminUrl, 'SELECT last_used_at FROM api_keys WHERE id = $1', [id]))[0]!.last_used_at
   const later = new Date('2100-01-01T00:00:00Z')
@@ -95,14 +95,17 @@ t.test('a flush writes each tenant\'s uses under its own binding only, and never
   usage.record(other.id, b1.id)
   // An attack: the first tenant's key named under the other tenant's binding.
   usage.record(other.id, a3.id)
+  const [trips, statements] = [ctx.app.dbTraffic.roundTrips, ctx.app.dbTraffic.statements]
   await usage.flush()
+  t.equal(ctx.app.dbTraffic.statements - statements, 10, 'per tenant: BEGIN, the binding, synchronous_commit, one UPDATE, COMMIT')
+  t.equal(ctx.app.dbTraffic.roundTrips - trips, 4, 'two round trips per tenant, however many keys')
   t.type(await lastUsed(a1.id), Date, 'a used key of the first tenant is recorded')
   t.same(await lastUsed(a2.id), later, 'a later recorded time is kept (greatest)')
   t.type(await lastUsed(b1.id), Date, "the other tenant's key is recorded in its own transaction")
   t.equal(await lastUsed(a3.id), null, "a key named under another tenant's binding is not written (RLS)")
 
   // One tenant's write failing does not lose the others' uses; the flush still reports the failure.
-  const b2 = await createKey(other, ['read'])
+  // (No request ran since the last flush: the failing tenant is the first one written.)
   usage.record('not-a-tenant-id', a3.id)
   usage.record(other.id, b2.id)
   await t.rejects(usage.flush(), /tenant id must be a UUID/)
