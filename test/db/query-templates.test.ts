@@ -67,17 +67,17 @@ t.test("the invoice list's statement keeps a generic plan: its LIMIT is written 
   await query(ctx.db.adminUrl, 'ANALYZE invoices, invoice_lines')
   sent.length = 0
   t.equal((await ctx.app.inject(as(first, { method: 'GET', url: '/v1/invoices?limit=2' }))).statusCode, 200)
-  const list = sent.find((s) => s.sql.startsWith('select coalesce(json_agg('))
+  const list = sent.find((s) => s.sql.startsWith('select "invoices"."id", CASE WHEN row_number()'))
   if (list === undefined) throw new Error('the list statement was not sent')
-  t.match(list.sql, / limit 11\)/, 'the fetch size (limit + 1, rounded up to a size) is a literal')
+  t.match(list.sql, / limit 11$/, 'the fetch size (limit + 1, rounded up to a size) is a literal')
   const client = new pg.Client({ connectionString: ctx.db.appUrl })
   await client.connect()
   t.teardown(async () => { await client.end() })
   await client.query('BEGIN')
   await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [first.id])
   for (let i = 0; i < 8; i++) {
-    const { rows } = await client.query<{ data: string }>({ name: 'listed', text: list.sql, values: [...list.values] })
-    t.equal(JSON.parse(rows[0]!.data).length, 2, 'a page of two')
+    const { rows } = await client.query<{ json: string | null }>({ name: 'listed', text: list.sql, values: [...list.values] })
+    t.equal(rows.filter((r) => r.json !== null).length, 2, 'a page of two rendered, of the rows read')
   }
   const [plans] = (await client.query<{ generic_plans: string, custom_plans: string }>("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'listed'")).rows
   t.ok(Number(plans!.generic_plans) >= 3, `the generic plan is kept (generic ${plans!.generic_plans}, custom ${plans!.custom_plans})`)
