@@ -223,7 +223,7 @@ async function startServer (serverDir: string, urls: Dataset['urls'], options: {
     url,
     pid: server.pid!,
     stop: async () => {
-      if (server.exitCode !== null) return
+      if (server.exitCode !== null || server.signalCode !== null) return
       const exited = new Promise((resolve) => server.once('exit', resolve))
       server.kill('SIGTERM')
       await exited
@@ -295,7 +295,7 @@ async function writeGrowth (rows: Array<Record<string, unknown>>, job: { base: D
       `${job.seconds} s per run, the two datasets' servers taking turns ${job.repeat} times; server: ${job.label}, ${job.workers} worker(s), pool ${job.pool}; load: ${WRK ?? 'autocannon'}.`,
     'Growth = large ÷ base, the median of the turns\' own ratios; "server SQL" is pgbench running the server\'s statements on each dataset right after its turn (the database\'s own growth).',
     '',
-    '| conns | p50 base / large ms | **p50 growth** | p50 growth per turn | p99 growth | req/s base / large | server SQL p50 growth | errors |',
+    '| conns | p50 base / large ms (medians of the turns) | **p50 growth** (median of the turns\' ratios) | p50 growth per turn | p99 growth | req/s base / large | server SQL p50 growth | errors |',
     '|---|---|---|---|---|---|---|---|',
     ...rows.map((r) => `| ${fmt(r.connections)} | ${fmt(r.base_p50_ms)} / ${fmt(r.large_p50_ms)} | **${fmt(r.p50_growth)}** | ${fmt(r.p50_growth_turns)} | ${fmt(r.p99_growth)} | ${fmt(r.rps_base)} / ${fmt(r.rps_large)} | ${fmt(r.server_sql_p50_growth)} | ${fmt(r.errors)} |`),
   ].join('\n') + '\n'
@@ -336,6 +336,9 @@ async function main (): Promise<void> {
   const soakScenario = values['soak-scenario'] as Scenario
   if (!['healthz', 'get-invoice', 'list-invoices', 'create-invoice'].includes(soakScenario)) throw new Error(`--soak-scenario: unknown scenario ${soakScenario}`)
 
+  const growth = values.growth === undefined ? undefined : /^(\d+)x(\d+)$/.exec(values.growth)
+  if (growth === null) throw new Error(`--growth: expected TENANTSxINVOICES (e.g. 1000x10000), got ${values.growth}`)
+
   const pgbench = findPgbench()
   if (pgbench === undefined) say('pgbench is MISSING (install PostgreSQL client tools, e.g. Debian postgresql-client): the server is measured without its reference')
 
@@ -347,14 +350,14 @@ async function main (): Promise<void> {
     stopDatabase = embedded.stop
     say('using the embedded PostgreSQL under .data/bench (BENCH_DATABASE_URL to use another server)')
   }
-  const growth = values.growth === undefined ? undefined : /^(\d+)x(\d+)$/.exec(values.growth)
-  if (growth === null) throw new Error(`--growth: expected TENANTSxINVOICES (e.g. 1000x10000), got ${values.growth}`)
-  const data = await prepareDataset(adminUrl, tenants, invoices)
+  // Nothing below may leave an embedded database running when it fails.
+  const data = await prepareDataset(adminUrl, tenants, invoices).catch(async (error: unknown) => { await stopDatabase(); throw error })
   const { urls, tables, shards } = data
   if (growth !== undefined) {
-    const large = await prepareDataset(adminUrl, Number(growth[1]), Number(growth[2]))
-    const servers = [await startServer(serverDir, urls, { workers: values.workers, pool: values.pool, profile: false })] as RunningServer[]
+    const servers: RunningServer[] = []
     try {
+      const large = await prepareDataset(adminUrl, Number(growth[1]), Number(growth[2]))
+      servers.push(await startServer(serverDir, urls, { workers: values.workers, pool: values.pool, profile: false }))
       servers.push(await startServer(serverDir, large.urls, { workers: values.workers, pool: values.pool, profile: false }))
       const rows = await measureGrowth({ pgbench, base: data, large, servers: servers as [RunningServer, RunningServer], connections, seconds, repeat })
       await writeGrowth(rows, { base: data, large, seconds, repeat, label: values.label, workers: values.workers, pool: values.pool })
@@ -366,6 +369,7 @@ async function main (): Promise<void> {
   }
 
   const server = await startServer(serverDir, urls, { workers: values.workers, pool: values.pool, profile: values.profile })
+    .catch(async (error: unknown) => { await stopDatabase(); throw error })
   const url = server.url
   say(`server (${values.label}, ${values.workers} worker(s), pool ${values.pool}) at ${url}; load from ${WRK ?? 'autocannon (install wrk for a lighter load generator)'}`)
 

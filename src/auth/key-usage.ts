@@ -51,6 +51,8 @@ export class KeyUsageRecorder {
     // from being written; the first error is reported once all were tried.
     let failure: unknown
     for (const [tenantId, uses] of byTenant) {
+      // In key order: two workers flushing the same tenant's keys lock them in the same order.
+      uses.sort((x, y) => (x.keyId < y.keyId ? -1 : x.keyId > y.keyId ? 1 : 0))
       await this.#writeTenant(tenantId, uses).catch((error: unknown) => { failure ??= error })
     }
     if (failure !== undefined) throw failure

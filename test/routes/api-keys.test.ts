@@ -102,7 +102,7 @@ t.test('a flush writes each tenant\'s uses under its own binding only, and never
   t.type(await lastUsed(a1.id), Date, 'a used key of the first tenant is recorded')
   t.same(await lastUsed(a2.id), later, 'a later recorded time is kept (greatest)')
   t.type(await lastUsed(b1.id), Date, "the other tenant's key is recorded in its own transaction")
-  t.equal(await lastUsed(a3.id), null, "a key named under another tenant's binding is not written (RLS)")
+  t.equal(await lastUsed(a3.id), null, "a key named under another tenant's binding is not written (the bound tenant's filter, and RLS behind it)")
 
   // One tenant's write failing does not lose the others' uses; the flush still reports the failure.
   // (No request ran since the last flush: the failing tenant is the first one written.)
@@ -111,6 +111,20 @@ t.test('a flush writes each tenant\'s uses under its own binding only, and never
   await t.rejects(usage.flush(), /tenant id must be a UUID/)
   t.type(await lastUsed(b2.id), Date, 'the other tenant was written despite the failure')
   t.equal(await lastUsed(a3.id), null)
+
+  // A failure inside the transaction (after BEGIN and the binding: a value the UPDATE cannot cast)
+  // rolls back and returns the connection to the pool, and the next tenant is still written.
+  await query(ctx.db.adminUrl, 'UPDATE api_keys SET last_used_at = NULL WHERE id = $1', [b2.id])
+  const pool = ctx.app.dbPool
+  usage.record(tenant.id, 'not-a-uuid')
+  usage.record(other.id, b2.id)
+  await t.rejects(usage.flush(), /invalid input syntax for type uuid/)
+  t.type(await lastUsed(b2.id), Date, 'the next tenant was written after the rollback')
+  t.equal(pool.idleCount, pool.totalCount, 'every connection is back in the pool, none left in a transaction')
+  const app = new URL(ctx.db.appUrl)
+  const [open] = await query<{ n: number }>(ctx.db.adminUrl, "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND usename = $2 AND state LIKE 'idle in transaction%'",
+    [decodeURIComponent(app.pathname.slice(1)), decodeURIComponent(app.username)])
+  t.equal(open?.n, 0, 'no session is left inside a transaction')
 })
 
 t.test('a credential cannot create a key with scopes beyond its own', async (t) => {
