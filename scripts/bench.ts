@@ -166,7 +166,7 @@ async function scrapeRoundTrips (url: string): Promise<number | undefined> {
   }
 }
 
-interface Dataset { tenants: number, invoices: number, urls: Awaited<ReturnType<typeof bootstrapDatabase>>, tables: Awaited<ReturnType<typeof loadTenantTables>>, shards: Map<number, number[]> }
+interface Dataset { tenants: number, invoices: number, database: string, urls: Awaited<ReturnType<typeof bootstrapDatabase>>, tables: Awaited<ReturnType<typeof loadTenantTables>>, shards: Map<number, number[]> }
 
 /** The benchmark database of a size: created, migrated and seeded (reusing what earlier runs seeded). */
 async function prepareDataset (adminUrl: string, tenants: number, invoices: number): Promise<Dataset> {
@@ -178,7 +178,7 @@ async function prepareDataset (adminUrl: string, tenants: number, invoices: numb
   const probe = new pg.Pool({ connectionString: urls.appUrl, max: 1 })
   const tables = await loadTenantTables(probe)
   await probe.end()
-  return { tenants, invoices, urls, tables, shards: await tenantsByShard(urls.ownerUrl, tenants) }
+  return { tenants, invoices, database, urls, tables, shards: await tenantsByShard(urls.ownerUrl, tenants) }
 }
 
 interface RunningServer { url: string, pid: number, stop: () => Promise<void> }
@@ -243,6 +243,8 @@ const median = (xs: number[]): number => { const v = [...xs].sort((x, y) => x - 
 async function measureGrowth (job: { pgbench: string | undefined, base: Dataset, large: Dataset, servers: [RunningServer, RunningServer], connections: number[], seconds: number, repeat: number }): Promise<Array<Record<string, unknown>>> {
   const rows: Array<Record<string, unknown>> = []
   const datasets = [job.base, job.large] as const
+  // The server's statements on each dataset, captured once (they depend on its shards, not on the turn).
+  const serverSql = await Promise.all(datasets.map(async (d) => pgbenchScripts('get-invoice', 'server', d.tables, d.tenants, d.invoices, d.shards)))
   for (const c of job.connections) {
     const turns: Array<Array<{ http: Measure, sameSql?: Measure }>> = [[], []]
     for (let r = 0; r < job.repeat; r++) {
@@ -252,7 +254,7 @@ async function measureGrowth (job: { pgbench: string | undefined, base: Dataset,
         const http = await runLoad(load)
         const sameSql = job.pgbench === undefined
           ? undefined
-          : await runPgbench(job.pgbench, data.urls.appUrl, await pgbenchScripts('get-invoice', 'server', data.tables, data.tenants, data.invoices, data.shards), c, job.seconds)
+          : await runPgbench(job.pgbench, data.urls.appUrl, serverSql[i]!, c, job.seconds)
         turns[i]!.push({ http, ...(sameSql !== undefined && { sameSql }) })
         say(`growth: ${data.tenants}x${data.invoices} at ${c} connections, turn ${r + 1}: ${Math.round(http.rps)} req/s, p50 ${http.p50.toFixed(2)} ms`)
       }
@@ -262,7 +264,6 @@ async function measureGrowth (job: { pgbench: string | undefined, base: Dataset,
       const xs = base.flatMap((b, r) => { const x = pick(large[r]!); const y = pick(b); return x === undefined || y === undefined ? [] : [x / y] })
       return xs.length === 0 ? null : Number(median(xs).toFixed(2))
     }
-    const sqlP50 = (m: { sameSql?: Measure }): number | undefined => m.sameSql?.p50
     rows.push({
       connections: c,
       runs: job.repeat,
@@ -273,7 +274,7 @@ async function measureGrowth (job: { pgbench: string | undefined, base: Dataset,
       p99_growth: ratio((m) => m.http.p99),
       rps_base: Math.round(median(base.map((m) => m.http.rps))),
       rps_large: Math.round(median(large.map((m) => m.http.rps))),
-      server_sql_p50_growth: ratio(sqlP50),
+      server_sql_p50_growth: ratio((m) => m.sameSql?.p50),
       errors: [...base, ...large].reduce((n, m) => n + (m.http.errors ?? 0), 0),
     })
   }
@@ -286,7 +287,7 @@ async function writeGrowth (rows: Array<Record<string, unknown>>, job: { base: D
   await client.connect()
   const { rows: [db] } = await client.query<{ shared_buffers: string, base: string, large: string }>(
     "SELECT current_setting('shared_buffers') AS shared_buffers, pg_size_pretty(pg_database_size($1)) AS base, pg_size_pretty(pg_database_size(current_database())) AS large",
-    [`rowfence_bench_${job.base.tenants}x${job.base.invoices}`])
+    [job.base.database])
   await client.end()
   const name = (d: Dataset): string => `${d.tenants} × ${d.invoices}`
   const fmt = (v: unknown): string => v === null || v === undefined ? '–' : Array.isArray(v) ? v.join(', ') : String(v)

@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
 import type pg from 'pg'
-import { startTenantTransaction } from '../db/tenant-transaction.ts'
+import { withTenantTransaction } from '../db/tenant-transaction.ts'
 
 /**
  * Records when API keys were last used without a write per request: uses are remembered in memory
@@ -52,27 +52,20 @@ export class KeyUsageRecorder {
     let failure: unknown
     for (const [tenantId, uses] of byTenant) {
       // In key order: two workers flushing the same tenant's keys lock them in the same order.
-      uses.sort((x, y) => (x.keyId < y.keyId ? -1 : x.keyId > y.keyId ? 1 : 0))
+      uses.sort((x, y) => (x.keyId < y.keyId ? -1 : 1)) // one entry per key
       await this.#writeTenant(tenantId, uses).catch((error: unknown) => { failure ??= error })
     }
     if (failure !== undefined) throw failure
   }
 
   async #writeTenant (tenantId: string, uses: Array<{ keyId: string, at: Date }>): Promise<void> {
-    const trx = await startTenantTransaction(this.#pool, tenantId, { holdWrites: true })
-    try {
-      // Sent before the binding's answer (holdWrites: one write with BEGIN and the binding); RLS
-      // limits the UPDATE to the bound tenant's keys, and a tenant gone since matches nothing.
-      await Promise.all([
-        sql`SELECT set_config('synchronous_commit', 'off', true)`.execute(trx.db),
-        sql`UPDATE api_keys SET last_used_at = greatest(api_keys.last_used_at, u.at)
-              FROM unnest(${uses.map((u) => u.keyId)}::uuid[], ${uses.map((u) => u.at)}::timestamptz[]) AS u (id, at)
-             WHERE api_keys.tenant_id = ${tenantId} AND api_keys.id = u.id`.execute(trx.db),
-      ])
-    } catch (error) {
-      await trx.rollback()
-      throw error
-    }
-    await trx.commit()
+    // Sent before the binding's answer (holdWrites: one write with BEGIN and the binding); RLS
+    // limits the UPDATE to the bound tenant's keys, and a tenant gone since matches nothing.
+    await withTenantTransaction(this.#pool, tenantId, async (trx) => await Promise.all([
+      sql`SELECT set_config('synchronous_commit', 'off', true)`.execute(trx.db),
+      sql`UPDATE api_keys SET last_used_at = greatest(api_keys.last_used_at, u.at)
+            FROM unnest(${uses.map((u) => u.keyId)}::uuid[], ${uses.map((u) => u.at)}::timestamptz[]) AS u (id, at)
+           WHERE api_keys.tenant_id = ${tenantId} AND api_keys.id = u.id`.execute(trx.db),
+    ]), { holdWrites: true })
   }
 }

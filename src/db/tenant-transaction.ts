@@ -376,9 +376,15 @@ export async function beginTenantTransaction (
   }
 }
 
-/** Runs `work` in a tenant transaction: COMMIT when it resolves, ROLLBACK when it throws. */
-export async function withTenantTransaction<T> (pool: pg.Pool, tenantId: string, work: (trx: TenantTransaction) => Promise<T>): Promise<T> {
-  const { trx } = await beginTenantTransaction(pool, tenantId)
+/**
+ * Runs `work` in a tenant transaction: COMMIT when it resolves, ROLLBACK when it throws. With
+ * `holdWrites`, `work`'s first statements leave in the same write as BEGIN and the binding (it is
+ * not waited for: a failed binding fails them, and the transaction rolls back).
+ */
+export async function withTenantTransaction<T> (pool: pg.Pool, tenantId: string, work: (trx: TenantTransaction) => Promise<T>, options: BeginOptions = {}): Promise<T> {
+  const trx = options.holdWrites === true
+    ? await startTenantTransaction(pool, tenantId, options)
+    : (await beginTenantTransaction(pool, tenantId, options)).trx
   let result: T
   try {
     result = await work(trx)
