@@ -9,7 +9,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
-import { v7 as uuidv7 } from 'uuid'
+import { newId } from '../src/ids.ts'
 import pg from 'pg'
 import { bootstrapDatabase } from '../src/db/bootstrap.ts'
 import { startEmbedded } from '../src/db/embedded.ts'
@@ -44,7 +44,7 @@ async function main (): Promise<void> {
   const results = []
   try {
     for (const rows of sizes) {
-      const tenant = uuidv7()
+      const tenant = newId()
       await owner.query('BEGIN')
       await owner.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant])
       await owner.query('INSERT INTO tenants (id, name, slug, shard) VALUES ($1, $2, $3, pooled_shard_for($1))', [tenant, `bench ${rows}`, `bench-${rows}`])

@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import { v7 as uuidv7 } from 'uuid'
+import { newId } from './ids.ts'
 import { insertAuditEvent, type AppendedAuditEvent } from './repositories/audit-events.ts'
 
 /**
@@ -26,7 +26,7 @@ export async function audit (
   const actor = request.tenant
   if (actor === null) throw new Error('audit() needs an authenticated tenant request')
   const appended = await insertAuditEvent(request.db, {
-    id: uuidv7(),
+    id: newId(),
     actor_type: actor.actorType,
     actor_id: actor.actorId,
     action,

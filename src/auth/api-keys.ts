@@ -1,6 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import { crc32 } from 'node:zlib'
-import { parse as parseUuid, stringify as stringifyUuid, v7 as uuidv7 } from 'uuid'
+import { parse as parseUuid, stringify as stringifyUuid } from 'uuid'
+import { newId } from '../ids.ts'
 
 /**
  * API key format: `rfk_` + base64url(key id, 16 bytes) + base64url(tenant id, 16 bytes)
@@ -59,7 +60,7 @@ export function formatApiKey (id: string, tenantId: string, secret: Buffer): New
 }
 
 export function generateApiKey (tenantId: string): NewApiKey {
-  return formatApiKey(uuidv7(), tenantId, randomBytes(32))
+  return formatApiKey(newId(), tenantId, randomBytes(32))
 }
 
 export function looksLikeApiKey (token: string): boolean {

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { v7 as uuidv7 } from 'uuid'
+import { newId } from '../../../ids.ts'
 import { audit } from '../../../audit.ts'
 import { notFound } from '../../../errors.ts'
 import { toCustomer } from '../../../mappers/customers.ts'
@@ -20,7 +20,7 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
     },
   }, async (request, reply) => {
     const row = await insertCustomer(request.db, {
-      id: uuidv7(),
+      id: newId(),
       name: request.body.name,
       email: request.body.email ?? null,
       external_ref: request.body.external_ref ?? null,

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
-import { v7 as uuidv7 } from 'uuid'
+import { newId } from '../../../ids.ts'
 import { audit } from '../../../audit.ts'
 import { conflict, notFound } from '../../../errors.ts'
 import { formatInvoiceNumber, toInvoice } from '../../../mappers/invoices.ts'
@@ -33,7 +33,7 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
     },
   }, async (request, reply) => {
     const priced = priceLines(request.body.lines)
-    const id = uuidv7()
+    const id = newId()
     // Both statements leave at once (the connection pipelines them); the invoice's goes first, so
     // its failure (an unknown customer: 422) is the one reported, and the audit insert behind it
     // fails with the aborted transaction.

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { v7 as uuidv7 } from 'uuid'
+import { newId } from '../../../ids.ts'
 import { audit } from '../../../audit.ts'
 import { accessDenied } from '../../../auth/access-log.ts'
 import { hasOwnerRights, ROLE_SCOPES, scopesBeyond } from '../../../auth/identity.ts'
@@ -33,7 +33,7 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
     if (request.body.role === 'owner' && !await hasOwnerRights(caller, request.db)) {
       throw accessDenied(request, forbidden('only an owner can add an owner'), 'adding an owner needs owner rights', { role: 'owner' })
     }
-    const row = await insertMembership(request.db, { id: uuidv7(), user_id: request.body.user_id, role: request.body.role })
+    const row = await insertMembership(request.db, { id: newId(), user_id: request.body.user_id, role: request.body.role })
     await audit(request, 'member.added', { type: 'member', id: row.user_id }, { role: row.role })
     return reply.code(201).send(toMember(row))
   })

@@ -3,7 +3,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import type { FastifyRequest } from 'fastify'
 import type { Kysely } from 'kysely'
-import { v7 as uuidv7 } from 'uuid'
+import { newId } from '../../../../ids.ts'
 import { ALL_SCOPES, generateApiKey } from '../../../../auth/api-keys.ts'
 import { logAuditAppended } from '../../../../audit.ts'
 import { ErasureIncomplete, eraseTenant } from '../../../../db/erasure.ts'
@@ -27,7 +27,7 @@ const tags = ['operator']
  */
 async function auditOperator (trx: Kysely<DB>, request: FastifyRequest, action: string, tenantId: string, data: Record<string, unknown>): Promise<AppendedAuditEvent> {
   return insertAuditEvent(trx, {
-    id: uuidv7(),
+    id: newId(),
     actor_type: 'operator',
     actor_id: 'operator',
     action,
@@ -54,7 +54,7 @@ const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, optio
       // 503 also when the shared tables stay locked by other DDL longer than a dedicated onboarding waits.
     },
   }, async (request, reply) => {
-    const id = uuidv7()
+    const id = newId()
     const placement = request.body.placement ?? 'pooled'
     const key = generateApiKey(id)
     const started = performance.now()
