@@ -321,6 +321,16 @@ export class PoolSaturated extends Error {
 }
 
 /**
+ * A bounded queue: past it, a request is refused at once (PoolSaturated, answered 503) instead of
+ * waiting its turn while latency and memory grow without bound.
+ */
+export function assertPoolQueue (pool: pg.Pool, maxWaiting: number | undefined): void {
+  if (maxWaiting !== undefined && pool.idleCount === 0 && pool.totalCount >= (pool.options.max ?? 10) && pool.waitingCount >= maxWaiting) {
+    throw new PoolSaturated(`${pool.waitingCount} requests already wait for a database connection`)
+  }
+}
+
+/**
  * Checks a connection out of the pool and sends BEGIN and the binding without waiting: on a pool
  * created with `pipeline: true` (the runtime pool) they travel in one round trip, and queries issued
  * before `trx.ready` settles follow them in the same flight. A failed binding aborts the transaction,
@@ -333,11 +343,7 @@ export async function startTenantTransaction (
   queue: { maxWaiting?: number } = {}
 ): Promise<TenantTransaction> {
   if (!UUID.test(tenantId)) throw new TypeError('tenant id must be a UUID')
-  // A bounded queue: past it, a request is refused at once (503) instead of waiting its turn while
-  // latency and memory grow without bound.
-  if (queue.maxWaiting !== undefined && pool.idleCount === 0 && pool.totalCount >= (pool.options.max ?? 10) && pool.waitingCount >= queue.maxWaiting) {
-    throw new PoolSaturated(`${pool.waitingCount} requests already wait for a database connection`)
-  }
+  assertPoolQueue(pool, queue.maxWaiting)
   const client = await pool.connect()
   // Decided once the connection is ours, right before sending: a credential cache consulted here
   // cannot have gone stale while the request queued for a connection.

@@ -42,14 +42,38 @@ t.test('/healthz and /readyz answer without credentials', async (t) => {
   t.match(ready.headers['x-request-id'], /.+/)
 })
 
-t.test('/readyz turns 503 when a safety check stops holding, without naming internals', async (t) => {
+t.test('/readyz costs one statement, and the operator runs the safety checks on demand', async (t) => {
   const ctx = await buildTestApp(t)
+  await ctx.app.ready()
+  const before = ctx.app.dbTraffic.statements
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/readyz' })).statusCode, 200)
+  t.equal(ctx.app.dbTraffic.statements - before, 1, 'readiness sends one statement, whatever the catalog holds')
+  const operator = { authorization: `Bearer ${ctx.adminToken}` }
+  const checks = async (): Promise<{ statusCode: number, body: { ok: boolean, problems: string[] } }> => {
+    const res = await ctx.app.inject({ method: 'GET', url: '/admin/v1/maintenance/checks', headers: operator })
+    return { statusCode: res.statusCode, body: res.json() }
+  }
+  t.same(await checks(), { statusCode: 200, body: { ok: true, problems: [] } })
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/admin/v1/maintenance/checks' })).statusCode, 401, 'operators only')
   await query(ctx.db.ownerUrl, 'ALTER TABLE customers NO FORCE ROW LEVEL SECURITY')
-  const ready = await ctx.app.inject({ method: 'GET', url: '/readyz' })
-  t.equal(ready.statusCode, 503)
-  t.equal(ready.headers['content-type'], 'application/problem+json; charset=utf-8')
-  t.ok(ready.headers['retry-after'])
-  t.notMatch(ready.body, /customers|FORCE/)
+  const broken = await checks()
+  t.equal(broken.body.ok, false)
+  t.match(broken.body.problems.join('\n'), /customers/, 'the operator is told which table')
+})
+
+t.test('/readyz is refused at once when the connection queue is full, not queued behind it', async (t) => {
+  const ctx = await buildTestApp(t, { DB_POOL_MAX: 1, DB_POOL_QUEUE_MAX: 0 })
+  await ctx.app.ready()
+  const held = await ctx.app.dbPool.connect()
+  try {
+    const ready = await ctx.app.inject({ method: 'GET', url: '/readyz' })
+    t.equal(ready.statusCode, 503)
+    t.equal(ready.headers['content-type'], 'application/problem+json; charset=utf-8')
+    t.ok(ready.headers['retry-after'])
+  } finally {
+    held.release()
+  }
+  t.equal((await ctx.app.inject({ method: 'GET', url: '/readyz' })).statusCode, 200, 'ready once a connection is free')
 })
 
 t.test('/openapi.json is a valid OpenAPI 3.1 document listing every route, and /docs is a page', async (t) => {
