@@ -14,7 +14,16 @@ export const Text = (options: StringOptions = {}) => Type.String({ pattern: NO_N
 /** True when a string holds a NUL byte (for text that does not pass through a schema, e.g. JWT claims). */
 export const hasNul = (value: string): boolean => value.includes('\u0000')
 
-export const Uuid = Type.String({ format: 'uuid', description: 'UUID (time-ordered v7 for ids the server assigns)' })
+/**
+ * An id as it enters the API: any case on input, lower case from then on (ajv-keywords' transform runs
+ * during validation), so every comparison after it compares one canonical value.
+ */
+export const Uuid = Type.String({
+  format: 'uuid',
+  maxLength: 36,
+  transform: ['toLowerCase'],
+  description: 'UUID (time-ordered v7 for ids the server assigns)',
+})
 export const Timestamp = Type.String({ format: 'date-time', description: 'ISO 8601 UTC timestamp' })
 
 export const IdParamsSchema = Type.Object({ id: Uuid }, { additionalProperties: false })

@@ -1,3 +1,4 @@
+import pg from 'pg'
 import t from 'tap'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
@@ -64,6 +65,24 @@ t.test('the last admin key cannot be revoked until it has a successor', async (t
   t.equal((await ctx.app.inject(as(solo, { method: 'GET', url: '/v1/tenant' }))).statusCode, 401)
 })
 
+t.test('an id in upper case is the same key: the last-admin guard holds and the trail keeps one spelling', async (t) => {
+  const solo = await provisionTenant(ctx)
+  const upper = solo.keyId.toUpperCase()
+  const last = await ctx.app.inject(as(solo, { method: 'DELETE', url: `/v1/api-keys/${upper}` }))
+  t.equal(last.statusCode, 409, 'the last admin key stays, however its id is spelled')
+  t.equal((await ctx.app.inject(as(solo, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)
+  const successor = await createKey(solo, ['read', 'write', 'admin'])
+  const revoked = await ctx.app.inject(as(successor, { method: 'DELETE', url: `/v1/api-keys/${upper}` }))
+  t.equal(revoked.statusCode, 204)
+  const events = await query<{ resource_id: string }>(ctx.db.adminUrl,
+    "SELECT resource_id FROM audit_events WHERE tenant_id = $1 AND action = 'api_key.revoked'", [solo.id])
+  t.same(events, [{ resource_id: solo.keyId }], 'the audit event names the canonical id')
+  const customer = await ctx.app.inject(as(successor, { method: 'POST', url: '/v1/customers', payload: { name: 'C' } }))
+  const id = customer.json<{ id: string }>().id
+  const read = await ctx.app.inject(as(successor, { method: 'GET', url: `/v1/customers/${id.toUpperCase()}` }))
+  t.equal(read.json<{ id: string }>().id, id, 'a resource read by its upper-case id answers with its canonical id')
+})
+
 t.test('key creation is validated', async (t) => {
   for (const payload of [{ name: 'x', scopes: [] }, { name: 'x', scopes: ['root'] }, { name: 'x', scopes: ['read', 'read'] }, { name: '', scopes: ['read'] }, { scopes: ['read'] }]) {
     const res = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload }))
@@ -125,6 +144,30 @@ t.test('a flush writes each tenant\'s uses under its own binding only, and never
   const [open] = await query<{ n: number }>(ctx.db.adminUrl, "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND usename = $2 AND state LIKE 'idle in transaction%'",
     [decodeURIComponent(app.pathname.slice(1)), decodeURIComponent(app.username)])
   t.equal(open?.n, 0, 'no session is left inside a transaction')
+})
+
+t.test('a tenant whose lock is held keeps its uses for the next flush and does not hold up the others', async (t) => {
+  const [locked, free] = [await provisionTenant(ctx), await provisionTenant(ctx)]
+  const lastUsed = async (id: string): Promise<Date | null> =>
+    (await query<{ last_used_at: Date | null }>(ctx.db.adminUrl, 'SELECT last_used_at FROM api_keys WHERE id = $1', [id]))[0]!.last_used_at
+  // As an erasure or a placement move does: the tenant's lock, held exclusively in an open transaction.
+  const holder = new pg.Client({ connectionString: ctx.db.adminUrl })
+  await holder.connect()
+  t.teardown(() => holder.end())
+  await holder.query('BEGIN')
+  await holder.query('SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7301))', [locked.id])
+  const usage = ctx.app.keyUsage
+  usage.record(locked.id, locked.keyId)
+  usage.record(free.id, free.keyId)
+  const flushed = usage.flush()
+  await t.rejects(flushed, /took over \d+ ms|canceling statement/, 'the locked tenant fails within the time limit')
+  t.type(await lastUsed(free.keyId), Date, 'the other tenant was written meanwhile')
+  t.equal(await lastUsed(locked.keyId), null)
+  t.equal(usage.pendingKeys, 1, 'the locked tenant\'s use is kept, not dropped')
+  await holder.query('COMMIT')
+  await usage.flush()
+  t.type(await lastUsed(locked.keyId), Date, 'and written by the next flush')
+  t.equal(usage.pendingKeys, 0)
 })
 
 t.test('a credential cannot create a key with scopes beyond its own', async (t) => {

@@ -70,19 +70,20 @@ const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
     },
   }, async (request, reply) => {
     const adminKeys = await lockLiveAdminKeys(request.db)
-    const target = await request.db.selectFrom('api_keys').select('owner_rights')
+    // From here on the id is the database's value, not the client's spelling of it.
+    const target = await request.db.selectFrom('api_keys').select(['id', 'owner_rights'])
       .where('id', '=', request.params.id).where('revoked_at', 'is', null).executeTakeFirst()
     if (target === undefined) throw notFound('API key')
     if (target.owner_rights && !await hasOwnerRights(request.tenant!, request.db)) {
-      throw accessDenied(request, forbidden('only a credential with owner rights can revoke a key with owner rights'), 'revoking an owner key needs owner rights', { apiKey: request.params.id })
+      throw accessDenied(request, forbidden('only a credential with owner rights can revoke a key with owner rights'), 'revoking an owner key needs owner rights', { apiKey: target.id })
     }
-    if (adminKeys.length === 1 && adminKeys[0] === request.params.id) {
+    if (adminKeys.length === 1 && adminKeys[0] === target.id) {
       throw conflict('this is the last API key with the admin scope; create another one before revoking it', 'last-admin-key')
     }
-    if (!await revokeApiKey(request.db, request.params.id)) throw notFound('API key')
-    await audit(request, 'api_key.revoked', { type: 'api_key', id: request.params.id })
+    if (!await revokeApiKey(request.db, target.id)) throw notFound('API key')
+    await audit(request, 'api_key.revoked', { type: 'api_key', id: target.id })
     // Answer once the invalidation has gone round, so no instance's cache still holds the key.
-    request.afterCommit!.push(() => fastify.awaitAuthNotification(`key:${request.params.id}`))
+    request.afterCommit!.push(() => fastify.awaitAuthNotification(`key:${target.id}`))
     return reply.code(204).send()
   })
 }
