@@ -1,30 +1,84 @@
-import { Ajv, type ValidateFunction } from 'ajv'
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv'
 import ajvFormats from 'ajv-formats'
+import ajvKeywords from 'ajv-keywords'
 import type { FastifySchemaCompiler } from 'fastify'
 
 /**
  * Two Ajv instances, because API.md wants two rules: JSON bodies are typed strictly ("5", true or
  * null where an integer is expected is a 400), while query strings, params and headers are text
  * and get parsed into their declared types. Unknown body properties are rejected, never dropped
- * silently and never stored.
+ * silently and never stored. `transform` (ajv-keywords) makes ids canonical as they enter.
  */
-function makeAjv (coerceTypes: boolean | 'array'): Ajv {
-  const ajv = new Ajv({
-    coerceTypes,
-    useDefaults: true,
-    removeAdditional: false,
-    allErrors: true,
-    strict: false,
-  })
-  // ajv-formats is CommonJS: under NodeNext its default import is module.exports, whose .default is the plugin.
+function makeAjv (coerceTypes: boolean | 'array', allErrors: boolean): Ajv {
+  const ajv = new Ajv({ coerceTypes, useDefaults: true, removeAdditional: false, allErrors, strict: false })
+  // Both packages are CommonJS: under NodeNext their default import is module.exports, whose .default is the plugin.
   ajvFormats.default(ajv)
+  ajvKeywords.default(ajv, ['transform'])
   return ajv
 }
 
-const strictAjv = makeAjv(false)
-const textAjv = makeAjv('array')
+const SIZE_KEYWORDS = ['maxItems', 'maxLength', 'maxProperties'] as const
+/** Unknown properties listed one by one before the size check refuses an object outright. */
+const UNKNOWN_PROPERTIES_LISTED = 16
 
+/**
+ * The size limits of a schema and nothing else: maxItems, maxLength and maxProperties, through
+ * properties, items and combinators. An object closed to unknown properties may hold only a few
+ * more keys than it declares. Checked first, with the first failure ending the check, these bound
+ * the work of the full validation that follows, whatever the body: no keyword runs over an array,
+ * a string or an object longer than the schema allows.
+ */
+export function sizeLimits (schema: unknown): unknown {
+  if (typeof schema !== 'object' || schema === null) return true
+  const source = schema as Record<string, unknown>
+  const limits: Record<string, unknown> = {}
+  for (const keyword of SIZE_KEYWORDS) if (keyword in source) limits[keyword] = source[keyword]
+  const map = (value: unknown): Record<string, unknown> =>
+    Object.fromEntries(Object.entries(value as Record<string, unknown>).map(([k, v]) => [k, sizeLimits(v)]))
+  if (typeof source.properties === 'object' && source.properties !== null) {
+    limits.properties = map(source.properties)
+    if (source.additionalProperties === false) {
+      const allowed = Object.keys(source.properties).length + UNKNOWN_PROPERTIES_LISTED
+      limits.maxProperties = Math.min(allowed, Number(limits.maxProperties ?? allowed))
+    }
+  }
+  if (typeof source.patternProperties === 'object' && source.patternProperties !== null) {
+    limits.patternProperties = map(source.patternProperties)
+  }
+  if (typeof source.additionalProperties === 'object') limits.additionalProperties = sizeLimits(source.additionalProperties)
+  if (Array.isArray(source.items)) limits.items = source.items.map(sizeLimits)
+  else if (source.items !== undefined) limits.items = sizeLimits(source.items)
+  // oneOf becomes anyOf: size limits alone may fit several branches, which oneOf would refuse.
+  const branches = [source.anyOf, source.oneOf].filter(Array.isArray).flat()
+  if (branches.length > 0) limits.anyOf = branches.map(sizeLimits)
+  if (Array.isArray(source.allOf)) limits.allOf = source.allOf.map(sizeLimits)
+  return limits
+}
+
+interface Validators { firstError: Ajv, sizes: Ajv, allErrors: Ajv }
+const body: Validators = { firstError: makeAjv(false, false), sizes: makeAjv(false, false), allErrors: makeAjv(false, true) }
+const text: Validators = { firstError: makeAjv('array', false), sizes: makeAjv('array', false), allErrors: makeAjv('array', true) }
+
+/**
+ * A valid request costs one pass that stops at the first problem. An invalid one then has its sizes
+ * checked (a body past a limit is answered with that one problem), and only a body within every
+ * limit is validated again to list all its problems, of which there can then only be a bounded number.
+ */
 export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, httpPart }) => {
-  const ajv = httpPart === 'body' ? strictAjv : textAjv
-  return ajv.compile(schema as object) as ValidateFunction
+  const ajv = httpPart === 'body' ? body : text
+  const firstError = ajv.firstError.compile(schema as object)
+  // Compiled on the first invalid request only: start-up compiles one validator per schema, as before.
+  let sizes: ValidateFunction | undefined
+  let allErrors: ValidateFunction | undefined
+  const validate = (data: unknown): boolean => {
+    validate.errors = null
+    if (firstError(data)) return true
+    sizes ??= ajv.sizes.compile(sizeLimits(schema) as object)
+    allErrors ??= ajv.allErrors.compile(schema as object)
+    const failed = sizes(data) ? allErrors(data) ? firstError : allErrors : sizes
+    validate.errors = failed.errors ?? firstError.errors ?? null
+    return false
+  }
+  validate.errors = null as ErrorObject[] | null
+  return validate as unknown as ValidateFunction
 }

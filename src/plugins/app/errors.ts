@@ -19,9 +19,12 @@ interface ValidationItem {
   params: Record<string, unknown>
 }
 
+/** A response lists this many problems at most (and says how many there were): its size stays bounded. */
+export const LISTED_PROBLEMS = 10
+
 function fieldErrors (context: string | undefined, validation: ValidationItem[]): FieldError[] {
   const part = context ?? 'body'
-  return validation.map((v) => {
+  return validation.slice(0, LISTED_PROBLEMS).map((v) => {
     let path = v.instancePath
     if (v.keyword === 'required' && typeof v.params.missingProperty === 'string') path += `/${v.params.missingProperty}`
     if (v.keyword === 'additionalProperties' && typeof v.params.additionalProperty === 'string') {
@@ -47,8 +50,12 @@ const FASTIFY_DETAILS: Record<string, string> = {
 /** Errors Fastify raises before a handler runs, with a status chosen by Fastify (400, 404, 413, 414, 415...). */
 function problemFromFastifyError (error: FastifyError): HttpProblem | undefined {
   if (error.validation !== undefined) {
-    const errors = fieldErrors(error.validationContext, error.validation as ValidationItem[])
-    return new HttpProblem(400, { slug: 'validation', title: 'Validation Failed', detail: 'the request is invalid', errors })
+    const validation = error.validation as ValidationItem[]
+    const errors = fieldErrors(error.validationContext, validation)
+    const detail = validation.length > errors.length
+      ? `the request is invalid: ${validation.length} problems, the first ${errors.length} listed`
+      : 'the request is invalid'
+    return new HttpProblem(400, { slug: 'validation', title: 'Validation Failed', detail, errors })
   }
   const status = error.statusCode
   if (typeof status !== 'number' || status < 400 || status >= 500 || typeof error.code !== 'string' || !error.code.startsWith('FST_')) {
