@@ -6,18 +6,24 @@ import { ConfigError, loadConfig } from '../src/config.ts'
 import { startEmbedded } from '../src/db/embedded.ts'
 import { runSafetyChecks } from '../src/db/safety-checks.ts'
 import { checkShardPartitions } from '../src/db/shard-checks.ts'
+import { connectionOptions, databaseTls, tlsFailure } from '../src/db/tls.ts'
 
 async function main (): Promise<number> {
   const config = loadConfig()
+  const tls = databaseTls(config)
   const embedded = config.APP_DATABASE_URL === undefined
     ? await startEmbedded({ dataDir: config.DATA_DIR, port: config.EMBEDDED_PG_PORT })
     : undefined
-  const client = new pg.Client({ connectionString: embedded?.appUrl ?? config.APP_DATABASE_URL, application_name: 'rowfence-check' })
+  const client = new pg.Client({
+    ...connectionOptions(embedded?.appUrl ?? config.APP_DATABASE_URL!, tls), application_name: 'rowfence-check',
+  })
   // The shard check runs as the owner: only the owner's registry policy shows every tenant's shard.
-  const owner = new pg.Client({ connectionString: embedded?.ownerUrl ?? config.DATABASE_URL, application_name: 'rowfence-check' })
+  const owner = new pg.Client({
+    ...connectionOptions(embedded?.ownerUrl ?? config.DATABASE_URL!, tls), application_name: 'rowfence-check',
+  })
   try {
-    await client.connect()
-    await owner.connect()
+    await Promise.all([client.connect(), owner.connect()])
+      .catch((error: unknown) => { throw tlsFailure(error, tls) ?? error })
     const report = await runSafetyChecks(client)
     const problems = [...report.problems, ...await checkShardPartitions(owner)]
     if (problems.length === 0) {

@@ -3,14 +3,17 @@
 import { ConfigError, loadConfig } from '../src/config.ts'
 import { startEmbedded } from '../src/db/embedded.ts'
 import { MigrationError, migrate } from '../src/db/migrate.ts'
+import { databaseTls, tlsFailure } from '../src/db/tls.ts'
 
 async function main (): Promise<void> {
   const config = loadConfig()
+  const tls = databaseTls(config)
   const embedded = config.DATABASE_URL === undefined
     ? await startEmbedded({ dataDir: config.DATA_DIR, port: config.EMBEDDED_PG_PORT })
     : undefined
   try {
-    const result = await migrate(embedded?.ownerUrl ?? config.DATABASE_URL!, { log: (line) => console.log(line) })
+    const result = await migrate(embedded?.ownerUrl ?? config.DATABASE_URL!, { log: (line) => console.log(line), tls })
+      .catch((error: unknown) => { throw tlsFailure(error, tls) ?? error })
     console.log(result.applied.length === 0
       ? `database is up to date (${result.alreadyApplied} migrations applied earlier)`
       : `applied ${result.applied.length} migration(s)`)

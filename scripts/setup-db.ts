@@ -4,7 +4,9 @@
 import { randomBytes } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { bootstrapDatabase } from '../src/db/bootstrap.ts'
+import { loadConfig } from '../src/config.ts'
 import { migrate } from '../src/db/migrate.ts'
+import { databaseTls, tlsFailure } from '../src/db/tls.ts'
 
 async function main (): Promise<void> {
   const { values } = parseArgs({
@@ -16,6 +18,11 @@ async function main (): Promise<void> {
   })
   const adminUrl = values['admin-url'] ?? process.env.ADMIN_DATABASE_URL
   if (adminUrl === undefined) throw new Error('pass --admin-url (a superuser or a CREATEROLE+CREATEDB login) or set ADMIN_DATABASE_URL')
+  // TLS as the server will use it; the admin URL stands in for both URLs, so the same rules apply to it.
+  const { DATABASE_SSL_MODE, DATABASE_SSL_CA_FILE } = process.env
+  const tls = databaseTls(loadConfig({
+    DATABASE_SSL_MODE, DATABASE_SSL_CA_FILE, DATABASE_URL: adminUrl, APP_DATABASE_URL: adminUrl,
+  }))
   const generated = process.env.OWNER_PASSWORD === undefined || process.env.APP_PASSWORD === undefined
   const urls = await bootstrapDatabase({
     adminUrl,
@@ -23,8 +30,9 @@ async function main (): Promise<void> {
     ownerRole: values['owner-role'],
     ownerPassword: process.env.OWNER_PASSWORD ?? randomBytes(24).toString('base64url'),
     appPassword: process.env.APP_PASSWORD ?? randomBytes(24).toString('base64url'),
-  })
-  const result = await migrate(urls.ownerUrl, { log: (line) => console.error(line) })
+    tls,
+  }).catch((error: unknown) => { throw tlsFailure(error, tls) ?? error })
+  const result = await migrate(urls.ownerUrl, { log: (line) => console.error(line), tls })
   console.error(`roles and database ready; ${result.applied.length} migration(s) applied`)
   if (generated) console.error('passwords were generated: keep these URLs, they are not shown again')
   console.log(`DATABASE_URL=${urls.ownerUrl}`)

@@ -5,6 +5,7 @@ import type { ResolvedConfig } from './config.ts'
 import type { QueryListener } from './db/database.ts'
 import { unavailable } from './errors.ts'
 import { usePreparedStatements } from './db/tenant-transaction.ts'
+import { PLAINTEXT } from './db/tls.ts'
 import dbPlugin from './plugins/external/db.ts'
 import httpHardening from './plugins/external/http-hardening.ts'
 import jwtPlugin from './plugins/external/jwt.ts'
@@ -16,13 +17,19 @@ import keyUsagePlugin from './plugins/app/key-usage.ts'
 import adminV1 from './routes/admin/v1/index.ts'
 import service from './routes/service/index.ts'
 import v1 from './routes/v1/index.ts'
-import { validatorCompiler } from './validation.ts'
+import { refuseUndeclaredBody, validatorCompiler } from './validation.ts'
 
 export type AppConfig = Pick<ResolvedConfig,
   'DATABASE_URL' | 'APP_DATABASE_URL' | 'ADMIN_TOKEN' | 'LOG_LEVEL' | 'DB_POOL_MAX' | 'DB_OPERATOR_POOL_MAX' |
   'DB_CONNECT_TIMEOUT_MS' | 'BODY_LIMIT_BYTES' | 'NODE_ENV' | 'KEY_USAGE_FLUSH_MS' | 'jwt' | 'CREDENTIAL_CACHE_TTL_MS'> &
   Partial<Pick<ResolvedConfig, 'DB_PREPARED_STATEMENTS' | 'DB_LISTEN_URL' | 'CACHE_GRACE_MS' | 'DB_POOL_QUEUE_MAX' |
-    'DB_STATEMENT_TIMEOUT_MS' | 'DB_IDLE_IN_TRANSACTION_TIMEOUT_MS' | 'REQUEST_DEADLINE_MS' | 'MAX_EVENT_LOOP_DELAY_MS' | 'CORS_ORIGINS'>>
+    'DB_STATEMENT_TIMEOUT_MS' | 'DB_IDLE_IN_TRANSACTION_TIMEOUT_MS' | 'REQUEST_DEADLINE_MS' | 'MAX_EVENT_LOOP_DELAY_MS' | 'CORS_ORIGINS'>> &
+  // Without it, tenant exports are refused (start() passes it: configured, or generated outside production).
+  Partial<Pick<ResolvedConfig, 'EXPORT_SIGNING_KEY'>> &
+  // Without it, /metrics takes the ADMIN_TOKEN.
+  Partial<Pick<ResolvedConfig, 'METRICS_TOKEN'>> &
+  // Without it, no TLS (the tests; start() always passes the configured one).
+  Partial<Pick<ResolvedConfig, 'databaseTls'>>
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -69,6 +76,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
 
   usePreparedStatements(config.DB_PREPARED_STATEMENTS ?? true)
   app.setValidatorCompiler(validatorCompiler)
+  app.addHook('preValidation', refuseUndeclaredBody)
   // The API speaks JSON only: without this, Fastify's built-in text/plain parser would hand a string
   // to validation (400) where API.md promises 415 for a wrong content type.
   app.removeContentTypeParser('text/plain')
@@ -99,6 +107,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
   await app.register(dbPlugin, {
     appDatabaseUrl: config.APP_DATABASE_URL,
     ownerDatabaseUrl: config.DATABASE_URL,
+    tls: config.databaseTls ?? PLAINTEXT,
     poolMax: config.DB_POOL_MAX,
     operatorPoolMax: config.DB_OPERATOR_POOL_MAX,
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
@@ -109,15 +118,24 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
       deadlineMs: config.REQUEST_DEADLINE_MS ?? 10_000,
     },
   })
-  await app.register(metricsPlugin)
+  await app.register(metricsPlugin, { token: config.METRICS_TOKEN ?? config.ADMIN_TOKEN })
   await app.register(jwtPlugin, { settings: config.jwt })
   await app.register(swaggerPlugin)
   await app.register(errorsPlugin)
   await app.register(keyUsagePlugin, { flushEveryMs: config.KEY_USAGE_FLUSH_MS })
-  await app.register(credentialCachePlugin, { ttlMs: config.CREDENTIAL_CACHE_TTL_MS, listenUrl: config.DB_LISTEN_URL ?? config.APP_DATABASE_URL })
+  await app.register(credentialCachePlugin, {
+    ttlMs: config.CREDENTIAL_CACHE_TTL_MS,
+    listenUrl: config.DB_LISTEN_URL ?? config.APP_DATABASE_URL,
+    tls: config.databaseTls ?? PLAINTEXT,
+  })
 
   await app.register(service)
   await app.register(v1, { prefix: '/v1' })
-  await app.register(adminV1, { prefix: '/admin/v1', adminToken: config.ADMIN_TOKEN, cacheGraceMs: config.CACHE_GRACE_MS ?? 1000 })
+  await app.register(adminV1, {
+    prefix: '/admin/v1',
+    adminToken: config.ADMIN_TOKEN,
+    cacheGraceMs: config.CACHE_GRACE_MS ?? 1000,
+    exportSigningKey: config.EXPORT_SIGNING_KEY,
+  })
   return app
 }

@@ -1,6 +1,8 @@
 import { createPublicKey, type KeyObject } from 'node:crypto'
+import { BlockList, isIP } from 'node:net'
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import type { DatabaseTls } from './db/tls.ts'
 
 const PostgresUrl = Type.String({ pattern: '^postgres(ql)?://', description: 'a postgres:// connection URL' })
 
@@ -15,6 +17,10 @@ export const ConfigSchema = Type.Object({
   APP_DATABASE_URL: Type.Optional(PostgresUrl),
   /** Operator bearer token for /admin/v1. */
   ADMIN_TOKEN: Type.Optional(Type.String({ minLength: 32, maxLength: 512 })),
+  /** Bearer token for GET /metrics (unset: the ADMIN_TOKEN is accepted there). */
+  METRICS_TOKEN: Type.Optional(Type.String({
+    minLength: 32, maxLength: 512, description: 'a secret of at least 32 characters',
+  })),
   /** JWT users: HS256 with this shared secret (at least 32 characters)... */
   JWT_SECRET: Type.Optional(Type.String({ minLength: 32, maxLength: 4096, description: 'a secret of at least 32 characters' })),
   /** ...or RS256/ES256 with this PEM public key (literal "\n" sequences are accepted for newlines). */
@@ -22,10 +28,27 @@ export const ConfigSchema = Type.Object({
   JWT_ALGORITHM: Type.Optional(Type.Union([Type.Literal('HS256'), Type.Literal('RS256'), Type.Literal('ES256')])),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
+  /** HMAC-SHA256 key that signs tenant exports and verifies them on import (generated outside production). */
+  EXPORT_SIGNING_KEY: Type.Optional(Type.String({
+    minLength: 43, maxLength: 4096, description: 'a secret of at least 43 characters (e.g. openssl rand -base64 32)',
+  })),
   /** How long a verified credential lets requests skip waiting for its check (0: never). Safe to keep long: every request still reads the credential fresh (in the binding) and confirms it. */
   CREDENTIAL_CACHE_TTL_MS: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 300_000 }),
   /** How long a placement move or an erasure waits, after notifying, for every instance's credential cache to let go of the tenant. */
   CACHE_GRACE_MS: Type.Integer({ minimum: 0, maximum: 60_000, default: 1000 }),
+  /**
+   * TLS of every database connection (owner, runtime, LISTEN): require encrypts without checking the
+   * server; verify-ca checks its certificate against DATABASE_SSL_CA_FILE; verify-full also checks
+   * that the certificate names the URL's host.
+   */
+  DATABASE_SSL_MODE: Type.Union([Type.Literal('disable'), Type.Literal('require'), Type.Literal('verify-ca'),
+    Type.Literal('verify-full')], {
+    default: 'disable', description: 'disable, require, verify-ca or verify-full',
+  }),
+  /** PEM file of the CA(s) that sign the database server's certificate; read once at start-up. */
+  DATABASE_SSL_CA_FILE: Type.Optional(Type.String({ minLength: 1 })),
+  /** In production, allow unencrypted connections to a database that is not on this host (refused otherwise). */
+  DATABASE_ALLOW_PLAINTEXT: Type.Boolean({ default: false }),
   /** A direct connection for LISTEN (defaults to APP_DATABASE_URL; set it when that URL goes through a transaction-pooling PgBouncer). */
   DB_LISTEN_URL: Type.Optional(PostgresUrl),
   /** How often the batched last_used_at of API keys is written. */
@@ -64,7 +87,9 @@ export class ConfigError extends Error {
   override name = 'ConfigError'
 }
 
-const SECRET_VARS = new Set(['DATABASE_URL', 'APP_DATABASE_URL', 'DB_LISTEN_URL', 'ADMIN_TOKEN', 'JWT_SECRET'])
+const SECRET_VARS = new Set([
+  'DATABASE_URL', 'APP_DATABASE_URL', 'DB_LISTEN_URL', 'ADMIN_TOKEN', 'METRICS_TOKEN', 'JWT_SECRET', 'EXPORT_SIGNING_KEY',
+])
 
 /**
  * Reads the configuration from an environment-like object. Unknown variables are ignored,
@@ -105,6 +130,7 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
   if (config.NODE_ENV === 'production' && config.DATABASE_URL === undefined) {
     throw new ConfigError('invalid environment variable DATABASE_URL: required in production (the embedded database is for development)')
   }
+  checkDatabaseTls(config, env)
   return config
 }
 
@@ -134,6 +160,86 @@ function checkJwtPublicKey (value: string, algorithm: 'RS256' | 'ES256' | 'HS256
   }
 }
 
+const DATABASE_URL_VARS = ['DATABASE_URL', 'APP_DATABASE_URL', 'DB_LISTEN_URL'] as const
+
+/**
+ * TLS comes from DATABASE_SSL_MODE and DATABASE_SSL_CA_FILE alone. TLS parameters in a URL are
+ * refused: pg would apply them over those (and reads sslmode=require as verify-full, unlike libpq).
+ * In production, plaintext to a database that is not on this host needs DATABASE_ALLOW_PLAINTEXT=true.
+ */
+function checkDatabaseTls (config: Config, env: Record<string, string | undefined>): void {
+  const fail = (name: string, why: string): never => {
+    throw new ConfigError(`invalid environment variable ${name}: ${why}`)
+  }
+  const mode = config.DATABASE_SSL_MODE
+  for (const name of DATABASE_URL_VARS) {
+    const parameter = config[name] === undefined ? undefined : sslParameterIn(config[name])
+    if (parameter !== undefined) {
+      fail(name, `remove ${parameter} from the URL: TLS is set for every connection by DATABASE_SSL_MODE ` +
+        'and DATABASE_SSL_CA_FILE')
+    }
+  }
+  if (config.DATABASE_SSL_CA_FILE !== undefined && (mode === 'disable' || mode === 'require')) {
+    fail('DATABASE_SSL_CA_FILE', `DATABASE_SSL_MODE=${mode} does not check the server's certificate; ` +
+      'set DATABASE_SSL_MODE=verify-full to use the CA')
+  }
+  if (mode === 'verify-ca' && config.DATABASE_SSL_CA_FILE === undefined) {
+    fail('DATABASE_SSL_CA_FILE', 'required with DATABASE_SSL_MODE=verify-ca ' +
+      '(without a host-name check, any certificate a public CA signs would pass)')
+  }
+  if (mode !== 'disable' && config.DATABASE_URL === undefined) {
+    fail('DATABASE_SSL_MODE', 'the embedded database does not use TLS; ' +
+      'set DATABASE_URL and APP_DATABASE_URL to a server that does')
+  }
+  if (config.NODE_ENV !== 'production' || mode !== 'disable' || config.DATABASE_ALLOW_PLAINTEXT) return
+  for (const name of DATABASE_URL_VARS) {
+    const url = config[name]
+    const host = url === undefined ? 'localhost' : databaseHost(url, env)
+    if (host === undefined || !isLoopbackHost(host)) {
+      fail('DATABASE_SSL_MODE', `${name} reaches ${host ?? 'its host'} without TLS in production; ` +
+        'set DATABASE_SSL_MODE=verify-full and DATABASE_SSL_CA_FILE, ' +
+        'or DATABASE_ALLOW_PLAINTEXT=true to accept an unencrypted connection')
+    }
+  }
+}
+
+/** A query parameter through which a database URL would set pg's TLS options, if it has one. */
+export function sslParameterIn (url: string): string | undefined {
+  const parsed = parseDatabaseUrl(url)
+  return [...parsed?.searchParams.keys() ?? []].find((key) => /^ssl|^uselibpqcompat$/i.test(key))
+}
+
+/** The host a database URL connects to, read as pg reads it (a `host` parameter wins; none: PGHOST or localhost). */
+export function databaseHost (url: string, env: Record<string, string | undefined> = process.env): string | undefined {
+  const parsed = parseDatabaseUrl(url)
+  if (parsed === undefined) return undefined
+  const parameter = parsed.searchParams.get('host')
+  if (parameter !== null && parameter !== '') return parameter
+  const host = decodeURIComponent(parsed.hostname).replace(/^\[(.+)\]$/, '$1')
+  if (host !== '' && host !== '___dummy___') return host
+  return env.PGHOST !== undefined && env.PGHOST !== '' ? env.PGHOST : 'localhost'
+}
+
+function parseDatabaseUrl (url: string): URL | undefined {
+  try {
+    return new URL(url)
+  } catch {
+    // pg-connection-string's own fallback for a URL without a host (postgres://user@/db).
+    try { return new URL(url.replace('@/', '@___dummy___/')) } catch { return undefined }
+  }
+}
+
+const LOOPBACK = new BlockList()
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4')
+LOOPBACK.addAddress('::1', 'ipv6')
+
+/** This host only: localhost, 127.0.0.0/8, ::1, or a Unix socket directory. */
+export function isLoopbackHost (host: string): boolean {
+  if (host.startsWith('/') || host.toLowerCase() === 'localhost') return true
+  const family = isIP(host)
+  return family !== 0 && LOOPBACK.check(host, family === 4 ? 'ipv4' : 'ipv6')
+}
+
 export interface JwtSettings {
   algorithm: 'HS256' | 'RS256' | 'ES256'
   /** The HS256 secret or the PEM public key. */
@@ -153,4 +259,5 @@ export function jwtSettings (config: Config, fallbackSecret?: string): JwtSettin
 }
 
 /** Configuration once the database URLs and secrets are known (from the environment or generated). */
-export type ResolvedConfig = Config & { DATABASE_URL: string, APP_DATABASE_URL: string, ADMIN_TOKEN: string, jwt: JwtSettings | undefined }
+export type ResolvedConfig = Config & { DATABASE_URL: string, APP_DATABASE_URL: string, ADMIN_TOKEN: string, jwt: JwtSettings | undefined } &
+  { databaseTls: DatabaseTls }

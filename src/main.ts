@@ -8,6 +8,8 @@ import { migrate } from './db/migrate.ts'
 import { sweepShards } from './db/placement.ts'
 import { runSafetyChecks, UnsafeDatabaseError } from './db/safety-checks.ts'
 import { assertShardPartitions } from './db/shard-checks.ts'
+import { resolveExportSigningKey } from './db/export-signature.ts'
+import { connectionOptions, databaseTls, PLAINTEXT, tlsFailure, type DatabaseTls } from './db/tls.ts'
 
 /**
  * Start-up, in order: find the database (the configured one, or an embedded cluster), migrate it,
@@ -33,8 +35,8 @@ export interface StartOptions {
 }
 
 /** Runs the safety checks as the runtime role and throws UnsafeDatabaseError listing every problem. */
-export async function assertSafeDatabase (appDatabaseUrl: string): Promise<void> {
-  const client = new pg.Client({ connectionString: appDatabaseUrl, application_name: 'rowfence-check' })
+export async function assertSafeDatabase (appDatabaseUrl: string, tls: DatabaseTls = PLAINTEXT): Promise<void> {
+  const client = new pg.Client({ ...connectionOptions(appDatabaseUrl, tls), application_name: 'rowfence-check' })
   await client.connect()
   try {
     const report = await runSafetyChecks(client)
@@ -50,8 +52,8 @@ export async function assertSafeDatabase (appDatabaseUrl: string): Promise<void>
  * whatever a live operation holds, so instances starting side by side are safe; a failure is
  * reported, not fatal (the sweep can be run again at any time).
  */
-async function sweepAtStartUp (ownerUrl: string, log: (line: string) => void): Promise<void> {
-  const pool = new pg.Pool({ connectionString: ownerUrl, max: 2, application_name: 'rowfence-sweep' })
+async function sweepAtStartUp (ownerUrl: string, tls: DatabaseTls, log: (line: string) => void): Promise<void> {
+  const pool = new pg.Pool({ ...connectionOptions(ownerUrl, tls), max: 2, application_name: 'rowfence-sweep' })
   pool.on('error', () => {}) // an idle connection lost: the next query reports it
   try {
     const swept = await sweepShards(pool)
@@ -61,7 +63,9 @@ async function sweepAtStartUp (ownerUrl: string, log: (line: string) => void): P
     if (swept.shardsLeft.length > 0) done.push(`left shard(s) ${swept.shardsLeft.join(', ')} for a later sweep (busy)`)
     if (done.length > 0) log(`start-up sweep: ${done.join('; ')}`)
   } catch (error) {
-    log(`start-up sweep failed (run POST /admin/v1/maintenance/sweep later): ${error instanceof Error ? error.message : String(error)}`)
+    const failure = tlsFailure(error, tls) ?? error
+    const why = failure instanceof Error ? failure.message : String(failure)
+    log(`start-up sweep failed (run POST /admin/v1/maintenance/sweep later): ${why}`)
   } finally {
     await pool.end()
   }
@@ -73,6 +77,8 @@ async function sweepAtStartUp (ownerUrl: string, log: (line: string) => void): P
  */
 export async function prepare (config: Config, options: StartOptions = {}): Promise<Prepared> {
   const log = options.log ?? (() => {})
+  // Read once, before anything starts: every connection below (and the app's) uses it.
+  const tls = databaseTls(config)
   let embedded: EmbeddedDatabase | undefined
   if (config.DATABASE_URL === undefined) {
     log(`no DATABASE_URL: starting the embedded PostgreSQL (data in ${path.resolve(config.DATA_DIR)})`)
@@ -97,20 +103,32 @@ export async function prepare (config: Config, options: StartOptions = {}): Prom
       jwtSecretFile = path.resolve(config.DATA_DIR, 'jwt-secret')
       devJwtSecret = await readOrCreateSecretFile(jwtSecretFile)
     }
+    // Exports are signed with EXPORT_SIGNING_KEY; outside production a generated one (in DATA_DIR, which
+    // `npm run export` and `npm run import` read too), in production none unless configured.
+    const exportSigningKey = await resolveExportSigningKey(config)
+    if (exportSigningKey === undefined) log('EXPORT_SIGNING_KEY is not set: tenant exports are refused until it is')
     if (embedded !== undefined || config.MIGRATE_ON_START) {
-      const result = await migrate(ownerUrl, { log })
+      const result = await migrate(ownerUrl, { log, tls })
       if (result.applied.length > 0) log(`applied ${result.applied.length} migration(s)`)
     }
-    await assertSafeDatabase(appUrl)
+    await assertSafeDatabase(appUrl, tls)
     // A sharded table without a partition for a live shard would fail that shard's tenants' writes
     // (and the export, move or erasure of them) at run time: refuse now instead.
-    await assertShardPartitions(ownerUrl)
-    await sweepAtStartUp(ownerUrl, log)
-    const resolved: ResolvedConfig = { ...config, DATABASE_URL: ownerUrl, APP_DATABASE_URL: appUrl, ADMIN_TOKEN: adminToken, jwt: jwtSettings(config, devJwtSecret) }
+    await assertShardPartitions(ownerUrl, tls)
+    await sweepAtStartUp(ownerUrl, tls, log)
+    const resolved: ResolvedConfig = {
+      ...config,
+      DATABASE_URL: ownerUrl,
+      APP_DATABASE_URL: appUrl,
+      ADMIN_TOKEN: adminToken,
+      jwt: jwtSettings(config, devJwtSecret),
+      databaseTls: tls,
+    }
+    resolved.EXPORT_SIGNING_KEY = exportSigningKey
     return { config: resolved, embedded, adminTokenFile, jwtSecretFile }
   } catch (error) {
     await embedded?.stop()
-    throw error
+    throw tlsFailure(error, tls) ?? error
   }
 }
 

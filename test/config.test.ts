@@ -66,3 +66,82 @@ t.test('a JWT public key that does not parse or does not fit JWT_ALGORITHM stops
     t.notMatch((error as Error).message, /MII|not base64/, 'the key is not echoed')
   }
 })
+
+t.test('database TLS: the rules on DATABASE_SSL_MODE, DATABASE_SSL_CA_FILE and plaintext in production', async (t) => {
+  const production = { NODE_ENV: 'production', ADMIN_TOKEN: 'x'.repeat(32) }
+  const local = {
+    DATABASE_URL: 'postgres://owner:secret@localhost/rowfence',
+    APP_DATABASE_URL: 'postgres://app:secret@127.0.0.1:5432/rowfence',
+  }
+  const verifyFull = { DATABASE_SSL_MODE: 'verify-full', DATABASE_SSL_CA_FILE: '/ca.pem' }
+  t.equal(loadConfig(urls).DATABASE_SSL_MODE, 'disable', 'no TLS unless asked (development, tests)')
+  t.equal(loadConfig({ ...urls, ...verifyFull }).DATABASE_SSL_MODE, 'verify-full')
+  const allowed: Array<Record<string, string>> = [
+    { ...production, ...local },
+    { ...production, DATABASE_URL: 'postgres://o@127.0.0.5/r', APP_DATABASE_URL: 'postgres://a@[::1]/r' },
+    { ...production, DATABASE_URL: 'postgres://o@%2Fvar%2Frun%2Fpg/r', APP_DATABASE_URL: 'postgres://a@x/r?host=/tmp' },
+    { ...production, ...urls, DATABASE_SSL_MODE: 'require' },
+    { ...production, ...urls, ...verifyFull },
+    { ...production, ...urls, DATABASE_ALLOW_PLAINTEXT: 'true' },
+    { ...urls },
+  ]
+  for (const env of allowed) t.doesNotThrow(() => loadConfig(env), JSON.stringify(env))
+
+  const invalid = (name: string): string => `^invalid environment variable ${name}: `
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ ...production, ...urls },
+      RegExp(invalid('DATABASE_SSL_MODE') + 'DATABASE_URL reaches db without TLS in production; .*PLAINTEXT=true')],
+    [{ ...production, ...local, DB_LISTEN_URL: 'postgres://app:secret@10.0.0.7/rowfence' },
+      RegExp(invalid('DATABASE_SSL_MODE') + 'DB_LISTEN_URL reaches 10\\.0\\.0\\.7 without TLS')],
+    [{ ...production, ...local, APP_DATABASE_URL: 'postgres://app:secret@128.0.0.1/rowfence' },
+      /APP_DATABASE_URL reaches 128\.0\.0\.1 without TLS/],
+    [{ ...production, ...urls, DATABASE_ALLOW_PLAINTEXT: 'false' }, /DATABASE_URL reaches db without TLS/],
+    [{ ...urls, DATABASE_URL: 'postgres://owner:secret@db/rowfence?sslmode=require' },
+      RegExp(invalid('DATABASE_URL') + 'remove sslmode from the URL: TLS is set .* by DATABASE_SSL_MODE')],
+    [{ ...urls, APP_DATABASE_URL: 'postgres://app:secret@db/rowfence?sslrootcert=/ca.pem' },
+      RegExp(invalid('APP_DATABASE_URL') + 'remove sslrootcert')],
+    [{ ...urls, DB_LISTEN_URL: 'postgres://app:secret@db/rowfence?ssl=true' },
+      RegExp(invalid('DB_LISTEN_URL') + 'remove ssl from')],
+    [{ ...urls, DATABASE_SSL_MODE: 'verify_full' },
+      RegExp(invalid('DATABASE_SSL_MODE') + 'expected disable, require, verify-ca or verify-full \\(got "verify_')],
+    [{ ...urls, DATABASE_SSL_CA_FILE: '/ca.pem' },
+      RegExp(invalid('DATABASE_SSL_CA_FILE') + 'DATABASE_SSL_MODE=disable does not check')],
+    [{ ...urls, DATABASE_SSL_MODE: 'require', DATABASE_SSL_CA_FILE: '/ca.pem' },
+      RegExp(invalid('DATABASE_SSL_CA_FILE') + 'DATABASE_SSL_MODE=require does not check')],
+    [{ ...urls, DATABASE_SSL_MODE: 'verify-ca' },
+      RegExp(invalid('DATABASE_SSL_CA_FILE') + 'required with DATABASE_SSL_MODE=verify-ca')],
+    [{ DATABASE_SSL_MODE: 'verify-full' },
+      RegExp(invalid('DATABASE_SSL_MODE') + 'the embedded database does not use TLS')],
+  ]
+  for (const [env, message] of cases) {
+    const error = (() => { try { loadConfig(env); return undefined } catch (e) { return e } })()
+    t.type(error, ConfigError, JSON.stringify(env))
+    t.match((error as Error).message, message)
+    t.notMatch((error as Error).message, /\n/, 'one line')
+    t.notMatch((error as Error).message, /secret/, 'passwords are not echoed')
+  }
+})
+
+t.test('database TLS: a missing, unreadable or non-PEM CA file stops start-up with one line', async (t) => {
+  const { mkdtemp, rm, writeFile } = await import('node:fs/promises')
+  const { tmpdir } = await import('node:os')
+  const path = await import('node:path')
+  const { databaseTls } = await import('../src/db/tls.ts')
+  const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-config-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const notPem = path.join(dir, 'not.pem')
+  await writeFile(notPem, 'hello\n')
+  const invalid = '^invalid environment variable DATABASE_SSL_CA_FILE: '
+  const cases: Array<[string, RegExp]> = [
+    [path.join(dir, 'missing.pem'), RegExp(invalid + 'cannot read .*missing\\.pem \\(no such file\\)$')],
+    [dir, RegExp(invalid + 'cannot read .* \\(EISDIR\\)$')],
+    [notPem, RegExp(invalid + '.*not\\.pem holds no PEM certificate$')],
+  ]
+  for (const [file, message] of cases) {
+    const config = loadConfig({ ...urls, DATABASE_SSL_MODE: 'verify-full', DATABASE_SSL_CA_FILE: file })
+    const error = (() => { try { databaseTls(config); return undefined } catch (e) { return e } })()
+    t.type(error, ConfigError, file)
+    t.match((error as Error).message, message)
+  }
+  t.same(databaseTls(loadConfig(urls)), { mode: 'disable' }, 'no file, nothing read')
+})

@@ -1,4 +1,5 @@
 import pg from 'pg'
+import { connectionOptions, PLAINTEXT, type DatabaseTls } from './tls.ts'
 
 /** The runtime role's name is part of the schema: migrations grant to it by name. */
 export const APP_ROLE = 'app'
@@ -11,6 +12,7 @@ export interface BootstrapOptions {
   ownerPassword: string
   appPassword: string
   ownerRole?: string
+  tls?: DatabaseTls
 }
 
 export interface DatabaseUrls {
@@ -44,7 +46,8 @@ export function withDatabase (baseUrl: string, database: string): string {
  */
 export async function bootstrapDatabase (options: BootstrapOptions): Promise<DatabaseUrls> {
   const owner = options.ownerRole ?? DEFAULT_OWNER_ROLE
-  const admin = new pg.Client({ connectionString: options.adminUrl, application_name: 'rowfence-bootstrap' })
+  const tls = options.tls ?? PLAINTEXT
+  const admin = new pg.Client({ ...connectionOptions(options.adminUrl, tls), application_name: 'rowfence-bootstrap' })
   await admin.connect()
   try {
     const ident = (name: string): string => admin.escapeIdentifier(name)
@@ -73,7 +76,9 @@ export async function bootstrapDatabase (options: BootstrapOptions): Promise<Dat
 
   // PostgreSQL 15 gives the public schema to pg_database_owner; older clusters (and some images)
   // leave it with the bootstrap superuser, so hand it to the owner explicitly.
-  const inDb = new pg.Client({ connectionString: withDatabase(options.adminUrl, options.database), application_name: 'rowfence-bootstrap' })
+  const inDb = new pg.Client({
+    ...connectionOptions(withDatabase(options.adminUrl, options.database), tls), application_name: 'rowfence-bootstrap',
+  })
   await inDb.connect()
   try {
     await inDb.query(`ALTER SCHEMA public OWNER TO ${inDb.escapeIdentifier(owner)}`)

@@ -1,6 +1,7 @@
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
 import type { DB } from './schema.ts'
+import { connectionOptions, type DatabaseTls } from './tls.ts'
 
 export type Database = Kysely<DB>
 
@@ -10,6 +11,8 @@ pg.types.setTypeParser(pg.types.builtins.DATE, (value: string) => value)
 
 export interface PoolOptions {
   connectionString: string
+  /** TLS of every connection of the pool (required: no pool is made without a decision on TLS). */
+  tls: DatabaseTls
   max: number
   connectTimeoutMs: number
   applicationName: string
@@ -24,7 +27,7 @@ export interface PoolOptions {
 
 export function createPool (options: PoolOptions): pg.Pool {
   const pool = new pg.Pool({
-    connectionString: options.connectionString,
+    ...connectionOptions(options.connectionString, options.tls),
     max: options.max,
     // Waiting for a connection (to open, or to be freed by another request) fails after this long
     // instead of queueing forever; the error handler turns it into a 503.

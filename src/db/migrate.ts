@@ -3,6 +3,7 @@ import { readdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
+import { connectionOptions, PLAINTEXT, type DatabaseTls } from './tls.ts'
 
 export const SQL_DIR = fileURLToPath(new URL('../../sql/', import.meta.url))
 
@@ -53,11 +54,13 @@ export async function readMigrations (dir: string = SQL_DIR): Promise<MigrationF
  */
 export async function migrate (
   databaseUrl: string,
-  options: { dir?: string, log?: (line: string) => void } = {}
+  options: { dir?: string, log?: (line: string) => void, tls?: DatabaseTls } = {}
 ): Promise<MigrationResult> {
   const log = options.log ?? (() => {})
   const files = await readMigrations(options.dir)
-  const client = new pg.Client({ connectionString: databaseUrl, application_name: 'rowfence-migrate' })
+  const client = new pg.Client({
+    ...connectionOptions(databaseUrl, options.tls ?? PLAINTEXT), application_name: 'rowfence-migrate',
+  })
   await client.connect()
   try {
     await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_ID])

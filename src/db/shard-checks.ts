@@ -1,4 +1,5 @@
 import pg from 'pg'
+import { connectionOptions, PLAINTEXT, type DatabaseTls } from './tls.ts'
 import { UnsafeDatabaseError } from './safety-checks.ts'
 
 /**
@@ -46,8 +47,8 @@ export async function checkShardPartitions (owner: pg.Pool | pg.ClientBase): Pro
 }
 
 /** checkShardPartitions over a connection of its own; throws UnsafeDatabaseError listing the findings. */
-export async function assertShardPartitions (ownerDatabaseUrl: string): Promise<void> {
-  const client = new pg.Client({ connectionString: ownerDatabaseUrl, application_name: 'rowfence-check' })
+export async function assertShardPartitions (ownerDatabaseUrl: string, tls: DatabaseTls = PLAINTEXT): Promise<void> {
+  const client = new pg.Client({ ...connectionOptions(ownerDatabaseUrl, tls), application_name: 'rowfence-check' })
   await client.connect()
   try {
     const problems = await checkShardPartitions(client)

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
 import { CredentialCache } from '../../auth/credential-cache.ts'
+import { connectionOptions, tlsFailure, type DatabaseTls } from '../../db/tls.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -19,6 +20,8 @@ export interface CredentialCacheOptions {
   ttlMs: number
   /** Where to LISTEN: a direct connection (LISTEN does not work through a transaction-pooling PgBouncer). */
   listenUrl: string
+  /** TLS of the LISTEN connection (the same as the pools'). */
+  tls: DatabaseTls
 }
 
 export const AUTH_CHANNEL = 'rowfence_auth'
@@ -55,14 +58,17 @@ async function credentialCachePlugin (fastify: FastifyInstance, options: Credent
   let backoff = 250
 
   const connect = async (): Promise<void> => {
-    const listener = new pg.Client({ connectionString: options.listenUrl, application_name: 'rowfence-listen' })
+    const listener = new pg.Client({
+      ...connectionOptions(options.listenUrl, options.tls), application_name: 'rowfence-listen',
+    })
     const lost = (error?: Error): void => {
       if (client !== listener) return
       client = undefined
       cache.disable()
       listener.end().catch(() => {})
       if (closing) return
-      fastify.log.warn({ err: error }, 'credential cache off: its invalidation listener was lost; reconnecting')
+      const err = tlsFailure(error, options.tls) ?? error
+      fastify.log.warn({ err }, 'credential cache off: its invalidation listener was lost; reconnecting')
       retry = setTimeout(() => { connect().catch(() => {}) }, backoff)
       backoff = Math.min(backoff * 2, 10_000)
     }

@@ -4,6 +4,7 @@ import type pg from 'pg'
 import { createDatabase, createPool, observePool, type Database, type PoolTraffic, type QueryListener } from '../../db/database.ts'
 import { loadTenantTables, type TenantTables } from '../../db/tenant-scope.ts'
 import type { TransactionTimeouts } from '../../db/tenant-transaction.ts'
+import { tlsFailure, type DatabaseTls } from '../../db/tls.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -34,6 +35,8 @@ export interface DbLimits {
 export interface DbPluginOptions {
   appDatabaseUrl: string
   ownerDatabaseUrl: string
+  /** TLS of the runtime and owner pools alike. */
+  tls: DatabaseTls
   poolMax: number
   operatorPoolMax: number
   connectTimeoutMs: number
@@ -54,6 +57,7 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
   }
   const appPool = createPool({
     connectionString: options.appDatabaseUrl,
+    tls: options.tls,
     max: options.poolMax,
     connectTimeoutMs: options.connectTimeoutMs,
     applicationName: 'rowfence',
@@ -62,6 +66,7 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
   })
   const ownerPool = createPool({
     connectionString: options.ownerDatabaseUrl,
+    tls: options.tls,
     max: options.operatorPoolMax,
     connectTimeoutMs: options.connectTimeoutMs,
     applicationName: 'rowfence-operator',
@@ -77,7 +82,9 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
   fastify.decorate('tenantTables', new Map())
   fastify.decorate('dbLimits', options.limits)
   fastify.addHook('onReady', async () => {
+    // The first connection of the app: a TLS misconfiguration surfaces here, said in one line.
     fastify.tenantTables = await loadTenantTables(appPool)
+      .catch((error: unknown) => { throw tlsFailure(error, options.tls) ?? error })
   })
   fastify.addHook('onClose', async () => {
     closing = true
