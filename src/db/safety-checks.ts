@@ -144,7 +144,7 @@ export const RUNTIME_PRIVILEGES: Readonly<Record<string, Partial<Record<TablePri
   tenants: { SELECT: true },
   api_keys: { SELECT: true, INSERT: true, UPDATE: ['last_used_at', 'revoked_at'] },
   // UPDATE (role) is never written: it is what SELECT ... FOR UPDATE (the owners' row locks) requires.
-  memberships: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['role'] },
+  memberships: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['role', 'accepted_at'] },
   customers: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['name', 'email', 'external_ref', 'updated_at'] },
   invoices: {
     SELECT: true,
@@ -159,6 +159,8 @@ export const RUNTIME_PRIVILEGES: Readonly<Record<string, Partial<Record<TablePri
   // Not occurred_at nor the chain columns: the database sets those (sql/0011_audit_hardening.sql).
   audit_events: { SELECT: true, INSERT: ['tenant_id', 'id', 'actor_type', 'actor_id', 'action', 'resource_type', 'resource_id', 'request_id', 'data'] },
   audit_heads: { SELECT: true },
+  // The tenant's verification records how far it got; never created_at (sql/0015_audit_checkpoints.sql).
+  audit_checkpoints: { SELECT: true, INSERT: ['tenant_id', 'seq', 'hash'] },
 }
 
 async function checkPrivileges (client: pg.ClientBase, role: string, problems: string[]): Promise<void> {

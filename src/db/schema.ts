@@ -38,6 +38,13 @@ export interface ApiKeys {
   tenant_id: Generated<string>;
 }
 
+export interface AuditCheckpoints {
+  created_at: Generated<Timestamp>;
+  hash: Buffer;
+  seq: Int8;
+  tenant_id: Generated<string>;
+}
+
 export interface AuditEvents {
   action: string;
   actor_id: string;
@@ -133,6 +140,7 @@ export interface Invoices {
 }
 
 export interface Memberships {
+  accepted_at: Timestamp | null;
   created_at: Generated<Timestamp>;
   id: string;
   role: string;
@@ -149,6 +157,8 @@ export interface ShardReservations {
 
 export interface Tenants {
   created_at: Generated<Timestamp>;
+  creation_key_hash: Buffer | null;
+  creation_request_hash: Buffer | null;
   id: string;
   name: string;
   placement: Generated<string>;
@@ -159,6 +169,7 @@ export interface Tenants {
 
 export interface DB {
   api_keys: ApiKeys;
+  audit_checkpoints: AuditCheckpoints;
   audit_events: AuditEvents;
   audit_heads: AuditHeads;
   customers: Customers;

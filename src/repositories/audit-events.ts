@@ -25,10 +25,147 @@ export async function listAuditEvents (trx: Executor, page: { limit: number, bef
   return query.execute()
 }
 
-export interface ChainVerification {
-  events: number
-  /** The first event (in chain order) whose link does not hold, and why. */
-  broken: { id: string | null, seq: number, reason: string } | null
+/**
+ * The most events one verification step recomputes, in one statement ranged on the (tenant_id, seq)
+ * index: its cost does not grow with the trail. Measured on PostgreSQL 15 (a 30,000-event trail, a
+ * busy 2-CPU machine): 0.7-0.9 s for 10,000 events, inside the 5 s default statement timeout.
+ */
+export const VERIFY_STEP_MAX = 10_000
+
+/** The first event (in chain order) whose link does not hold, and why. */
+export interface ChainBreak { id: string | null, seq: number, reason: string }
+
+/** Where a step starts: a position already verified (0: before the first event) and its hash then. */
+export interface ChainPosition { seq: number, hash: Buffer | null }
+
+/** One bounded step along the chain. */
+export interface ChainStep {
+  /** The chain's length as its head records it (0 for an empty trail). */
+  headSeq: number
+  /** Events whose hash and link were recomputed (the starting event included). */
+  examined: number
+  /** The last event of the step, or the start when the step found none. */
+  through: ChainPosition
+  /** The step reached the head and checked it against the last event. */
+  complete: boolean
+  broken: ChainBreak | null
+}
+
+interface StepRow {
+  examined: string
+  broken_id: string | null
+  broken_seq: string | null
+  ok_prev: boolean | null
+  ok_seq: boolean | null
+  from_id: string | null
+  from_hash: Buffer | null
+  through_seq: string | null
+  through_hash: Buffer | null
+  head_seq: string | null
+  head_hash: Buffer | null
+  last_seq: string | null
+  last_hash: Buffer | null
+  stray_checkpoint: string | null
+  stray_event_missing: boolean | null
+  newest_checkpoint: string | null
+}
+
+const sameHash = (a: Buffer | null, b: Buffer | null): boolean => a === null ? b === null : b !== null && a.equals(b)
+
+/**
+ * Verifies the events after `from` (at most `limit` of them) in one statement: each event's hash must
+ * match its content and its predecessor's hash, seq must run without gaps, the event at `from` must
+ * still carry `from.hash` and still link to its predecessor, and every checkpoint in the range must
+ * match its event. When the step reaches the end of the chain, the head must point at the last event.
+ * Raw SQL (window functions): the tenant predicates are written here, the scoping plugin cannot add
+ * them. The predecessor of the starting event is read for its hash only (the starting event's link).
+ */
+export async function verifyChainStep (
+  trx: Executor,
+  scope: { tenantId: string, shard: number },
+  from: ChainPosition,
+  limit: number
+): Promise<ChainStep> {
+  const t = scope.tenantId
+  const s = scope.shard
+  const first = Math.max(from.seq, 1)
+  const end = from.seq + limit
+  const { rows: [row] } = await sql<StepRow>`
+    WITH links AS MATERIALIZED (
+      SELECT e.id, e.seq, e.hash,
+             e.hash = audit_event_hash(e.prev_hash, e) AS ok_hash,
+             e.prev_hash IS NOT DISTINCT FROM lag(e.hash) OVER w AS ok_prev,
+             e.seq = coalesce(lag(e.seq) OVER w, 0) + 1 AS ok_seq
+        FROM audit_events e
+       WHERE e.tenant_id = ${t} AND e.shard = ${s} AND e.seq >= ${from.seq - 1} AND e.seq <= ${end}
+      WINDOW w AS (ORDER BY e.seq)
+    ), checked AS MATERIALIZED (SELECT * FROM links WHERE seq >= ${first})
+    SELECT (SELECT count(*) FROM checked) AS examined,
+           b.id AS broken_id, b.seq AS broken_seq, b.ok_prev, b.ok_seq,
+           f.id AS from_id, f.hash AS from_hash, th.seq AS through_seq, th.hash AS through_hash,
+           h.seq AS head_seq, h.hash AS head_hash, l.seq AS last_seq, l.hash AS last_hash,
+           k.seq AS stray_checkpoint, k.missing AS stray_event_missing,
+           (SELECT max(n.seq) FROM audit_checkpoints n WHERE n.tenant_id = ${t}) AS newest_checkpoint
+      FROM (SELECT 1) one
+      LEFT JOIN LATERAL (SELECT * FROM checked WHERE NOT (ok_hash AND ok_prev AND ok_seq)
+                          ORDER BY seq LIMIT 1) b ON true
+      LEFT JOIN LATERAL (SELECT id, hash FROM checked WHERE seq = ${from.seq}) f ON true
+      LEFT JOIN LATERAL (SELECT seq, hash FROM checked ORDER BY seq DESC LIMIT 1) th ON true
+      LEFT JOIN audit_heads h ON h.tenant_id = ${t}
+      LEFT JOIN LATERAL (SELECT x.seq, x.hash FROM audit_events x WHERE x.tenant_id = ${t} AND x.shard = ${s}
+                          ORDER BY x.seq DESC LIMIT 1) l ON true
+      LEFT JOIN LATERAL (SELECT c.seq, m.seq IS NULL AS missing
+                           FROM audit_checkpoints c LEFT JOIN checked m ON m.seq = c.seq
+                          WHERE c.tenant_id = ${t} AND c.seq >= ${first} AND c.seq <= ${end}
+                            AND m.hash IS DISTINCT FROM c.hash
+                          ORDER BY c.seq LIMIT 1) k ON true`.execute(trx)
+  const r = row!
+  const headSeq = Number(r.head_seq ?? 0)
+  const through: ChainPosition = r.through_seq === null ? from : { seq: Number(r.through_seq), hash: r.through_hash }
+  const step = (broken: ChainBreak | null, complete = broken !== null): ChainStep =>
+    ({ headSeq, examined: Number(r.examined), through, complete, broken })
+  const at = (seq: number, reason: string, id: string | null = null): ChainStep => step({ id, seq, reason })
+
+  if (from.seq > 0 && r.from_id === null) {
+    return at(from.seq, 'the event a previous verification stopped at is missing: the chain was cut short or rewritten')
+  }
+  if (from.seq > 0 && !sameHash(r.from_hash, from.hash)) {
+    return at(from.seq, 'the event differs from when a previous verification stopped at it (its checkpoint): ' +
+      'the chain was rewritten', r.from_id)
+  }
+  if (r.broken_seq !== null) {
+    const reason = r.ok_seq === false
+      ? 'an event is missing before this one'
+      : r.ok_prev === false ? 'the link to the previous event is broken' : 'the event was altered after it was written'
+    return at(Number(r.broken_seq), reason, r.broken_id)
+  }
+  if (r.stray_checkpoint !== null) {
+    return at(Number(r.stray_checkpoint), r.stray_event_missing === true
+      ? "a checkpoint's event is missing: events were removed or the checkpoint forged"
+      : 'a checkpoint does not match its event: the event or the checkpoint was changed')
+  }
+  // The range ended early (no events after `through` up to its end) or the head is within it: the
+  // chain must end here, and its head must say so.
+  if (through.seq < end || through.seq >= headSeq) {
+    const lastSeq = Number(r.last_seq ?? 0)
+    if (lastSeq > through.seq) {
+      return lastSeq > headSeq && through.seq >= headSeq
+        ? at(headSeq + 1, 'events follow the chain head: the head was moved back')
+        : at(through.seq + 1, 'an event is missing before this position')
+    }
+    if (headSeq !== through.seq || !sameHash(r.head_hash, through.hash)) {
+      return headSeq > through.seq
+        ? at(through.seq + 1, 'events at the end of the chain are missing')
+        : at(through.seq, 'the chain head does not match the last event')
+    }
+    const newest = Number(r.newest_checkpoint ?? 0)
+    if (newest > through.seq) {
+      return at(newest, "a checkpoint's event is missing: it lies beyond the end of the chain " +
+        '(events were removed or the checkpoint forged)')
+    }
+    return step(null, true)
+  }
+  return step(null, false)
 }
 
 /** A chain position and its hash (hex) kept outside the database, e.g. from an `audit_appended` log line. */
@@ -38,53 +175,65 @@ export interface AuditAnchor {
 }
 
 /**
- * Recomputes the tenant's chain in the database: every event's hash must match its content and its
- * predecessor's hash, seq must run 1, 2, 3... without gaps, and the head must point at the last event.
- * That catches a change to some events; a chain rewritten as a whole (every hash recomputed and the
- * head moved, which needs the owner's rights) is only caught against an anchor kept elsewhere: the
- * event at anchor.seq must exist and carry anchor.hash.
+ * The event at anchor.seq must exist and carry anchor.hash: that catches a chain rewritten as a whole
+ * (every hash recomputed and the head moved, which needs the owner's rights). One index lookup.
  */
-export async function verifyAuditChain (trx: Executor, scope: { tenantId: string, shard: number }, anchor?: AuditAnchor): Promise<ChainVerification> {
-  // Raw SQL (window functions): the tenant predicates are written here, the plugin cannot add them.
-  const { rows: [first] } = await sql<{ id: string, seq: string, ok_hash: boolean, ok_prev: boolean, ok_seq: boolean }>`
-    SELECT id, seq, ok_hash, ok_prev, ok_seq FROM (
-      SELECT e.id, e.seq,
-             e.hash = audit_event_hash(e.prev_hash, e) AS ok_hash,
-             e.prev_hash IS NOT DISTINCT FROM lag(e.hash) OVER w AS ok_prev,
-             e.seq = coalesce(lag(e.seq) OVER w, 0) + 1 AS ok_seq
-        FROM audit_events e
-       WHERE e.tenant_id = ${scope.tenantId} AND e.shard = ${scope.shard}
-      WINDOW w AS (ORDER BY e.seq)
-    ) links
-    WHERE NOT (ok_hash AND ok_prev AND ok_seq)
-    ORDER BY seq
-    LIMIT 1`.execute(trx)
-  const { rows: [summary] } = await sql<{ events: string, last_seq: string | null, last_hash: Buffer | null, head_seq: string | null, head_hash: Buffer | null }>`
-    SELECT (SELECT count(*) FROM audit_events WHERE tenant_id = ${scope.tenantId} AND shard = ${scope.shard}) AS events,
-           last.seq AS last_seq, last.hash AS last_hash, h.seq AS head_seq, h.hash AS head_hash
-      FROM (SELECT 1) one
-      LEFT JOIN LATERAL (SELECT seq, hash FROM audit_events WHERE tenant_id = ${scope.tenantId} AND shard = ${scope.shard}
-                          ORDER BY seq DESC LIMIT 1) last ON true
-      LEFT JOIN audit_heads h ON h.tenant_id = ${scope.tenantId}`.execute(trx)
-  const events = Number(summary!.events)
-  if (first !== undefined) {
-    const reason = !first.ok_seq ? 'an event is missing before this one' : !first.ok_prev ? 'the link to the previous event is broken' : 'the event was altered after it was written'
-    return { events, broken: { id: first.id, seq: Number(first.seq), reason } }
+export async function checkAuditAnchor (
+  trx: Executor,
+  scope: { tenantId: string, shard: number },
+  anchor: AuditAnchor
+): Promise<ChainBreak | null> {
+  const { rows: [anchored] } = await sql<{ id: string, hash: Buffer }>`
+    SELECT e.id, e.hash FROM audit_events e
+     WHERE e.tenant_id = ${scope.tenantId} AND e.shard = ${scope.shard} AND e.seq = ${anchor.seq}`.execute(trx)
+  if (anchored === undefined) {
+    return { id: null, seq: anchor.seq, reason: 'the anchored event is missing: the chain was cut short or rewritten' }
   }
-  const headMatches = summary!.head_seq === summary!.last_seq &&
-    (summary!.head_hash === null ? summary!.last_hash === null : summary!.last_hash?.equals(summary!.head_hash) === true)
-  if (!headMatches) {
-    return { events, broken: { id: null, seq: Number(summary!.last_seq ?? 0) + 1, reason: 'events at the end of the chain are missing' } }
+  if (anchored.hash.toString('hex') !== anchor.hash.toLowerCase()) {
+    const reason = 'the event differs from the anchor kept outside the database: the chain was rewritten'
+    return { id: anchored.id, seq: anchor.seq, reason }
   }
-  if (anchor !== undefined) {
-    const { rows: [anchored] } = await sql<{ id: string, hash: Buffer }>`
-      SELECT id, hash FROM audit_events WHERE tenant_id = ${scope.tenantId} AND shard = ${scope.shard} AND seq = ${anchor.seq}`.execute(trx)
-    if (anchored === undefined) {
-      return { events, broken: { id: null, seq: anchor.seq, reason: 'the anchored event is missing: the chain was cut short or rewritten' } }
-    }
-    if (anchored.hash.toString('hex') !== anchor.hash.toLowerCase()) {
-      return { events, broken: { id: anchored.id, seq: anchor.seq, reason: 'the event differs from the anchor kept outside the database: the chain was rewritten' } }
-    }
+  return null
+}
+
+/** The tenant's newest checkpoint: how far its chain has been verified. */
+export async function newestAuditCheckpoint (trx: Executor): Promise<ChainPosition | undefined> {
+  const row = await trx.selectFrom('audit_checkpoints').select(['seq', 'hash'])
+    .orderBy('seq', 'desc').limit(1).executeTakeFirst()
+  return row === undefined ? undefined : { seq: Number(row.seq), hash: row.hash }
+}
+
+/** Records that the chain holds up to `at` (a concurrent verification may have recorded it already). */
+export async function insertAuditCheckpoint (trx: Executor, at: ChainPosition & { hash: Buffer }): Promise<void> {
+  await trx.insertInto('audit_checkpoints').values({ seq: at.seq, hash: at.hash })
+    .onConflict((oc) => oc.columns(['tenant_id', 'seq']).doNothing()).execute()
+}
+
+export interface ChainVerification extends ChainStep {
+  /** The checkpoint the verification started from (0: none, it started at the first event). */
+  from: number
+  /** The checkpoint it recorded, if it made progress and found nothing wrong. */
+  recorded: number | null
+}
+
+/**
+ * The tenant's verification: one bounded step from its newest checkpoint (see verifyChainStep), the
+ * anchor check, then a checkpoint where the step stopped when everything held. Events before the
+ * starting checkpoint are not re-examined (the operator's full verification does that).
+ */
+export async function verifyAuditChain (
+  trx: Executor,
+  scope: { tenantId: string, shard: number },
+  options: { anchor?: AuditAnchor | undefined, maxEvents?: number } = {}
+): Promise<ChainVerification> {
+  const from = await newestAuditCheckpoint(trx) ?? { seq: 0, hash: null }
+  const step = await verifyChainStep(trx, scope, from, options.maxEvents ?? VERIFY_STEP_MAX)
+  const anchor = options.anchor
+  const broken = step.broken ?? (anchor === undefined ? null : await checkAuditAnchor(trx, scope, anchor))
+  let recorded: number | null = null
+  if (broken === null && step.through.seq > from.seq && step.through.hash !== null) {
+    await insertAuditCheckpoint(trx, { seq: step.through.seq, hash: step.through.hash })
+    recorded = step.through.seq
   }
-  return { events, broken: null }
+  return { ...step, complete: broken === null ? step.complete : true, broken, from: from.seq, recorded }
 }

@@ -16,12 +16,41 @@ export type AuditEvent = Static<typeof AuditEventSchema>
 
 export const AuditEventPage = Page(AuditEventSchema)
 
+const ChainBreakSchema = Type.Union([Type.Object({
+  id: Type.Union([Uuid, Type.Null()]),
+  seq: Type.Integer(),
+  reason: Type.String(),
+}), Type.Null()], {
+  description: 'the first event (in chain order) whose link does not hold, and why; null when none was found',
+})
+
+const Described = (description: string) => ({ description })
+
 export const AuditVerificationSchema = Type.Object({
-  ok: Type.Boolean(),
-  events: Type.Integer(),
-  first_broken: Type.Union([Type.Object({
-    id: Type.Union([Uuid, Type.Null()]),
-    seq: Type.Integer(),
-    reason: Type.String(),
-  }), Type.Null()]),
+  ok: Type.Boolean(Described('no break was found in what this call checked (see complete)')),
+  events: Type.Integer(Described("the chain's length as its head records it: the number of events while the chain " +
+    'holds')),
+  first_broken: ChainBreakSchema,
+  complete: Type.Boolean(Described('false: no break so far but events remain after verified_through; call again to ' +
+    'continue from there')),
+  verified_through: Type.Integer(Described('the position up to which the chain holds, as far as this call and the ' +
+    'checkpoint it started from can tell')),
+  from_checkpoint: Type.Integer(Described('the checkpoint this call started from (0: the first event); events before ' +
+    'it were not re-examined')),
+  examined: Type.Integer(Described('events whose hash and link this call recomputed, the checkpointed event ' +
+    'included')),
+  checkpoint_recorded: Type.Union([Type.Integer(), Type.Null()],
+    Described('the checkpoint this call recorded (null: none, no progress or a break)')),
 }, { title: 'AuditVerification' })
+export type AuditVerification = Static<typeof AuditVerificationSchema>
+
+export const FullAuditVerificationSchema = Type.Object({
+  ok: Type.Boolean(),
+  events: Type.Integer(Described("the chain's length as its head records it")),
+  examined: Type.Integer(Described("events whose hash and link were recomputed (each batch's starting event again)")),
+  batches: Type.Integer(Described('bounded statements (each its own short transaction) the walk took')),
+  first_broken: ChainBreakSchema,
+  checkpoint_recorded: Type.Union([Type.Integer(), Type.Null()],
+    Described('the checkpoint recorded at the head when the whole chain held')),
+}, { title: 'FullAuditVerification' })
+export type FullAuditVerification = Static<typeof FullAuditVerificationSchema>

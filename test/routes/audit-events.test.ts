@@ -4,6 +4,7 @@ import pg from 'pg'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
 import { inAnHour, signUserToken } from '../helpers/tokens.ts'
+import { addMember } from '../helpers/members.ts'
 
 // The app's log lines, for the head anchor (`audit_appended`).
 const logLines: Array<Record<string, unknown>> = []
@@ -13,6 +14,20 @@ logStream.on('data', (chunk: Buffer) => {
 })
 const ctx = await buildTestApp(t, { LOG_LEVEL: 'info' }, undefined, { logStream })
 const appendedLines = (tenantId: string) => logLines.filter((l) => l.event === 'audit_appended' && l.tenant === tenantId)
+
+/** An intact chain of n events, verified up to its head. */
+const intact = (n: number) => ({ ok: true, events: n, first_broken: null, complete: true, verified_through: n })
+
+interface Verification {
+  ok: boolean
+  events: number
+  first_broken: { id: string | null, seq: number, reason: string } | null
+  complete: boolean
+  verified_through: number
+  from_checkpoint: number
+  examined: number
+  checkpoint_recorded: number | null
+}
 
 interface Event { id: string, seq: number, action: string, actor: { type: string, id: string }, resource: { type: string, id: string }, request_id: string | null, hash: string }
 
@@ -32,7 +47,7 @@ t.test('every change writes an audit event with actor, resource and request id',
   for (const action of ['finalize', 'pay']) await ctx.app.inject(as(tenant, { method: 'POST', url: `/v1/invoices/${invoiceId}/${action}` }))
   const key = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'k', scopes: ['read'] } }))
   await ctx.app.inject(as(tenant, { method: 'DELETE', url: `/v1/api-keys/${key.json<{ id: string }>().id}` }))
-  await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: 'ann', role: 'member' } }))
+  await addMember(ctx, tenant, { user_id: 'ann', role: 'member' })
   await ctx.app.inject({ method: 'POST', url: '/v1/customers', headers: { authorization: `Bearer ${signUserToken({ sub: 'ann', tid: tenant.id, exp: inAnHour() })}` }, payload: { name: 'by Ann' } })
   await ctx.app.inject(as(tenant, { method: 'DELETE', url: '/v1/members/ann' }))
   const second = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'gone' } }))
@@ -41,7 +56,8 @@ t.test('every change writes an audit event with actor, resource and request id',
   const trail = await events(tenant)
   t.same(trail.map((e) => e.action).reverse(), [
     'tenant.created', 'customer.created', 'customer.updated', 'invoice.created', 'invoice.updated', 'invoice.finalized', 'invoice.paid',
-    'api_key.created', 'api_key.revoked', 'member.added', 'customer.created', 'member.removed', 'customer.created', 'customer.deleted',
+    'api_key.created', 'api_key.revoked', 'member.added', 'member.accepted', 'customer.created', 'member.removed', 'customer.created',
+    'customer.deleted',
   ])
   t.same(trail.map((e) => e.seq), Array.from({ length: trail.length }, (_, i) => trail.length - i), 'seq runs without gaps')
   const created = trail.find((e) => e.request_id === 'req-create-customer')
@@ -86,24 +102,35 @@ t.test('the runtime role can insert and read audit events but never change or re
   await client.query('ROLLBACK')
 })
 
-t.test('verification passes on an intact chain and reports the first broken link', async (t) => {
+t.test('verification passes on an intact chain and reports the first broken link after its checkpoint', async (t) => {
   const tenant = await provisionTenant(ctx)
   for (const name of ['one', 'two', 'three']) await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name } }))
-  const verify = async () => (await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events/verify' }))).json<{ ok: boolean, events: number, first_broken: { seq: number, reason: string } | null }>()
-  t.same(await verify(), { ok: true, events: 4, first_broken: null })
+  const verify = async () =>
+    (await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events/verify' }))).json<Verification>()
+  t.same(await verify(), { ...intact(4), from_checkpoint: 0, examined: 4, checkpoint_recorded: 4 })
 
-  // Someone with database access edits event 2.
-  await query(ctx.db.adminUrl, "UPDATE audit_events SET actor_id = 'someone-else' WHERE tenant_id = $1 AND seq = 2", [tenant.id])
-  t.match(await verify(), { ok: false, first_broken: { seq: 2, reason: /altered/ } })
+  // Two more events after the checkpoint; someone with database access edits the first of them.
+  for (const name of ['four', 'five']) {
+    await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name } }))
+  }
+  await query(ctx.db.adminUrl, "UPDATE audit_events SET actor_id = 'someone-else' WHERE tenant_id = $1 AND seq = 5",
+    [tenant.id])
+  const altered = { first_broken: { seq: 5, reason: /altered/ }, verified_through: 4, checkpoint_recorded: null }
+  t.match(await verify(), { ok: false, from_checkpoint: 4, ...altered })
   // ...and recomputes its hash: the next link breaks instead.
-  await query(ctx.db.adminUrl, 'UPDATE audit_events e SET hash = audit_event_hash(e.prev_hash, e) WHERE tenant_id = $1 AND seq = 2', [tenant.id])
-  t.match(await verify(), { ok: false, first_broken: { seq: 3, reason: /link/ } })
+  await query(ctx.db.adminUrl,
+    'UPDATE audit_events e SET hash = audit_event_hash(e.prev_hash, e) WHERE tenant_id = $1 AND seq = 5', [tenant.id])
+  t.match(await verify(), { ok: false, first_broken: { seq: 6, reason: /link/ } })
+  const [checkpoints] = await query<{ n: number }>(ctx.db.adminUrl,
+    'SELECT count(*)::int AS n FROM audit_checkpoints WHERE tenant_id = $1', [tenant.id])
+  t.equal(checkpoints?.n, 1, 'a verification that found a break records no checkpoint')
 })
 
 t.test('verification notices deleted events, in the middle or at the end', async (t) => {
   const tenant = await provisionTenant(ctx)
   for (const name of ['one', 'two', 'three']) await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name } }))
-  const verify = async () => (await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events/verify' }))).json<{ ok: boolean, first_broken: { seq: number, reason: string } | null }>()
+  const verify = async () =>
+    (await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events/verify' }))).json<Verification>()
   await query(ctx.db.adminUrl, 'DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 4', [tenant.id])
   t.match(await verify(), { ok: false, first_broken: { seq: 4, reason: /end of the chain/ } })
   await query(ctx.db.adminUrl, 'DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 2', [tenant.id])
@@ -161,7 +188,8 @@ t.test('a chain rewritten as a whole passes the chain check but fails against an
   const anchor = appendedLines(tenant.id).find((l) => l.seq === 2)!
   const verify = async (qs = '') => (await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/audit-events/verify${qs}` })))
   const anchored = `?anchor_seq=${String(anchor.seq)}&anchor_hash=${String(anchor.hash)}`
-  t.same((await verify(anchored)).json(), { ok: true, events: 4, first_broken: null }, 'the intact chain matches its anchor')
+  t.match((await verify(anchored)).json(), { ok: true, events: 4, first_broken: null, checkpoint_recorded: 4 },
+    'the intact chain matches its anchor')
 
   // Someone with owner access changes who did what and recomputes every hash and the head.
   await query(ctx.db.adminUrl, `DO $$
@@ -173,7 +201,11 @@ t.test('a chain rewritten as a whole passes the chain check but fails against an
       END LOOP;
       UPDATE audit_heads SET hash = prev WHERE tenant_id = '${tenant.id}';
     END $$`)
-  t.same((await verify()).json(), { ok: true, events: 4, first_broken: null }, 'undetectable from inside the database')
+  t.match((await verify()).json(), { ok: false, first_broken: { seq: 4, reason: /checkpoint/ } },
+    'the checkpoint still holds the hash event 4 had')
+  // ...unless the checkpoints are rewritten too (or removed): then nothing inside the database tells.
+  await query(ctx.db.adminUrl, 'DELETE FROM audit_checkpoints WHERE tenant_id = $1', [tenant.id])
+  t.match((await verify()).json(), { ok: true, events: 4, first_broken: null }, 'undetectable from inside the database')
   t.match((await verify(anchored)).json(), { ok: false, first_broken: { seq: 2, reason: /anchor/ } }, 'detected against the logged hash')
   t.match((await verify('?anchor_seq=99&anchor_hash=' + 'a'.repeat(64))).json(), { ok: false, first_broken: { seq: 99, id: null, reason: /missing/ } })
 
@@ -181,4 +213,43 @@ t.test('a chain rewritten as a whole passes the chain check but fails against an
   t.equal(half.statusCode, 400, 'anchor_seq needs anchor_hash')
   t.match(half.json(), { errors: [{ path: 'querystring/anchor_hash' }] })
   t.equal((await verify('?anchor_seq=2&anchor_hash=xyz')).statusCode, 400, 'a hash is 64 hex digits')
+})
+
+t.test('the audit trail and its verification need the admin scope, like members and keys', async (t) => {
+  const tenant = await provisionTenant(ctx)
+  const key = async (scopes: string[]) => (await ctx.app.inject(as(tenant, {
+    method: 'POST', url: '/v1/api-keys', payload: { name: scopes.join('+'), scopes },
+  }))).json<{ key: string }>()
+  const user = async (role: string) => {
+    const payload = { user_id: `audit-${role}`, role }
+    await addMember(ctx, tenant, payload)
+    return { authorization: `Bearer ${signUserToken({ sub: `audit-${role}`, tid: tenant.id, exp: inAnHour() })}` }
+  }
+  const refused: Array<[string, Record<string, string>]> = [
+    ['read key', { authorization: `Bearer ${(await key(['read'])).key}` }],
+    ['write key', { authorization: `Bearer ${(await key(['write'])).key}` }],
+    ['read and write key', { authorization: `Bearer ${(await key(['read', 'write'])).key}` }],
+    ['viewer', await user('viewer')],
+    ['member', await user('member')],
+  ]
+  const allowed: Array<[string, Record<string, string>]> = [
+    ['admin key without owner rights', { authorization: `Bearer ${(await key(['read', 'admin'])).key}` }],
+    ['admin member', await user('admin')],
+  ]
+  for (const [who, headers] of refused) {
+    for (const url of ['/v1/audit-events', '/v1/audit-events/verify']) {
+      const requestId = `audit-scope-${who.replaceAll(' ', '-')}-${url.length}`
+      const res = await ctx.app.inject({ method: 'GET', url, headers: { ...headers, 'x-request-id': requestId } })
+      t.equal(res.statusCode, 403, `${who}: GET ${url}`)
+      t.notMatch(res.body, /"actor"|"seq"|audit-(viewer|member|admin)/, 'nothing of the trail in the refusal')
+      t.match(logLines.filter((l) => l.reqId === requestId && l.event === 'access_denied'),
+        [{ status: 403, reason: 'missing admin scope' }], `${who}: logged`)
+    }
+  }
+  for (const [who, headers] of allowed) {
+    const list = await ctx.app.inject({ method: 'GET', url: '/v1/audit-events', headers })
+    t.equal(list.statusCode, 200, `${who}: the list`)
+    const verification = await ctx.app.inject({ method: 'GET', url: '/v1/audit-events/verify', headers })
+    t.match(verification.json(), { ok: true }, `${who}: the verification`)
+  }
 })

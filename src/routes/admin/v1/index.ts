@@ -1,16 +1,22 @@
 import type { FastifyInstance } from 'fastify'
 import operatorAuth from '../../../plugins/app/operator-auth.ts'
 import maintenance from './maintenance/index.ts'
+import tenantAudit from './tenant-audit/index.ts'
 import tenants from './tenants/index.ts'
 
 export interface AdminOptions {
   adminToken: string
   cacheGraceMs: number
+  /** Signs tenant exports; undefined: exports are refused. */
+  exportSigningKey: string | undefined
 }
 
 /** Operator routes: the operator token only, and the owner connection, never a tenant transaction. */
 export default async function adminV1 (fastify: FastifyInstance, options: AdminOptions): Promise<void> {
   await fastify.register(operatorAuth, { adminToken: options.adminToken })
-  await fastify.register(tenants, { prefix: '/tenants', cacheGraceMs: options.cacheGraceMs })
+  await fastify.register(tenants, {
+    prefix: '/tenants', cacheGraceMs: options.cacheGraceMs, exportSigningKey: options.exportSigningKey,
+  })
+  await fastify.register(tenantAudit, { prefix: '/tenants' })
   await fastify.register(maintenance, { prefix: '/maintenance' })
 }
