@@ -31,9 +31,18 @@ export type OperatorTenant = Static<typeof OperatorTenantSchema>
 export const CreateTenantSchema = Type.Object({
   name: Text({ minLength: 1, maxLength: 200 }),
   // Its pattern admits no NUL byte.
-  slug: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{1,62}$', description: 'lowercase letters, digits and dashes; 2..63 characters' }),
+  slug: Type.String({ pattern: '^[a-z0-9][a-z0-9-]{1,62}$', maxLength: 63, description: 'lowercase letters, digits and dashes; 2..63 characters' }),
   placement: Type.Optional(PlacementSchema),
 }, { additionalProperties: false })
+
+export const CreateTenantHeadersSchema = Type.Object({
+  'idempotency-key': Type.Optional(Type.String({
+    pattern: '^[\\x21-\\x7e]{1,255}$',
+    maxLength: 255,
+    description: 'for 24 hours, a repeat with the same key and body returns the same tenant (200, ' +
+      'idempotent-replayed: true) with a new owner key; the same key with another body is a 409',
+  })),
+})
 
 export const PlacementChangeSchema = Type.Object({ placement: PlacementSchema }, { additionalProperties: false })
 
@@ -50,6 +59,17 @@ export const CreatedTenantSchema = Type.Object({
     scopes: Type.Array(ScopeSchema),
   }),
 })
+
+/** An owner key issued by the operator for an existing tenant. */
+export const IssueOwnerKeySchema = Type.Object({
+  name: Type.Optional(Text({ minLength: 1, maxLength: 200, description: 'default: "operator-issued key"' })),
+  scopes: Type.Optional(Type.Array(ScopeSchema, {
+    minItems: 1,
+    maxItems: 3,
+    uniqueItems: true,
+    description: 'default: read, write and admin; with admin, the key has owner rights',
+  })),
+}, { additionalProperties: false })
 
 export const TenantPage = Page(OperatorTenantSchema)
 

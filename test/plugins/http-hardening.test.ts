@@ -62,3 +62,34 @@ t.test('when the event loop lags past MAX_EVENT_LOOP_DELAY_MS, requests are shed
   }
   t.ok(served, 'served again once the pressure is gone')
 })
+
+t.test('no security policy upgrades requests to https, so /docs works over plain HTTP by any host name', async (t) => {
+  const ctx = await buildTestApp(t)
+  const tenant = await provisionTenant(ctx)
+  const operatorHeaders = { authorization: `Bearer ${ctx.adminToken}` }
+  const docs = await ctx.app.inject({ method: 'GET', url: '/docs', headers: { host: 'server:3000' } })
+  t.equal(docs.statusCode, 200)
+  // Every script, style sheet and icon the page loads, at the paths the page names.
+  const assets = [...docs.body.matchAll(/(?:src|href)="([^"]+)"/g)].map((m) => m[1]!)
+  t.ok(assets.some((a) => a.endsWith('.js')) && assets.some((a) => a.endsWith('.css')),
+    `the page loads ${assets.join(', ')}`)
+  for (const url of ['/docs', ...assets, '/docs/json', '/openapi.json', '/healthz']) {
+    const res = await ctx.app.inject({ method: 'GET', url, headers: { host: 'server:3000' } })
+    t.equal(res.statusCode, 200, `${url} is served`)
+    const policy = String(res.headers['content-security-policy'])
+    t.notMatch(policy, /upgrade-insecure-requests/i, `${url}: ${policy}`)
+    if (url.startsWith('/docs')) {
+      // The page's own scripts and styles, from the same origin, whatever the scheme.
+      t.match(policy, /(^|; ?)script-src 'self'[^;]*/, `${url} may run its own scripts`)
+      t.match(policy, /(^|; ?)style-src 'self'[^;]*/, `${url} may load its own styles`)
+    }
+  }
+  for (const res of [
+    await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' })),
+    await ctx.app.inject({ method: 'GET', url: '/v1/tenant' }),
+    await ctx.app.inject({ method: 'GET', url: '/admin/v1/tenants', headers: operatorHeaders }),
+  ]) {
+    t.match(res.headers['content-security-policy'], /default-src 'none'/)
+    t.notMatch(res.headers['content-security-policy'], /upgrade-insecure-requests/i, 'nor does the JSON API\'s')
+  }
+})

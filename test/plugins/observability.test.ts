@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { PassThrough } from 'node:stream'
 import t from 'tap'
+import { loadConfig } from '../../src/config.ts'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { inAnHour, signUserToken } from '../helpers/tokens.ts'
 
@@ -46,7 +47,9 @@ t.test('/metrics counts requests by route pattern and status, with bounded label
     await ctx.app.inject({ method: 'GET', url: `/no/such/route/${randomUUID()}` })
   }
   await ctx.app.inject({ method: 'GET', url: '/v1/tenant' }) // a 401
-  const text = (await ctx.app.inject({ method: 'GET', url: '/metrics' })).body
+  const authorization = `Bearer ${ctx.adminToken}`
+  const metrics = await ctx.app.inject({ method: 'GET', url: '/metrics', headers: { authorization } })
+  const text = metrics.body
   t.match(text, /rowfence_http_requests_total\{route="\/v1\/customers\/:id",method="GET",status="404"\} 20/)
   t.match(text, /rowfence_http_requests_total\{route="unmatched",method="GET",status="404"\} 20/)
   t.match(text, /rowfence_http_request_duration_seconds_bucket\{le="[\d.]+",route="\/v1\/customers\/:id",method="GET",status="404"\}/)
@@ -57,4 +60,36 @@ t.test('/metrics counts requests by route pattern and status, with bounded label
   t.notMatch(text, /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-/, 'no id ever becomes a label')
   const series = text.split('\n').filter((l) => l.startsWith('rowfence_http_requests_total{'))
   t.ok(series.length < 15, `${series.length} request series after 40 distinct URLs`)
+})
+
+t.test('/metrics answers only the metrics token: 401 problem+json without it or with another', async (t) => {
+  const metricsToken = 'metrics-only-token-0123456789abcdefghij'
+  const own = await buildTestApp(t, { METRICS_TOKEN: metricsToken })
+  const scrape = async (c: typeof ctx, authorization?: string) =>
+    c.app.inject({ method: 'GET', url: '/metrics', headers: authorization === undefined ? {} : { authorization } })
+  for (const [what, authorization] of [
+    ['no token', undefined],
+    ['a wrong token', `Bearer ${metricsToken}x`],
+    ['the operator token once METRICS_TOKEN is set', `Bearer ${own.adminToken}`],
+    ['another scheme', `Basic ${Buffer.from(`x:${metricsToken}`).toString('base64')}`],
+  ] as const) {
+    const res = await scrape(own, authorization)
+    t.equal(res.statusCode, 401, what)
+    t.match(res.headers['content-type'], /application\/problem\+json/, what)
+    t.match(res.headers['www-authenticate'], /^Bearer /, what)
+    t.notMatch(res.body, /rowfence_http_requests_total/, `${what}: no metrics`)
+  }
+  const ok = await scrape(own, `Bearer ${metricsToken}`)
+  t.equal(ok.statusCode, 200)
+  t.match(ok.headers['content-type'], /^text\/plain; version=0\.0\.4/)
+  t.match(ok.body, /^# HELP rowfence_/m)
+
+  t.throws(() => loadConfig({ METRICS_TOKEN: 'short-metrics-secret' }), {
+    name: 'ConfigError',
+    message: 'invalid environment variable METRICS_TOKEN: expected a secret of at least 32 characters',
+  }, 'a short METRICS_TOKEN is refused, and not echoed')
+
+  // Without METRICS_TOKEN, the operator's token is the metrics token.
+  t.equal((await scrape(ctx)).statusCode, 401)
+  t.equal((await scrape(ctx, `Bearer ${ctx.adminToken}`)).statusCode, 200)
 })

@@ -41,7 +41,8 @@ const ALWAYS_SERVED = new Set(['/healthz', '/metrics'])
  */
 async function httpHardening (fastify: FastifyInstance, options: HttpHardeningOptions): Promise<void> {
   // A JSON API: nothing may be framed, embedded or executed from its responses. The /docs page sets
-  // its own, wider policy for its static files (see swagger.ts).
+  // its own, wider policy for its static files (see swagger.ts). No helmet defaults: they would add
+  // upgrade-insecure-requests, which breaks /docs opened over plain HTTP.
   const headers = securityHeaders({
     contentSecurityPolicy: { directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] }, useDefaults: false },
     crossOriginResourcePolicy: { policy: 'same-site' },

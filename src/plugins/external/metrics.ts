@@ -1,7 +1,9 @@
+import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
-import { PROBLEM_BASE } from '../../errors.ts'
+import { bearerToken, CredentialRejected } from '../../auth/credentials.ts'
+import { PROBLEM_BASE, PROBLEM_CONTENT_TYPE, unauthorized } from '../../errors.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -9,15 +11,25 @@ declare module 'fastify' {
   }
 }
 
+export interface MetricsOptions {
+  /** The bearer token a scraper sends (METRICS_TOKEN, else ADMIN_TOKEN). */
+  token: string
+}
+
+const digest = (value: string): Buffer => createHash('sha256').update(value).digest()
+
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'])
 
 const PROBLEM_TYPE = new RegExp(`"type":"${PROBLEM_BASE.replaceAll('.', '\\.')}([a-z-]{1,40})"`)
 
 /**
- * Prometheus metrics at /metrics. Labels are bounded: the route pattern (never the raw URL), the
- * method and the status code; no tenant, key or user ever becomes a label.
+ * Prometheus metrics at /metrics, for a scraper with the metrics token only: they tell request
+ * volumes and error rates to anyone who can read them. Labels are bounded: the route pattern (never
+ * the raw URL), the method and the status code; no tenant, key or user ever becomes a label.
  */
-async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
+async function metricsPlugin (fastify: FastifyInstance, options: MetricsOptions): Promise<void> {
+  // Both sides hashed before the constant-time comparison, so neither length nor content leaks through timing.
+  const expected = digest(options.token)
   const registry = new Registry()
   const requests = new Counter({ name: 'rowfence_http_requests_total', help: 'HTTP requests', labelNames: ['route', 'method', 'status'], registers: [registry] })
   const duration = new Histogram({
@@ -85,7 +97,26 @@ async function metricsPlugin (fastify: FastifyInstance): Promise<void> {
     if (reply.statusCode >= 400) errors.inc({ type: problemTypes.get(request) ?? (reply.statusCode >= 500 ? 'internal' : 'other') })
   })
 
-  fastify.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+  fastify.get('/metrics', {
+    schema: { hide: true },
+    onRequest: async (request, reply) => {
+      let reason: string | undefined
+      try {
+        if (!timingSafeEqual(digest(bearerToken(request.headers)), expected)) reason = 'wrong metrics token'
+      } catch (error) {
+        if (!(error instanceof CredentialRejected)) throw error
+        reason = error.reason
+      }
+      if (reason !== undefined) {
+        request.log.warn({ event: 'access_denied', status: 401, reason }, `access denied: ${reason}`)
+        // Sent from here: this route is registered before the app's error handler, which a thrown
+        // problem would therefore not reach.
+        const problem = unauthorized('/metrics needs the metrics token (METRICS_TOKEN, or ADMIN_TOKEN if unset)')
+        return reply.code(problem.status).headers(problem.headers).type(PROBLEM_CONTENT_TYPE)
+          .send(problem.toJSON('/metrics'))
+      }
+    },
+  }, async (_request, reply) => {
     return reply.type(registry.contentType).send(await registry.metrics())
   })
 }

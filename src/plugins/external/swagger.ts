@@ -6,7 +6,7 @@ import fp from 'fastify-plugin'
 import { ProblemSchema } from '../../schemas/common.ts'
 
 /** Headers of the tenant routes, documented here; the tenant pipeline and idempotency plugin validate them. */
-const TenantIdHeader = Type.String({ format: 'uuid', description: 'optional; must be the tenant of an API key, selects the tenant of a user' })
+const TenantIdHeader = Type.String({ format: 'uuid', maxLength: 36, description: 'optional; must be the tenant of an API key, selects the tenant of a user' })
 const IdempotencyKeyHeader = Type.String({ minLength: 1, maxLength: 255, description: 'replays the first response for 24 hours; another body with the same key is a 409' })
 
 /** Errors of every route that takes a body, raised by Fastify before validation. */
@@ -22,6 +22,12 @@ function headersFor (existing: unknown, isPost: boolean): TSchema {
     'x-tenant-id': Type.Optional(TenantIdHeader),
     ...(isPost && { 'idempotency-key': Type.Optional(IdempotencyKeyHeader) }),
   })
+}
+
+function withoutUpgradeInsecureRequests (policy: string): string {
+  return policy.split(';').map((d) => d.trim())
+    .filter((d) => d !== '' && d.toLowerCase() !== 'upgrade-insecure-requests')
+    .join('; ')
 }
 
 /**
@@ -69,7 +75,12 @@ async function swaggerPlugin (fastify: FastifyInstance): Promise<void> {
       }
     },
   })
-  await fastify.register(swaggerUi, { routePrefix: '/docs', staticCSP: true })
+  // The page's own policy (its scripts and styles from 'self') minus upgrade-insecure-requests:
+  // opened over plain HTTP by a host name other than localhost (http://server:3000/docs), it would make
+  // the browser fetch the page's scripts over https, where nothing answers, and show a blank page.
+  await fastify.register(swaggerUi, {
+    routePrefix: '/docs', staticCSP: true, transformStaticCSP: withoutUpgradeInsecureRequests,
+  })
   fastify.get('/openapi.json', { schema: { hide: true } }, async () => fastify.swagger())
 }
 
