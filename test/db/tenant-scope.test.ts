@@ -4,9 +4,10 @@ import pg from 'pg'
 import { TenantScopePlugin, loadTenantTables } from '../../src/db/tenant-scope.ts'
 import type { DB } from '../../src/db/schema.ts'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
-import { createTestDatabase } from '../helpers/db.ts'
-import { scopingGaps, tenantReferences } from '../helpers/scoping.ts'
+import { createTestDatabase, query } from '../helpers/db.ts'
+import { scopingGaps, scopingValues, tenantReferences } from '../helpers/scoping.ts'
 import { inAnHour, signUserToken } from '../helpers/tokens.ts'
+import { addMember } from '../helpers/members.ts'
 
 const tenantId = '0190a6d2-0000-7000-8000-0000000000aa'
 
@@ -91,11 +92,16 @@ t.test("one tenant's query plans exactly one partition", async (t) => {
   }
 })
 
-t.test('every statement the API sends to a tenant table carries the tenant predicate', async (t) => {
+t.test("every statement the API sends to a tenant table is scoped to the caller's tenant and shard", async (t) => {
   const statements: string[] = []
-  const ctx = await buildTestApp(t, {}, undefined, { onQuery: (text) => { statements.push(text) } })
+  const bound: Array<readonly unknown[]> = []
+  const onQuery = (text: string, values: readonly unknown[]): void => { statements.push(text); bound.push(values) }
+  const ctx = await buildTestApp(t, {}, undefined, { onQuery })
   const tenant = await provisionTenant(ctx)
+  const placed = await query<{ shard: number }>(ctx.db.adminUrl, 'SELECT shard FROM tenants WHERE id = $1', [tenant.id])
+  const shard = placed[0]!.shard
   statements.length = 0
+  bound.length = 0
   // A workout of every tenant route.
   const customer = (await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'c', external_ref: 'r' }, headers: { 'idempotency-key': 'k1' } }))).json<{ id: string }>()
   await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'c', external_ref: 'r' }, headers: { 'idempotency-key': 'k1' } }))
@@ -113,7 +119,7 @@ t.test('every statement the API sends to a tenant table carries the tenant predi
   const key = (await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'k', scopes: ['read'] } }))).json<{ id: string }>()
   await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/api-keys' }))
   await ctx.app.inject(as(tenant, { method: 'DELETE', url: `/v1/api-keys/${key.id}` }))
-  await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: 'u1', role: 'owner' } }))
+  await addMember(ctx, tenant, { user_id: 'u1', role: 'owner' })
   await ctx.app.inject({ method: 'GET', url: '/v1/members', headers: { authorization: `Bearer ${signUserToken({ sub: 'u1', exp: inAnHour() })}` } })
   await ctx.app.inject(as(tenant, { method: 'DELETE', url: '/v1/members/u1' }))
   await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events' }))
@@ -127,8 +133,14 @@ t.test('every statement the API sends to a tenant table carries the tenant predi
   t.ok(touching.length > 30, `${touching.length} statements with ${references} tenant-table references were checked`)
   t.ok(touching.some((s) => /set "status" = \$\d+.*void/is.test(s) || /"voided_at"/.test(s)), 'the void transition was among them')
   t.ok(touching.some((s) => /"paid_at"/.test(s)), 'and the pay transition')
-  for (const s of touching) {
-    t.same(scopingGaps(s, tables), [], s.replace(/\s+/g, ' ').slice(0, 200))
+  for (const [i, s] of statements.entries()) {
+    if (tenantReferences(s, tables) === 0) continue
+    const label = s.replace(/\s+/g, ' ').slice(0, 200)
+    t.same(scopingGaps(s, tables), [], label)
+    const scoped = scopingValues(s, bound[i]!, tables)
+    t.ok(scoped.some((v) => v.column === 'tenant'), `a tenant value: ${label}`)
+    const wrong = scoped.filter((v) => String(v.value) !== String(v.column === 'tenant' ? tenant.id : shard))
+    t.same(wrong, [], `bound to tenant ${tenant.id}, shard ${shard}: ${label}`)
   }
 })
 

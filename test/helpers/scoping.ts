@@ -84,3 +84,37 @@ export function scopingGaps (sql: string, tables: ReadonlyMap<string, TableInfo>
 export function tenantReferences (sql: string, tables: ReadonlyMap<string, TableInfo>): number {
   return references(sql, tables).length
 }
+
+/** One scoping value a statement carries: a predicate's bound parameter, or the shard in a partition's name. */
+export interface ScopingValue {
+  column: 'tenant' | 'shard'
+  value: unknown
+  /** Where it was found, for messages: `"i"."tenant_id" = $2`, or the partition's name. */
+  source: string
+}
+
+/**
+ * The values a statement is scoped to: the parameter bound to each `tenant_id = $n` (qualified or
+ * not) and to each tenants-registry `<ref>.id = $n` (the tenant), the parameter of each `shard = $n`
+ * and the shard in the name of each partition read directly (the shard). scopingGaps shows that the
+ * predicates exist; these show which tenant and shard they let through.
+ */
+export function scopingValues (
+  sql: string,
+  values: readonly unknown[],
+  tables: ReadonlyMap<string, TableInfo>
+): ScopingValue[] {
+  const found: ScopingValue[] = []
+  const bound = (column: ScopingValue['column'], pattern: RegExp): void => {
+    for (const m of sql.matchAll(pattern)) found.push({ column, value: values[Number(m[2]) - 1], source: m[1]!.trim() })
+  }
+  bound('tenant', /((?:"?[a-z_][a-z0-9_]*"?\s*\.\s*|(?<![\w".]))"?tenant_id"?\s*=\s*\$(\d+))/gi)
+  bound('shard', /((?:"?[a-z_][a-z0-9_]*"?\s*\.\s*|(?<![\w".]))"?shard"?\s*=\s*\$(\d+))/gi)
+  for (const ref of references(sql, tables)) {
+    if (ref.info.keyColumn === 'id') {
+      bound('tenant', new RegExp(`("?${escape(ref.ref)}"?\\s*\\.\\s*"?id"?\\s*=\\s*\\$(\\d+))`, 'gi'))
+    }
+    if (ref.partition) found.push({ column: 'shard', value: Number(/_s(\d+)$/.exec(ref.table)![1]), source: ref.table })
+  }
+  return found
+}

@@ -145,3 +145,59 @@ t.test('a client that disconnects mid-request gets its work rolled back and its 
   const [row] = await query<{ name: string }>(ctx.db.adminUrl, 'SELECT name FROM customers WHERE id = $1', [customerId])
   t.equal(row?.name, 'Original', 'the abandoned change was rolled back')
 })
+
+// Every test above that fails a request does so through a database error, which PostgreSQL rolls
+// back whatever the pipeline does. These fail with an application error (a 4xx problem) after the
+// request has written, so only the pipeline's ROLLBACK keeps the write out.
+
+t.test('a keyed finalize of an unknown invoice (404) keeps no key: its retry is a 404 again, not a 409', async (t) => {
+  const ctx = await buildTestApp(t)
+  const tenant = await provisionTenant(ctx)
+  const finalize = () => ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/invoices/0190a6d2-0000-7000-8000-000000000000/finalize',
+    headers: { 'idempotency-key': 'finalize-unknown' },
+  }))
+  const keyRows = () => query(ctx.db.adminUrl,
+    "SELECT status FROM idempotency_keys WHERE tenant_id = $1 AND key = 'finalize-unknown'", [tenant.id])
+  const first = await finalize()
+  t.equal(first.statusCode, 404)
+  t.same(await keyRows(), [], 'the key row inserted before the 404 was not committed')
+  const retry = await finalize()
+  t.equal(retry.statusCode, 404, 'the retry is answered as the first request was')
+  t.match(retry.json(), { type: /not-found$/ })
+  t.same(await keyRows(), [])
+})
+
+t.test('a refused transition (409) undoes its earlier writes: its own key, the expired keys it swept', async (t) => {
+  const ctx = await buildTestApp(t)
+  const tenant = await provisionTenant(ctx)
+  const post = (url: string, payload?: object, key?: string) => ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url,
+    ...(payload !== undefined && { payload }),
+    ...(key !== undefined && { headers: { 'idempotency-key': key } }),
+  }))
+  const customerId = (await post('/v1/customers', { name: 'Buyer' })).json<{ id: string }>().id
+  const lines = [{ description: 'x', quantity: 1, unit_amount_cents: 100 }]
+  const invoice = (await post('/v1/invoices', { customer_id: customerId, currency: 'EUR', lines }))
+    .json<{ id: string }>()
+  // Keys of earlier requests, expired: the next keyed request deletes them in passing.
+  for (const key of ['old-1', 'old-2']) t.equal((await post('/v1/customers', { name: key }, key)).statusCode, 201)
+  await query(ctx.db.adminUrl,
+    "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE key LIKE 'old-%'")
+  const keys = async () => (await query<{ key: string }>(ctx.db.adminUrl,
+    'SELECT key FROM idempotency_keys WHERE tenant_id = $1 ORDER BY key', [tenant.id])).map((r) => r.key)
+
+  const pay = () => post(`/v1/invoices/${invoice.id}/pay`, undefined, 'pay-early')
+  const refused = await pay()
+  t.equal(refused.statusCode, 409)
+  t.match(refused.json(), { type: /invalid-transition$/ }, 'a draft cannot be paid')
+  t.same(await keys(), ['old-1', 'old-2'], 'the swept keys are back and the new key is not there')
+
+  t.equal((await post(`/v1/invoices/${invoice.id}/finalize`)).statusCode, 200)
+  const retried = await pay()
+  t.equal(retried.statusCode, 200, 'the same key works once the invoice can be paid')
+  t.equal(retried.headers['idempotent-replayed'], undefined)
+  t.same(await keys(), ['pay-early'], 'a request that succeeds does sweep the expired keys')
+})

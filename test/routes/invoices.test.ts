@@ -1,3 +1,6 @@
+import { request as httpRequest } from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 import t from 'tap'
 import { as, buildTestApp, provisionTenant, type ProvisionedTenant } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
@@ -135,7 +138,8 @@ t.test('30 concurrent finalizes get 30 distinct, gap-free numbers', async (t) =>
   const fresh = await provisionTenant(ctx)
   const customerId = await customer(fresh)
   const drafts = await Promise.all(Array.from({ length: 30 }, () => draft(fresh, customerId)))
-  // One extra finalize that fails (already open) must not burn a number either.
+  // One extra finalize that fails (already open; refused before it reaches the counter) must not
+  // burn a number either. A finalize rolled back after taking its number: the next test.
   const results = await Promise.all([...drafts.map((d) => post(`/v1/invoices/${d.id}/finalize`, fresh)), post(`/v1/invoices/${drafts[0]!.id}/finalize`, fresh)])
   const ok = results.filter((r) => r.statusCode === 200)
   t.equal(ok.length, 30)
@@ -144,6 +148,55 @@ t.test('30 concurrent finalizes get 30 distinct, gap-free numbers', async (t) =>
   t.same(numbers, Array.from({ length: 30 }, (_, i) => `INV-${String(i + 1).padStart(6, '0')}`))
   const next = await draft(fresh, customerId)
   t.match((await post(`/v1/invoices/${next.id}/finalize`, fresh)).json(), { number: 'INV-000031' })
+})
+
+async function waitFor (what: string, condition: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(20)
+  }
+}
+
+t.test('a finalize rolled back after taking its number gives it back: the next finalize gets it', async (t) => {
+  const fresh = await provisionTenant(ctx)
+  const customerId = await customer(fresh)
+  const first = await draft(fresh, customerId)
+  t.match((await post(`/v1/invoices/${first.id}/finalize`, fresh)).json(), { number: 'INV-000001' })
+  const abandoned = await draft(fresh, customerId)
+  const next = await draft(fresh, customerId)
+  const address = await ctx.app.listen({ host: '127.0.0.1', port: 0 })
+
+  // The finalize locks the invoice, takes the number, updates the invoice, then appends its audit
+  // event: holding the tenant's audit head stops it there, with its number taken.
+  const locker = new pg.Client({ connectionString: ctx.db.adminUrl })
+  await locker.connect()
+  t.teardown(() => locker.end())
+  await locker.query('BEGIN')
+  await locker.query('SELECT 1 FROM audit_heads WHERE tenant_id = $1 FOR UPDATE', [fresh.id])
+  const req = httpRequest(`${address}/v1/invoices/${abandoned.id}/finalize`, {
+    method: 'POST', headers: { authorization: `Bearer ${fresh.key}` },
+  })
+  req.on('error', () => {})
+  req.end()
+  await waitFor('the finalize to block on its audit event', async () => {
+    const { rows } = await locker.query(
+      'SELECT count(*)::int AS n FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))')
+    return rows[0].n === 1
+  })
+  const counter = await query(ctx.db.adminUrl, 'SELECT 1 FROM invoice_counters WHERE tenant_id = $1 FOR UPDATE NOWAIT',
+    [fresh.id]).then(() => 'free', (error: { code?: string }) => error.code)
+  t.equal(counter, '55P03', 'the stuck finalize holds the counter: it has taken its number')
+
+  // Its client gives up: the request is cancelled and rolled back, number included.
+  req.destroy()
+  const pool = ctx.app.dbPool
+  await waitFor('the abandoned finalize to roll back', async () => pool.idleCount === pool.totalCount)
+  await locker.query('COMMIT')
+  const [row] = await query(ctx.db.adminUrl, 'SELECT status, number FROM invoices WHERE id = $1', [abandoned.id])
+  t.same(row, { status: 'draft', number: null }, 'the abandoned finalize left the invoice a draft')
+  const finalized = await post(`/v1/invoices/${next.id}/finalize`, fresh)
+  t.match(finalized.json(), { number: 'INV-000002' }, 'the next finalize gets the number it had taken')
 })
 
 t.test('numbering is per tenant: interleaved finalizes of two tenants give each exactly 1..n', async (t) => {
