@@ -20,8 +20,8 @@ export interface TenantIdentity {
   /** The API key id, or the user id (`sub`). */
   actorId: string
   scopes: readonly Scope[]
-  /** The member role, for users. */
-  role: MemberRole | undefined
+  /** The member role, for users; 'pending' for an invitation not accepted yet (no scopes). */
+  role: MemberRole | 'pending' | undefined
   /** Where the tenant's rows of the sharded tables live (see src/db/placement.ts). */
   shard: number
 }

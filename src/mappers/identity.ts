@@ -14,5 +14,11 @@ export function toApiKey (row: ApiKeyRow): ApiKey {
 }
 
 export function toMember (row: MembershipRow): Member {
-  return { user_id: row.user_id, role: row.role as Member['role'], created_at: row.created_at.toISOString() }
+  return {
+    user_id: row.user_id,
+    role: row.role as Member['role'],
+    status: row.accepted_at === null ? 'pending' : 'active',
+    created_at: row.created_at.toISOString(),
+    accepted_at: row.accepted_at?.toISOString() ?? null,
+  }
 }

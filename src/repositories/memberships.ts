@@ -1,4 +1,4 @@
-import type { Insertable, Kysely, Selectable } from 'kysely'
+import { sql, type Insertable, type Kysely, type Selectable } from 'kysely'
 import type { DB, Memberships } from '../db/schema.ts'
 
 type Executor = Kysely<DB>
@@ -23,8 +23,17 @@ export async function listMemberships (trx: Executor, page: { limit: number, bef
  * two owners serialise and the second sees that only one is left.
  */
 export async function lockOwners (trx: Executor): Promise<string[]> {
-  const rows = await trx.selectFrom('memberships').select('user_id').where('role', '=', 'owner').forUpdate().execute()
+  // Accepted owners only: an invited owner who has not accepted cannot stand in for the last one.
+  const rows = await trx.selectFrom('memberships').select('user_id')
+    .where('role', '=', 'owner').where('accepted_at', 'is not', null).forUpdate().execute()
   return rows.map((r) => r.user_id)
+}
+
+/** Accepts the user's own pending membership; the row as it is afterwards (accepted before or now). */
+export async function acceptMembership (trx: Executor, userId: string): Promise<MembershipRow | undefined> {
+  const accepted = await trx.updateTable('memberships').set({ accepted_at: sql<string>`now()` })
+    .where('user_id', '=', userId).where('accepted_at', 'is', null).returningAll().executeTakeFirst()
+  return accepted ?? await findMembershipByUser(trx, userId)
 }
 
 export async function deleteMembership (trx: Executor, userId: string): Promise<MembershipRow | undefined> {

@@ -35,7 +35,11 @@ export const RoleSchema = Type.Union([Type.Literal('owner'), Type.Literal('admin
 export const MemberSchema = Type.Object({
   user_id: Type.String(),
   role: RoleSchema,
+  status: Type.Union([Type.Literal('pending'), Type.Literal('active')], {
+    description: 'pending until the user accepts with their own token (POST /v1/membership/accept); a pending member has no access',
+  }),
   created_at: Timestamp,
+  accepted_at: Type.Union([Timestamp, Type.Null()]),
 }, { title: 'Member' })
 export type Member = Static<typeof MemberSchema>
 

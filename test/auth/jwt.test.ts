@@ -2,13 +2,14 @@ import { generateKeyPairSync } from 'node:crypto'
 import t from 'tap'
 import { as, buildTestApp, provisionTenant, type TestApp } from '../helpers/app.ts'
 import { inAnHour, signUserToken, unsignedToken } from '../helpers/tokens.ts'
+import { addMember as addAcceptedMember } from '../helpers/members.ts'
 
 const ctx = await buildTestApp(t)
 const acme = await provisionTenant(ctx, 'acme')
 const globex = await provisionTenant(ctx, 'globex')
 
 async function addMember (c: TestApp, tenant: { key: string }, userId: string, role: string): Promise<void> {
-  const res = await c.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: userId, role } }))
+  const res = await addAcceptedMember(c, tenant, { user_id: userId, role })
   if (res.statusCode !== 201) throw new Error(`adding member failed: ${res.body}`)
 }
 

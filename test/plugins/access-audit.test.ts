@@ -1,6 +1,7 @@
 import { PassThrough } from 'node:stream'
 import t from 'tap'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
+import { addMember } from '../helpers/members.ts'
 
 // Access decisions are logged with the request id, a public credential prefix and the reason,
 // and never with the secret.
@@ -79,7 +80,7 @@ t.test('the operator token is never logged, not even on failing requests', async
 t.test('refusals of the owner rule and of rights a credential cannot hand on are logged', async (t) => {
   const { inAnHour, signUserToken } = await import('../helpers/tokens.ts')
   for (const [id, role] of [['audit-boss', 'owner'], ['audit-adm', 'admin']]) {
-    await ctx.app.inject(as(acme, { method: 'POST', url: '/v1/members', payload: { user_id: id, role } }))
+    await addMember(ctx, acme, { user_id: id, role })
   }
   const adm = { authorization: `Bearer ${signUserToken({ sub: 'audit-adm', tid: acme.id, exp: inAnHour() })}` }
   const cases: Array<[string, Record<string, unknown>, string]> = [

@@ -1,6 +1,7 @@
 import { connect } from 'node:net'
 import t, { type Test } from 'tap'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
+import { addMember } from '../helpers/members.ts'
 
 // Every error is application/problem+json (API.md), including the ones Fastify and Node raise
 // before any route, hook or handler runs, and none names Fastify's internal error codes.
@@ -52,7 +53,7 @@ t.test('content-type, malformed JSON and size errors are problem+json', async (t
 
 t.test('a user_id as long as the schema allows still routes, percent-encoded', async (t) => {
   const userId = '|'.repeat(255) // 765 characters once encoded
-  const added = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: userId, role: 'viewer' } }))
+  const added = await addMember(ctx, tenant, { user_id: userId, role: 'viewer' })
   t.equal(added.statusCode, 201)
   const removed = await ctx.app.inject(as(tenant, { method: 'DELETE', url: `/v1/members/${encodeURIComponent(userId)}` }))
   t.equal(removed.statusCode, 204)

@@ -1,13 +1,15 @@
 import { Readable } from 'node:stream'
-import { createInterface } from 'node:readline'
 import t from 'tap'
 import pg from 'pg'
 import { eraseTenant } from '../../src/db/erasure.ts'
 import { allocateShard } from '../../src/db/placement.ts'
-import { importTenant } from '../../src/db/tenant-data.ts'
-import { as, buildTestApp, provisionTenant, type ProvisionedTenant, type TestApp } from '../helpers/app.ts'
+import { importTenant, type ImportOptions } from '../../src/db/tenant-data.ts'
+import {
+  as, buildTestApp, provisionTenant, TEST_EXPORT_SIGNING_KEY, type ProvisionedTenant, type TestApp,
+} from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
 import { holdTransaction, onboard, operator, partitionsOf, shardOf, someoneWaits, waitUntil } from '../helpers/operator.ts'
+import { addMember } from '../helpers/members.ts'
 
 const admin = (c: TestApp) => ({ authorization: `Bearer ${c.adminToken}` })
 
@@ -17,7 +19,7 @@ async function populate (c: TestApp, tenant: ProvisionedTenant, invoices = 3): P
     const inv = (await c.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload: { customer_id: customer.id, currency: 'EUR', due_date: '2027-03-01', memo: `m${i}`, lines: [{ description: 'a', quantity: 3, unit_amount_cents: 1234 }, { description: 'b', quantity: 1, unit_amount_cents: 9007199254 }] } }))).json<{ id: string }>()
     if (i > 0) await c.app.inject(as(tenant, { method: 'POST', url: `/v1/invoices/${inv.id}/finalize` }))
   }
-  await c.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: 'owner@idp', role: 'owner' } }))
+  await addMember(c, tenant, { user_id: 'owner@idp', role: 'owner' })
   await c.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'keyed' }, headers: { 'idempotency-key': 'import-me' } }))
 }
 
@@ -27,11 +29,14 @@ async function exportOf (c: TestApp, id: string): Promise<string> {
   return res.body
 }
 
-async function importInto (c: TestApp, ndjson: string, placement: 'pooled' | 'dedicated' = 'pooled') {
+async function importInto (
+  c: TestApp, ndjson: string, placement: 'pooled' | 'dedicated' = 'pooled', options: Partial<ImportOptions> = {}
+) {
   const pool = new pg.Pool({ connectionString: c.db.ownerUrl, max: 1 })
   try {
-    return await importTenant(pool, createInterface({ input: Readable.from([ndjson]) }), async (client, tenantId) =>
-      ({ shard: await allocateShard(client, tenantId, placement), placement }))
+    return await importTenant(pool, () => Readable.from([ndjson]), async (client, tenantId) =>
+      ({ shard: await allocateShard(client, tenantId, placement), placement }),
+    { signingKey: TEST_EXPORT_SIGNING_KEY, ...options })
   } finally {
     await pool.end()
   }
@@ -46,7 +51,10 @@ t.test('an export holds every row the tenant owns, one JSON object a line with i
   const res = await ctx.app.inject({ method: 'GET', url: `/admin/v1/tenants/${tenant.id}/export`, headers: admin(ctx) })
   t.equal(res.statusCode, 200)
   t.match(res.headers['content-type'], /application\/x-ndjson/)
-  const lines = res.body.trimEnd().split('\n').map((l) => JSON.parse(l) as { table: string, row: Record<string, unknown> })
+  const all = res.body.trimEnd().split('\n')
+  const signature: unknown = JSON.parse(all.pop()!)
+  t.match(signature, { signature: { alg: 'HMAC-SHA256', lines: all.length } }, 'the last line signs the others')
+  const lines = all.map((l) => JSON.parse(l) as { table: string, row: Record<string, unknown> })
   t.equal(lines[0]!.table, 'tenants', 'the tenant first')
   const counts: Record<string, number> = {}
   for (const l of lines) counts[l.table] = (counts[l.table] ?? 0) + 1
@@ -87,17 +95,23 @@ t.test('an export made before owner rights existed imports, and only its initial
   const minted = await source.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'minted', scopes: ['read', 'write', 'admin'] } }))
   t.equal(minted.statusCode, 201, minted.body)
   const mintedId = minted.json<{ id: string }>().id
-  const without = (ndjson: string, table: string, column: string) => ndjson.trimEnd().split('\n').map((line) => {
-    const parsed = JSON.parse(line) as { table: string, row: Record<string, unknown> }
-    if (parsed.table === table) delete parsed.row[column]
-    return JSON.stringify(parsed)
-  }).join('\n') + '\n'
+  // Exports from then were not signed either: the trailer goes too.
+  const without = (ndjson: string, table: string, column: string) => ndjson.trimEnd().split('\n')
+    .filter((line) => !line.startsWith('{"signature":'))
+    .map((line) => {
+      const parsed = JSON.parse(line) as { table: string, row: Record<string, unknown> }
+      if (parsed.table === table) delete parsed.row[column]
+      return JSON.stringify(parsed)
+    }).join('\n') + '\n'
   // The export as a deployment before sql/0010 wrote it: api_keys rows without owner_rights.
   const old = without(await exportOf(source, tenant.id), 'api_keys', 'owner_rights')
   t.notMatch(old.split('\n').filter((l) => l.startsWith('{"table":"api_keys"')).join('\n'), /owner_rights/)
 
   const target = await buildTestApp(t)
-  const result = await importInto(target, old)
+  await t.rejects(importInto(target, old), { name: 'ImportError', message: /^the export is not signed/ },
+    'not without the operator saying so')
+  const result = await importInto(target, old, 'pooled', { allowUnsigned: true })
+  t.equal(result.signed, false)
   t.match(result.rows, { api_keys: 2 })
   const rights = await query<{ id: string, owner_rights: boolean }>(target.db.adminUrl, 'SELECT id, owner_rights FROM api_keys WHERE tenant_id = $1 ORDER BY id', [tenant.id])
   t.same(Object.fromEntries(rights.map((r) => [r.id, r.owner_rights])), { [tenant.keyId]: true, [mintedId]: false }, 'the initial key has owner rights, a later admin key none')
@@ -106,11 +120,12 @@ t.test('an export made before owner rights existed imports, and only its initial
 
   // A column this database requires and has no default for is still refused, naming the line.
   const target2 = await buildTestApp(t)
-  await t.rejects(importInto(target2, without(old, 'customers', 'name')), { name: 'ImportError', message: /^line \d+: the customers row has no name, which this database requires$/ })
+  await t.rejects(importInto(target2, without(old, 'customers', 'name'), 'pooled', { allowUnsigned: true }),
+    { name: 'ImportError', message: /^line \d+: the customers row has no name, which this database requires$/ })
   t.same(await query(target2.db.adminUrl, 'SELECT 1 FROM tenants WHERE id = $1', [tenant.id]), [], 'nothing was written')
 })
 
-t.test('an altered export is refused and nothing is written', async (t) => {
+t.test('an altered export is refused by its signature and nothing is written', async (t) => {
   const source = await buildTestApp(t)
   const tenant = await provisionTenant(source, 'tampered')
   await populate(source, tenant)
@@ -119,10 +134,24 @@ t.test('an altered export is refused and nothing is written', async (t) => {
   const altered = original.replace(/"actor_id":"[^"]+","action":"invoice\.created"/, '"actor_id":"someone-else","action":"invoice.created"')
   t.not(altered, original)
   const target = await buildTestApp(t)
-  await t.rejects(importInto(target, altered), { name: 'ImportError', message: /audit trail/ })
+  const mismatch = { name: 'ImportError', message: /^the export's signature does not match/ }
+  await t.rejects(importInto(target, altered), mismatch)
   t.same(await query(target.db.adminUrl, 'SELECT 1 FROM tenants WHERE id = $1', [tenant.id]), [], 'all or nothing')
   const foreign = original.replace(/"tenant_id":"[^"]+"/, '"tenant_id":"0190a6d2-0000-7000-8000-000000000000"')
-  await t.rejects(importInto(target, foreign), { name: 'ImportError', message: /another tenant/ })
+  await t.rejects(importInto(target, foreign), mismatch)
+
+  // Unsigned and let in knowingly, the same edits still meet the checks behind the signature.
+  const unsigned = (ndjson: string) => ndjson.replace(/^\{"signature":.*\n$/m, '')
+  t.not(unsigned(altered), altered)
+  const allowUnsigned = { allowUnsigned: true }
+  await t.rejects(importInto(target, unsigned(altered), 'pooled', allowUnsigned), { message: /audit trail/ })
+  const headless = unsigned(altered).replace(/^\{"table":"audit_heads".*\n/m, '')
+  t.not(headless, unsigned(altered))
+  await t.rejects(importInto(target, headless, 'pooled', allowUnsigned),
+    { name: 'ImportError', message: /^the export has audit events but no audit_heads row/ },
+    'dropping the chain head does not skip the comparison')
+  await t.rejects(importInto(target, unsigned(foreign), 'pooled', allowUnsigned), { message: /another tenant/ })
+  t.same(await query(target.db.adminUrl, 'SELECT 1 FROM tenants WHERE id = $1', [tenant.id]), [], 'nothing written')
 })
 
 t.test('erasure revokes first, removes every row, verifies, and keeps a receipt outside the tenant data', async (t) => {

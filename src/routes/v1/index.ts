@@ -6,6 +6,7 @@ import auditEvents from './audit-events/index.ts'
 import customers from './customers/index.ts'
 import invoices from './invoices/index.ts'
 import members from './members/index.ts'
+import membership from './membership/index.ts'
 import tenant from './tenant/index.ts'
 
 /**
@@ -18,6 +19,7 @@ export default async function v1 (fastify: FastifyInstance): Promise<void> {
   await fastify.register(tenant, { prefix: '/tenant' })
   await fastify.register(apiKeys, { prefix: '/api-keys' })
   await fastify.register(members, { prefix: '/members' })
+  await fastify.register(membership, { prefix: '/membership' })
   await fastify.register(customers, { prefix: '/customers' })
   await fastify.register(invoices, { prefix: '/invoices' })
   await fastify.register(auditEvents, { prefix: '/audit-events' })
