@@ -1,7 +1,8 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv'
 import ajvFormats from 'ajv-formats'
 import ajvKeywords from 'ajv-keywords'
-import type { FastifySchemaCompiler } from 'fastify'
+import type { FastifyRequest, FastifySchemaCompiler } from 'fastify'
+import { badRequest } from './errors.ts'
 
 /**
  * Two Ajv instances, because API.md wants two rules: JSON bodies are typed strictly ("5", true or
@@ -81,4 +82,16 @@ export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, http
   }
   validate.errors = null as ErrorObject[] | null
   return validate as unknown as ValidateFunction
+}
+
+/**
+ * An operation that declares no body takes none: `{}` (or nothing) is accepted, as clients that send
+ * JSON on every request do, and anything else is a 400. Unvalidated input never reaches a handler or
+ * the hooks that read bodies (the idempotency fingerprint), whatever its size or depth.
+ */
+export async function refuseUndeclaredBody (request: FastifyRequest): Promise<void> {
+  if (request.routeOptions.schema?.body !== undefined || request.body === undefined || request.body === null) return
+  const body = request.body
+  if (typeof body === 'object' && !Array.isArray(body) && Object.keys(body).length === 0) return
+  throw badRequest('this operation takes no request body', [{ path: 'body', message: 'must be empty or {}' }])
 }

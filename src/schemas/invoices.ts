@@ -4,8 +4,8 @@ import { Page, Text, Timestamp, Uuid } from './common.ts'
 export const InvoiceStatusSchema = Type.Union([Type.Literal('draft'), Type.Literal('open'), Type.Literal('paid'), Type.Literal('void')])
 export type InvoiceStatus = Static<typeof InvoiceStatusSchema>
 
-const Currency = Type.String({ pattern: '^[A-Z]{3}$', description: 'ISO 4217 code, e.g. EUR' })
-const DueDate = Type.String({ format: 'date', description: 'YYYY-MM-DD' })
+const Currency = Type.String({ pattern: '^[A-Z]{3}$', maxLength: 3, description: 'ISO 4217 code, e.g. EUR' })
+const DueDate = Type.String({ format: 'date', maxLength: 10, description: 'YYYY-MM-DD' })
 const Memo = Text({ maxLength: 2000 })
 
 export const LineInputSchema = Type.Object({

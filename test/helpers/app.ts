@@ -10,6 +10,9 @@ interface Teardown {
 /** The HS256 secret test apps verify user tokens with (see signUserToken in ./tokens.ts). */
 export const TEST_JWT_SECRET = 'test-only-jwt-secret-0123456789abcdef'
 
+/** The EXPORT_SIGNING_KEY of test apps and of the CLIs the tests run (runNpmScript), so their exports agree. */
+export const TEST_EXPORT_SIGNING_KEY = 'test-only-export-signing-key-0123456789abcdefghij'
+
 export interface TestApp {
   app: FastifyInstance
   db: TestDatabase
@@ -36,7 +39,11 @@ export async function buildTestApp (t: Teardown, overrides: Partial<AppConfig> =
     KEY_USAGE_FLUSH_MS: 60_000,
     CREDENTIAL_CACHE_TTL_MS: 10_000,
     CACHE_GRACE_MS: 50,
+    // Load shedding is tested on its own (http-hardening.test.ts): elsewhere a busy machine, or the
+    // compiling of test modules in the same process, would shed the requests under test.
+    MAX_EVENT_LOOP_DELAY_MS: 0,
     jwt: { algorithm: 'HS256', key: TEST_JWT_SECRET },
+    EXPORT_SIGNING_KEY: TEST_EXPORT_SIGNING_KEY,
     ...overrides,
   }
   const app = await buildApp(config, options)

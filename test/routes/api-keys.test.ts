@@ -170,6 +170,35 @@ t.test('a tenant whose lock is held keeps its uses for the next flush and does n
   t.equal(usage.pendingKeys, 0)
 })
 
+t.test('a refused request is not a use of the key: only a key confirmed and allowed to act is recorded', async (t) => {
+  const solo = await provisionTenant(ctx)
+  const reader = await createKey(solo, ['read'])
+  const revoked = await createKey(solo, ['read'])
+  const lastUsed = async (id: string): Promise<Date | null> =>
+    (await query<{ last_used_at: Date | null }>(ctx.db.adminUrl, 'SELECT last_used_at FROM api_keys WHERE id = $1', [id]))[0]!.last_used_at
+  await ctx.app.keyUsage.flush()
+  // Warm the cache with the key about to be revoked, so its next request goes ahead on the cached entry.
+  t.equal((await ctx.app.inject(as(revoked, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)
+  await ctx.app.keyUsage.flush()
+  await query(ctx.db.adminUrl, 'UPDATE api_keys SET last_used_at = NULL WHERE id = $1', [revoked.id])
+  await query(ctx.db.adminUrl, 'UPDATE api_keys SET revoked_at = now() WHERE id = $1', [revoked.id])
+
+  const refusals = [
+    [reader, { method: 'POST', url: '/v1/customers', payload: { name: 'no' } }, 403, 'missing scope'],
+    [reader, { method: 'GET', url: '/v1/tenant', headers: { 'x-tenant-id': other.id } }, 403, 'another tenant named'],
+    [revoked, { method: 'GET', url: '/v1/tenant' }, 401, 'revoked a moment ago'],
+  ] as const
+  for (const [key, request, status, why] of refusals) {
+    t.equal((await ctx.app.inject(as(key, request))).statusCode, status, why)
+  }
+  await ctx.app.keyUsage.flush()
+  t.equal(await lastUsed(reader.id), null, 'the refused reader was not recorded')
+  t.equal(await lastUsed(revoked.id), null, 'the revoked key was not recorded')
+  t.equal((await ctx.app.inject(as(reader, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)
+  await ctx.app.keyUsage.flush()
+  t.type(await lastUsed(reader.id), Date, 'a request it was allowed to make is')
+})
+
 t.test('a credential cannot create a key with scopes beyond its own', async (t) => {
   const narrow = await createKey(tenant, ['read', 'admin'], 'read+admin')
   const res = await ctx.app.inject(as(narrow, { method: 'POST', url: '/v1/api-keys', payload: { name: 'wider', scopes: ['read', 'write'] } }))

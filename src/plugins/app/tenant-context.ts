@@ -62,6 +62,13 @@ declare module 'fastify' {
      * second query from such a route fails loudly.
      */
     singleQuery?: boolean
+    /**
+     * A GET that writes bookkeeping of its own (the audit verification's checkpoint): its transaction
+     * is not READ ONLY. Other GET and HEAD requests run READ ONLY.
+     */
+    writes?: boolean
+    /** The one route a pending membership (an invitation not accepted yet) may reach: accepting it. */
+    pendingMember?: boolean
   }
 }
 
@@ -95,7 +102,7 @@ async function release (request: FastifyRequest, commit: boolean): Promise<void>
 interface Denial { problem: HttpProblem, reason: string, extra?: Record<string, unknown> }
 
 /** Who the credential is in this tenant, from bind_tenant()'s fresh answer, or why it is refused. */
-function identify (binding: Binding, credential: TenantCredential, tenantId: string): TenantIdentity | Denial {
+function identify (binding: Binding, credential: TenantCredential, tenantId: string, acceptsPending = false): TenantIdentity | Denial {
   const active = (binding.status === 'active' || binding.status === 'moving') && binding.shard !== null
   if (credential.kind === 'api_key') {
     const invalid = (reason: string): Denial => ({ problem: unauthorized('the API key is invalid or revoked'), reason })
@@ -106,6 +113,12 @@ function identify (binding: Binding, credential: TenantCredential, tenantId: str
   }
   if (binding.member_role === null || !active) {
     return { problem: forbidden('you are not a member of this tenant'), reason: binding.member_role === null ? 'not a member' : 'tenant is being erased', extra: { requestedTenant: tenantId } }
+  }
+  if (binding.member_role === 'pending') {
+    if (!acceptsPending) {
+      return { problem: forbidden('your membership of this tenant is pending: accept it first (POST /v1/membership/accept)'), reason: 'membership pending', extra: { requestedTenant: tenantId } }
+    }
+    return { tenantId, actorType: 'user', actorId: credential.userId, scopes: [], role: 'pending', shard: binding.shard! }
   }
   const role = binding.member_role as MemberRole
   return { tenantId, actorType: 'user', actorId: credential.userId, scopes: ROLE_SCOPES[role], role, shard: binding.shard! }
@@ -159,7 +172,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
    * changed under a request that may have read with the old one.
    */
   function confirmCached (request: FastifyRequest, binding: Binding, credential: TenantCredential, assumed: TenantIdentity, prefix: string): void {
-    const found = identify(binding, credential, assumed.tenantId)
+    const found = identify(binding, credential, assumed.tenantId, acceptsPending(request))
     const evict = (): void => {
       cache.apply(credential.kind === 'api_key' ? `key:${credential.key.keyId}` : `member:${assumed.tenantId}:${credential.userId}`)
     }
@@ -167,16 +180,44 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
       evict()
       throw deny(request, found.problem, found.reason, prefix, found.extra)
     }
-    const scope = requiredScope(request)
-    if (!found.scopes.includes(scope)) {
+    try {
+      assertScope(request, found, prefix)
+    } catch (error) {
       evict()
-      throw deny(request, forbidden(`this credential lacks the ${scope} scope`), `missing ${scope} scope`, prefix)
+      throw error
     }
     if (found.shard !== assumed.shard || found.role !== assumed.role || found.scopes.join() !== assumed.scopes.join()) {
       evict()
       request.log.info({ event: 'credential_changed' }, 'the tenant or credential changed while the request ran; it was rolled back')
       throw unavailable('the tenant or credential changed while this request ran; retry it', 1)
     }
+    recordUse(found)
+  }
+
+  const acceptsPending = (request: FastifyRequest): boolean => request.routeOptions.config.pendingMember === true
+
+  /** Remembers a credential the database just confirmed, so its next requests need not wait for the check. */
+  function cacheIdentity (identity: TenantIdentity, binding: Binding, credential: TenantCredential, generation: number): void {
+    if (credential.kind === 'api_key') {
+      const key = { tenantId: identity.tenantId, keyId: credential.key.keyId, scopes: identity.scopes, secretHash: binding.key_secret_hash!, shard: identity.shard }
+      cache.setKey(key, generation)
+    } else if (identity.role !== undefined && identity.role !== 'pending') {
+      cache.setMember({ tenantId: identity.tenantId, userId: credential.userId, role: identity.role, shard: identity.shard }, generation)
+    }
+  }
+
+  /** The route's scope must be held (the acceptance route, open to pending members, checks for itself). */
+  function assertScope (request: FastifyRequest, identity: TenantIdentity, prefix: string): void {
+    if (acceptsPending(request)) return
+    const scope = requiredScope(request)
+    if (!identity.scopes.includes(scope)) {
+      throw deny(request, forbidden(`this credential lacks the ${scope} scope`), `missing ${scope} scope`, prefix)
+    }
+  }
+
+  /** A key's use counts once the database has confirmed the key and it was allowed to act. */
+  function recordUse (identity: TenantIdentity): void {
+    if (identity.actorType === 'api_key') fastify.keyUsage.record(identity.tenantId, identity.actorId)
   }
 
   // Requests whose client disconnected before the response was written: their work is rolled back.
@@ -208,6 +249,53 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     })
   })
 
+  /** A full connection queue is a 503 to retry, logged as load shedding; anything else goes on. */
+  function shedWhenSaturated (request: FastifyRequest) {
+    return (error: unknown): never => {
+      if (error instanceof PoolSaturated) {
+        request.log.warn({ event: 'load_shed', reason: error.message }, 'refused: the database connection queue is full')
+        throw unavailable('the server is at capacity; retry shortly', 1)
+      }
+      throw error
+    }
+  }
+
+  /**
+   * The body is read only once the API key presenting it is known to the database. A key with a valid
+   * checksum needs no database to pass onRequest, so anyone can make one up; were its body read and
+   * validated first, anyone could make the server parse a megabyte for nothing. A key this instance
+   * confirmed recently (the credential cache) goes on at once; any other is looked up under its
+   * tenant's binding first (one short transaction) and refused before its body is read. Requests
+   * without a body, and JWTs (verified by their signature alone), are not held up.
+   */
+  fastify.addHook('preParsing', async (request) => {
+    const credential = request.tenantCredential
+    if (credential?.kind !== 'api_key') return
+    if (request.headers['content-length'] === undefined && request.headers['transfer-encoding'] === undefined) return
+    if (request.headers['content-length'] === '0') return
+    const { keyId, tenantId, secretHash } = credential.key
+    const known = cache.getKey(keyId)
+    if (known !== undefined && known.tenantId === tenantId && secretMatches(known.secretHash, secretHash)) return
+    const generation = cache.generation
+    const trx = await startTenantTransaction(fastify.dbPool, tenantId, { readOnly: true, check: { keyId }, timeouts }, { maxWaiting: limits.maxWaiting })
+      .catch(shedWhenSaturated(request))
+    // Held as the request's transaction meanwhile, so that its deadline and a client leaving cancel it.
+    request.tenantTransaction = trx
+    if (abandoned.has(request)) trx.abort(clientGone())
+    if (expired.has(request)) trx.abort(deadlineProblem())
+    let binding: Binding
+    try {
+      binding = await trx.ready
+    } catch (error) {
+      throw trx.abortReason ?? error
+    } finally {
+      await release(request, false)
+    }
+    const found = identify(binding, credential, tenantId)
+    if (isDenial(found)) throw deny(request, found.problem, found.reason, credential.key.prefix, found.extra)
+    if (binding.status === 'active') cacheIdentity(found, binding, credential, generation)
+  })
+
   fastify.addHook('preHandler', async (request, reply) => {
     const credential = request.tenantCredential
     if (credential === null) throw unauthorized('missing credentials')
@@ -215,7 +303,11 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     const tenantId = credential.kind === 'api_key'
       ? credential.key.tenantId
       : request.requestedTenantId ?? credential.claimedTenantId ?? await soleTenantOf(request, credential.userId)
-    const readOnly = request.method === 'GET' || request.method === 'HEAD'
+    // A key names its tenant: naming another one in x-tenant-id is refused before any database work.
+    if (credential.kind === 'api_key' && request.requestedTenantId !== null && request.requestedTenantId !== tenantId) {
+      throw deny(request, forbidden('this credential does not belong to the tenant in x-tenant-id'), 'tenant switch denied', prefix, { requestedTenant: request.requestedTenantId })
+    }
+    const readOnly = (request.method === 'GET' || request.method === 'HEAD') && request.routeOptions.config.writes !== true
 
     // A credential this instance verified recently (and that no notification has invalidated since)
     // lets the handler's queries leave in the same write as BEGIN and bind_tenant(), without waiting
@@ -248,13 +340,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
         singleQuery: request.routeOptions.config.singleQuery === true,
         confirm: (binding: Binding) => { confirmCached(request, binding, credential, assumed, prefix) },
       }
-    }, { maxWaiting: limits.maxWaiting }).catch((error: unknown) => {
-      if (error instanceof PoolSaturated) {
-        request.log.warn({ event: 'load_shed', reason: error.message }, 'refused: the database connection queue is full')
-        throw unavailable('the server is at capacity; retry shortly', 1)
-      }
-      throw error
-    })
+    }, { maxWaiting: limits.maxWaiting }).catch(shedWhenSaturated(request))
     request.tenantTransaction = trx
     request.beforeCommit = []
     request.afterCommit = []
@@ -264,6 +350,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     let identity: TenantIdentity
     if (cached !== undefined) {
       identity = cached
+      assertScope(request, identity, prefix) // again, against the fresh answer, in confirmCached
     } else {
       let binding: Binding
       try {
@@ -271,27 +358,14 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
       } catch (error) {
         throw trx.abortReason ?? error
       }
-      const found = identify(binding, credential, tenantId)
+      const found = identify(binding, credential, tenantId, acceptsPending(request))
       if (isDenial(found)) throw deny(request, found.problem, found.reason, prefix, found.extra)
       identity = found
-      // A tenant that is being moved is served, but not cached: its shard is about to change.
-      if (binding.status === 'active') {
-        if (credential.kind === 'api_key') {
-          cache.setKey({ tenantId, keyId: credential.key.keyId, scopes: identity.scopes, secretHash: binding.key_secret_hash!, shard: identity.shard }, generation)
-        } else {
-          cache.setMember({ tenantId, userId: credential.userId, role: identity.role!, shard: identity.shard }, generation)
-        }
-      }
-    }
-    if (credential.kind === 'api_key') {
-      fastify.keyUsage.record(tenantId, identity.actorId)
-      if (request.requestedTenantId !== null && request.requestedTenantId !== tenantId) {
-        throw deny(request, forbidden('this credential does not belong to the tenant in x-tenant-id'), 'tenant switch denied', prefix, { requestedTenant: request.requestedTenantId })
-      }
-    }
-    const scope = requiredScope(request)
-    if (!identity.scopes.includes(scope)) {
-      throw deny(request, forbidden(`this credential lacks the ${scope} scope`), `missing ${scope} scope`, prefix)
+      // A tenant that is being moved is served, but not cached: its shard is about to change. An
+      // invitation not accepted yet is not cached either: it grants nothing.
+      if (binding.status === 'active') cacheIdentity(identity, binding, credential, generation)
+      assertScope(request, identity, prefix)
+      recordUse(identity)
     }
     request.tenant = identity
     request.tenantDb = request.tenantTransaction.db.withPlugin(new TenantScopePlugin(fastify.tenantTables, { tenantId, shard: identity.shard }))
