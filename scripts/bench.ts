@@ -1,5 +1,5 @@
 // npm run bench -- [--tenants 100] [--invoices 2000] [--seconds 10] [--repeat 3] [--soak 0] [--soak-scenario get-invoice] [--connections 16,64]
-//                  [--scenarios healthz,get-invoice,list-invoices,create-invoice] [--workers 1]
+//                  [--scenarios healthz,get-invoice,list-invoices,create-invoice,forged-key-huge-body] [--workers 1]
 //                  [--pool 10] [--server-dir .] [--label name] [--growth 1000x10000]
 //
 // Measures the server against the database's own ceiling, in one run on one machine:
@@ -25,7 +25,7 @@ import { bootstrapDatabase, withDatabase } from '../src/db/bootstrap.ts'
 import { startEmbedded } from '../src/db/embedded.ts'
 import { migrate } from '../src/db/migrate.ts'
 import { loadTenantTables } from '../src/db/tenant-scope.ts'
-import { benchKey, LINE, pgbenchScripts, seed, tenantsByShard, type PgbenchScript, type Scenario } from './lib/bench-data.ts'
+import { benchKey, FORGED_KEY, HUGE_LINES, LINE, pgbenchScripts, seed, tenantsByShard, type PgbenchScript, type Scenario } from './lib/bench-data.ts'
 
 const say = (line: string): void => { process.stderr.write(`bench: ${line}\n`) }
 
@@ -88,8 +88,14 @@ function wrkScript (scenario: Scenario, tenants: number, invoices: number): stri
     'list-invoices': 'return wrk.format("GET", "/v1/invoices?limit=50", { ["authorization"] = keys[t] })',
     'create-invoice': `return wrk.format("POST", "/v1/invoices", { ["authorization"] = keys[t], ["content-type"] = "application/json" },
       string.format('{"customer_id":"%08x-0000-7000-a000-000000000000","currency":"EUR","lines":[${line},${line},${line}]}', t))`,
+    'forged-key-huge-body': `return wrk.format("POST", "/v1/invoices",
+      { ["authorization"] = "Bearer ${FORGED_KEY.key}", ["content-type"] = "application/json" }, huge)`,
   }
+  const huge = scenario === 'forged-key-huge-body'
+    ? `'{"customer_id":"00000001-0000-7000-a000-000000000000","currency":"EUR","lines":[' .. string.rep('{},', ${HUGE_LINES - 1}) .. '{}]}'`
+    : "''"
   return `local keys = {\n${keys}\n}
+local huge = ${huge}
 local tenants, invoices = ${tenants}, ${invoices}
 setup = function(thread) thread:set("seed", math.random(1, 1e9)) end
 init = function() math.randomseed(seed or os.time()) end
@@ -156,9 +162,12 @@ async function processStats (pid: number): Promise<{ hwmKb: number, rssKb: numbe
   return { hwmKb, rssKb, cpuTicks }
 }
 
+/** The server's METRICS_TOKEN (a server from before it existed serves /metrics to anyone, header or not). */
+const METRICS_TOKEN = randomBytes(32).toString('base64url')
+
 async function scrapeRoundTrips (url: string): Promise<number | undefined> {
   try {
-    const text = await (await fetch(`${url}/metrics`)).text()
+    const text = await (await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } })).text()
     const match = /^rowfence_db_round_trips_total (\d+)/m.exec(text)
     return match === null ? undefined : Number(match[1])
   } catch {
@@ -201,6 +210,7 @@ async function startServer (serverDir: string, urls: Dataset['urls'], options: {
       DATABASE_URL: urls.ownerUrl,
       APP_DATABASE_URL: urls.appUrl,
       ADMIN_TOKEN: randomBytes(32).toString('base64url'),
+      METRICS_TOKEN,
       WEB_CONCURRENCY: options.workers,
       DB_POOL_MAX: options.pool,
       KEY_USAGE_FLUSH_MS: '15000',
@@ -315,7 +325,7 @@ async function main (): Promise<void> {
       invoices: { type: 'string', default: '2000' },
       seconds: { type: 'string', default: '10' },
       connections: { type: 'string', default: '16,64' },
-      scenarios: { type: 'string', default: 'healthz,get-invoice,list-invoices,create-invoice' },
+      scenarios: { type: 'string', default: 'healthz,get-invoice,list-invoices,create-invoice,forged-key-huge-body' },
       workers: { type: 'string', default: '1' },
       pool: { type: 'string', default: '10' },
       'server-dir': { type: 'string', default: '.' },
@@ -382,18 +392,24 @@ async function main (): Promise<void> {
       for (const c of connections) {
         const job = { url, scenario, connections: c, seconds, tenants, invoices }
         await runLoad({ ...job, seconds: 2 }) // warm-up: connections, caches, JIT
-        const measurable = scenario !== 'healthz' && pgbench !== undefined
-        const naiveScripts = measurable ? await pgbenchScripts(scenario, 'naive', tables, tenants, invoices, shards) : []
-        const serverScripts = measurable ? await pgbenchScripts(scenario, 'server', tables, tenants, invoices, shards) : []
+        const sqlScenario = scenario === 'healthz' || scenario === 'forged-key-huge-body' ? undefined : scenario
+        const measurable = sqlScenario !== undefined && pgbench !== undefined
+        const naiveScripts = measurable ? await pgbenchScripts(sqlScenario, 'naive', tables, tenants, invoices, shards) : []
+        const serverScripts = measurable ? await pgbenchScripts(sqlScenario, 'server', tables, tenants, invoices, shards) : []
         // The machine is shared and noisy: the server and its references take turns, `repeat` times,
         // and each figure is the median of its runs; a ratio is the median of the runs' own ratios.
         const runs: Array<{ http: Measure, reference?: Measure, sameSql?: Measure, cpu: number, trips?: number }> = []
         let peakKb = 0
+        let duringKb = 0
         for (let r = 0; r < repeat; r++) {
           const tripsBefore = await scrapeRoundTrips(url)
           const before = await processStats(server.pid)
           const started = performance.now()
-          const http = await runLoad(job)
+          // The server's resident set while this scenario runs (VmHWM is the peak since start-up).
+          const sampler = setInterval(() => {
+            processStats(server.pid).then((s) => { duringKb = Math.max(duringKb, s.rssKb) }, () => {})
+          }, 250)
+          const http = await runLoad(job).finally(() => { clearInterval(sampler) })
           const elapsed = (performance.now() - started) / 1000
           const after = await processStats(server.pid)
           const tripsAfter = await scrapeRoundTrips(url)
@@ -430,6 +446,7 @@ async function main (): Promise<void> {
           p99_ratio: refs.length === 0 ? null : Number(median(refs.map((x) => x.http.p99 / x.p99)).toFixed(2)),
           rps_ratio_runs: refs.map((x) => Number((x.http.rps / x.rps).toFixed(2))),
           server_peak_rss_mb: Math.round(peakKb / 1024),
+          server_rss_during_mb: Math.round(duringKb / 1024),
           server_cpu_percent: Math.round(median(runs.map((x) => x.cpu))),
           round_trips_per_request: roundTrips === undefined || scenario === 'healthz' ? null : Number(roundTrips.toFixed(2)),
         }
@@ -461,9 +478,9 @@ async function main (): Promise<void> {
     `Dataset ${tenants} tenants × ${invoices} invoices; ${seconds} s per run, ${repeat} alternating runs of the server and each reference, medians shown; server: ${values.label}, ${values.workers} worker(s), pool ${values.pool}; load: ${WRK ?? 'autocannon'}.`,
     'Reference (pgbench, one round trip per statement): the naive transaction — BEGIN, set_config, key lookup, the route\'s SQL, COMMIT. Also shown: pgbench running the server\'s own statements one at a time.',
     '',
-    '| scenario | conns | req/s | p50 ms | p99 ms | pgbench naive tps | naive p50 / p99 ms | req/s ÷ naive | p99 ÷ naive | pgbench, server SQL, tps | server peak RSS | server CPU | DB round trips / req |',
+    '| scenario | conns | req/s | p50 ms | p99 ms | pgbench naive tps | naive p50 / p99 ms | req/s ÷ naive | p99 ÷ naive | pgbench, server SQL, tps | server RSS during (peak so far) | server CPU | DB round trips / req |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
-    ...rows.map((r) => `| ${String(r.scenario)} | ${fmt(r.connections)} | ${fmt(r.rps)} | ${fmt(r.p50_ms)} | ${fmt(r.p99_ms)} | ${fmt(r.pgbench_tps)} | ${fmt(r.pgbench_p50_ms)} / ${fmt(r.pgbench_p99_ms)} | ${fmt(r.rps_ratio)} | ${fmt(r.p99_ratio)} | ${fmt(r.pgbench_server_sql_tps)} | ${fmt(r.server_peak_rss_mb)} MB | ${fmt(r.server_cpu_percent)} % | ${fmt(r.round_trips_per_request)} |`),
+    ...rows.map((r) => `| ${String(r.scenario)} | ${fmt(r.connections)} | ${fmt(r.rps)} | ${fmt(r.p50_ms)} | ${fmt(r.p99_ms)} | ${fmt(r.pgbench_tps)} | ${fmt(r.pgbench_p50_ms)} / ${fmt(r.pgbench_p99_ms)} | ${fmt(r.rps_ratio)} | ${fmt(r.p99_ratio)} | ${fmt(r.pgbench_server_sql_tps)} | ${fmt(r.server_rss_during_mb)} (${fmt(r.server_peak_rss_mb)}) MB | ${fmt(r.server_cpu_percent)} % | ${fmt(r.round_trips_per_request)} |`),
     ...(soak.length === 0
       ? []
       : ['', `Soak: ${values.soak} s of ${soakScenario} at ${connections[0]!} connections, ${Math.round(soakResult?.rps ?? 0)} req/s; server RSS (MB) every 15 s: ${soak.map((x) => x.rss_mb).join(', ')}.`]),

@@ -58,6 +58,17 @@ export function benchKey (t: number): ReturnType<typeof formatApiKey> {
 export const LINE = { description: 'benchmark item', quantity: 3, unit_amount_cents: 100 }
 
 /**
+ * The forged-key scenario: a key with a valid checksum naming tenant 1 and a key id that does not
+ * exist, sent with a body just under the 1 MB limit (300,000 empty invoice lines). What it may cost the
+ * server is bounded; the benchmark reports the server's peak RSS while it runs.
+ */
+export const FORGED_KEY = formatApiKey(`${hex(0xffffffff, 8)}-0000-7000-9000-000000000000`, tenantUuid(1),
+  createHash('sha256').update('rowfence-bench-forged').digest())
+export const HUGE_LINES = 300_000
+export const hugeBody = (): string =>
+  `{"customer_id":"${customerUuid(1)}","currency":"EUR","lines":[${Array(HUGE_LINES).fill('{}').join(',')}]}`
+
+/**
  * Seeds tenants 1..tenants with `invoices` invoices of 3 lines each; skips what a previous run seeded.
  * `url` is a superuser on the benchmark database: the bulk rows are written with triggers off
  * (session_replication_role = replica: no per-row foreign key checks, and the shard given rather than
@@ -179,7 +190,7 @@ function inline (query: CompiledQuery): string {
   return colonFree.replace(/\$(\d+)/g, (_, n: string) => literal(query.parameters[Number(n) - 1])).replace(/\s+/g, ' ') + ';'
 }
 
-export type Scenario = 'healthz' | 'get-invoice' | 'list-invoices' | 'create-invoice'
+export type Scenario = 'healthz' | 'get-invoice' | 'list-invoices' | 'create-invoice' | 'forged-key-huge-body'
 
 /** A pgbench script and its weight (pgbench -f file@weight). */
 export interface PgbenchScript { sql: string, weight: number }
@@ -212,7 +223,7 @@ export async function tenantsByShard (url: string, tenants: number): Promise<Map
  * The route's statements are captured from the repository functions the routes call.
  */
 export async function pgbenchScripts (
-  scenario: Exclude<Scenario, 'healthz'>,
+  scenario: Exclude<Scenario, 'healthz' | 'forged-key-huge-body'>,
   mode: 'naive' | 'server',
   tables: TenantTables,
   tenants: number,
@@ -228,7 +239,7 @@ export async function pgbenchScripts (
 }
 
 async function script (
-  scenario: Exclude<Scenario, 'healthz'>,
+  scenario: Exclude<Scenario, 'healthz' | 'forged-key-huge-body'>,
   mode: 'naive' | 'server',
   tables: TenantTables,
   tenants: number,

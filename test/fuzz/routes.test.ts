@@ -2,8 +2,11 @@
 // (ids of the caller's own tenant, of another tenant and made up; bodies of the right shape with
 // random values, or anything at all; odd headers and content types). Whatever is thrown: no 5xx,
 // every error is problem+json, and no response of a tenant route holds another tenant's ids.
+import { randomBytes } from 'node:crypto'
 import fc from 'fast-check'
 import t from 'tap'
+import { formatApiKey } from '../../src/auth/api-keys.ts'
+import { newId } from '../../src/ids.ts'
 import { as, buildTestApp, provisionTenant, type ProvisionedTenant } from '../helpers/app.ts'
 
 const ctx = await buildTestApp(t, { DB_POOL_MAX: 4 })
@@ -94,7 +97,26 @@ const body = fc.oneof(
 )
 const query = fc.dictionary(fc.constantFrom('limit', 'cursor', 'status', 'customer_id', 'anchor_seq', 'anchor_hash', 'x'), fc.oneof(fc.string({ maxLength: 30 }), fc.integer().map(String), fc.constantFrom('0', '201', '-1', 'open', 'draft')), { maxKeys: 3 })
 const contentType = fc.constantFrom('application/json', 'application/json', 'application/json', 'text/plain', 'application/x-www-form-urlencoded', 'application/json; charset=latin1')
-const credential = fc.constantFrom<'mine' | 'none' | 'garbage' | 'theirs-header'>('mine', 'mine', 'mine', 'none', 'garbage', 'theirs-header')
+type Credential = 'mine' | 'none' | 'garbage' | 'forged' | 'forged-in-mine' | 'theirs-header'
+const credential = fc.constantFrom<Credential>('mine', 'mine', 'mine', 'mine', 'mine', 'none', 'garbage', 'forged', 'forged-in-mine', 'theirs-header')
+// Well-formed keys (valid checksum) with made-up ids: they pass every check that needs no database.
+const forgedKeys: Record<'forged' | 'forged-in-mine', string> = {
+  forged: formatApiKey(newId(), newId(), randomBytes(32)).key,
+  'forged-in-mine': formatApiKey(newId(), mine.tenant.id, randomBytes(32)).key,
+}
+// Bodies up to the body limit that once cost the server seconds and gigabytes: arrays far past their
+// maxItems, deep nesting, many unknown properties. Made once; each run sends one of them.
+const depth = 5000
+const heavy = fc.constantFrom(
+  `{"customer_id":"${mine.customers[0]!}","currency":"EUR","lines":[${Array(200_000).fill('{}').join(',')}]}`,
+  JSON.stringify({ name: 'k', scopes: Array.from({ length: 40_000 }, (_, i) => i) }),
+  `{"name":${'{"a":'.repeat(depth)}1${'}'.repeat(depth)}}`,
+  `{"lines":[${'['.repeat(depth)}${']'.repeat(depth)}]}`,
+  JSON.stringify(Object.fromEntries(Array.from({ length: 20_000 }, (_, i) => [`p${i}`, [i]]))),
+  JSON.stringify({ user_id: 'u'.repeat(900_000), role: 'member' })
+)
+/** A problem body stays small whatever was sent. */
+const MAX_PROBLEM_BYTES = 4096
 
 function problemOk (res: { statusCode: number, headers: Record<string, unknown>, body: string }): string | undefined {
   if (res.statusCode >= 500) return `5xx: ${res.statusCode} ${res.body}`
@@ -107,6 +129,7 @@ function problemOk (res: { statusCode: number, headers: Record<string, unknown>,
     return `unparseable problem: ${res.body.slice(0, 200)}`
   }
   if (parsed.status !== res.statusCode || typeof parsed.title !== 'string' || typeof parsed.type !== 'string') return `malformed problem: ${res.body.slice(0, 200)}`
+  if (res.body.length > MAX_PROBLEM_BYTES) return `a problem of ${res.body.length} bytes`
   if (/at .*\.ts:\d+|node_modules|SELECT |relation "|constraint|pg_/i.test(res.body)) return `internals in a response: ${res.body.slice(0, 300)}`
   return undefined
 }
@@ -116,49 +139,76 @@ const adminOperations = operations.filter((o) => o.path.startsWith('/admin/'))
 
 t.test('tenant routes: random requests never give a 5xx, errors are problem+json, and no other tenant id leaks', async (t) => {
   const statuses = new Map<number, number>()
+  const byCredential = new Map<Credential, Set<number>>()
+  let runs = 0
   await fc.assert(fc.asyncProperty(
-    fc.constantFrom(...tenantOperations), fc.array(param, { minLength: 2, maxLength: 2 }), body, query, contentType, credential, fc.boolean(),
+    fc.constantFrom(...tenantOperations), fc.array(param, { minLength: 2, maxLength: 2 }),
+    fc.oneof({ arbitrary: body.map((b) => JSON.stringify(b) ?? 'null'), weight: 9 }, { arbitrary: heavy, weight: 1 }),
+    query, contentType, credential, fc.boolean(),
     async (op, params, payload, qs, type, cred, withIdempotency) => {
+      runs++
       let i = 0
       const url = op.path.replace(/\{[^}]+\}/g, () => encodeURIComponent(params[i++] ?? 'x')) + (Object.keys(qs).length > 0 ? `?${new URLSearchParams(qs).toString()}` : '')
       const headers: Record<string, string> = {}
       if (cred === 'mine' || cred === 'theirs-header') headers.authorization = `Bearer ${fuzzKey}`
       if (cred === 'garbage') headers.authorization = 'Bearer rfk_' + 'A'.repeat(93)
+      if (cred === 'forged' || cred === 'forged-in-mine') headers.authorization = `Bearer ${forgedKeys[cred]}`
       if (cred === 'theirs-header') headers['x-tenant-id'] = theirs.tenant.id
       if (withIdempotency) headers['idempotency-key'] = `fuzz-${Math.random()}`
       const hasBody = op.method !== 'GET' && op.method !== 'DELETE'
       if (hasBody) headers['content-type'] = type
-      const res = await ctx.app.inject({ method: op.method, url, headers, ...(hasBody && { payload: JSON.stringify(payload) ?? 'null' }) })
+      const res = await ctx.app.inject({ method: op.method, url, headers, ...(hasBody && { payload }) })
       statuses.set(res.statusCode, (statuses.get(res.statusCode) ?? 0) + 1)
+      byCredential.set(cred, (byCredential.get(cred) ?? new Set()).add(res.statusCode))
       const wrong = problemOk(res)
       if (wrong !== undefined) throw new Error(`${op.method} ${url}: ${wrong}`)
       const leaked = theirIds.find((id) => res.body.includes(id) && !url.includes(encodeURIComponent(id)))
       if (leaked !== undefined) throw new Error(`${op.method} ${url}: another tenant's id ${leaked} in ${res.body.slice(0, 300)}`)
+      if ((cred === 'forged' || cred === 'forged-in-mine') && res.statusCode < 400) {
+        throw new Error(`${op.method} ${url}: a forged key got ${res.statusCode}`)
+      }
     }
-  ), { numRuns: 3000, interruptAfterTimeLimit: 120_000 })
+  ), { numRuns: 3000, interruptAfterTimeLimit: 150_000, markInterruptAsFailure: true })
+  t.equal(runs, 3000, 'every run was made (running out of time fails the test)')
   t.comment(`statuses: ${JSON.stringify(Object.fromEntries([...statuses].sort((a, b) => a[0] - b[0])))}`)
   // The fuzzing must get past validation often enough to exercise the handlers and the database.
   const handled = [...statuses].filter(([s]) => s < 300 || s === 404 || s === 409 || s === 422).reduce((n, [, c]) => n + c, 0)
   t.ok(handled >= 300, `${handled} requests reached a handler (2xx, 404, 409, 422)`)
+  for (const forged of ['forged', 'forged-in-mine'] as const) {
+    t.ok(byCredential.get(forged)?.has(401), `${forged} keys were sent and refused with 401`)
+  }
 })
 
 t.test('operator routes: random requests never give a 5xx and errors are problem+json', async (t) => {
   // Erasure and placement are aimed at made-up ids only: the seeded tenants must survive.
   const safeParam = fc.oneof(oddText, fc.uuid())
+  const statuses = new Map<string, number>()
+  let runs = 0
   await fc.assert(fc.asyncProperty(
     fc.constantFrom(...adminOperations), safeParam, body, query, contentType, fc.boolean(),
     async (op, param, payload, qs, type, operator) => {
+      runs++
       const url = op.path.replace(/\{[^}]+\}/g, () => encodeURIComponent(param)) + (Object.keys(qs).length > 0 ? `?${new URLSearchParams(qs).toString()}` : '')
       const headers: Record<string, string> = { authorization: `Bearer ${operator ? ctx.adminToken : mine.tenant.key}` }
       const hasBody = op.method !== 'GET' && op.method !== 'DELETE'
       if (hasBody) headers['content-type'] = type
       const res = await ctx.app.inject({ method: op.method, url, headers, ...(hasBody && { payload: JSON.stringify(payload) ?? 'null' }) })
+      const who = operator ? 'operator' : 'tenant key'
+      statuses.set(`${who} ${res.statusCode}`, (statuses.get(`${who} ${res.statusCode}`) ?? 0) + 1)
       const wrong = problemOk(res)
       if (wrong !== undefined) throw new Error(`${op.method} ${url}: ${wrong}`)
-      if (!operator && res.statusCode < 400) throw new Error(`${op.method} ${url}: a tenant key got ${res.statusCode} on an operator route`)
+      // A tenant key is refused (401), unless the router refused the URL first (no such route, too long).
+      const routed = res.statusCode !== 414 && !(res.statusCode === 404 && res.body.includes('"detail":"no route for '))
+      if (!operator && routed && res.statusCode !== 401) {
+        throw new Error(`${op.method} ${url}: a tenant key got ${res.statusCode} on an operator route`)
+      }
     }
-  ), { numRuns: 500, interruptAfterTimeLimit: 60_000 })
-  t.pass('500 random operator requests held every property')
+  ), { numRuns: 500, interruptAfterTimeLimit: 60_000, markInterruptAsFailure: true })
+  t.equal(runs, 500, 'every run was made (running out of time fails the test)')
+  const seen = Object.fromEntries([...statuses].sort())
+  t.comment(`statuses: ${JSON.stringify(seen)}`)
+  t.ok(Object.keys(seen).some((s) => /^operator 2\d\d$/.test(s)), 'some operator requests succeeded (the fuzzing reached the handlers)')
+  t.ok(seen['tenant key 401'] !== undefined, 'tenant keys were sent to operator routes, and refused')
   const still = await ctx.app.inject(as(theirs.tenant, { method: 'GET', url: '/v1/tenant' }))
   t.equal(still.statusCode, 200, 'the seeded tenants survived the fuzzing')
 })
