@@ -1,5 +1,6 @@
 import pg from 'pg'
 import QueryStream from 'pg-query-stream'
+import { type ExportCheck, ExportSignatureError, readExport, signExport, verifyExport } from './export-signature.ts'
 
 /**
  * A tenant's data as a whole: every table holding tenant rows, found in the catalog (so a new table
@@ -16,8 +17,14 @@ export interface TenantTableInfo {
   orderBy: string[]
 }
 
-/** Columns that describe where and how a deployment keeps a tenant, not the tenant's data. */
-const PLACEMENT_COLUMNS: Record<string, string[]> = { tenants: ['shard', 'placement', 'status'], '*': ['shard'] }
+/**
+ * Columns that describe where and how a deployment keeps a tenant, not the tenant's data: its placement,
+ * and the operator's idempotency record of its creation (sql/0016).
+ */
+const PLACEMENT_COLUMNS: Record<string, string[]> = {
+  tenants: ['shard', 'placement', 'status', 'creation_key_hash', 'creation_request_hash'],
+  '*': ['shard'],
+}
 
 /** Columns the database derives from other rows: never exported, never taken from a file (the
  * import's own rows rebuild them). invoices.lines is kept from invoice_lines (sql/0014). */
@@ -87,11 +94,20 @@ export interface ExportPlan {
 
 /**
  * Streams every row the tenant owns as NDJSON lines `{"table": ..., "row": {...}}`, from one
- * REPEATABLE READ snapshot, through a server-side cursor (memory stays flat whatever the size).
+ * REPEATABLE READ snapshot, through a server-side cursor (memory stays flat whatever the size), and
+ * ends with the signature trailer (src/db/export-signature.ts) made with `signingKey`.
  * Times are rendered in UTC and rows in a fixed order, so exporting the same data twice gives the
  * same bytes. `onPlan` receives the row counts (same snapshot) before the first line.
  */
-export async function * exportTenant (pool: pg.Pool, tenantId: string, onPlan?: (plan: ExportPlan) => void): AsyncGenerator<string> {
+export function exportTenant (
+  pool: pg.Pool, tenantId: string, signingKey: string, onPlan?: (plan: ExportPlan) => void
+): AsyncGenerator<string> {
+  return signExport(exportRows(pool, tenantId, onPlan), signingKey)
+}
+
+async function * exportRows (
+  pool: pg.Pool, tenantId: string, onPlan?: (plan: ExportPlan) => void
+): AsyncGenerator<string> {
   const client = await pool.connect()
   let committed = false
   try {
@@ -128,31 +144,55 @@ export async function * exportTenant (pool: pg.Pool, tenantId: string, onPlan?: 
 export interface ImportResult {
   tenantId: string
   rows: Record<string, number>
+  /** False only for an unsigned export let in by allowUnsigned. */
+  signed: boolean
+}
+
+export interface ImportOptions {
+  /** EXPORT_SIGNING_KEY, which the export's signature must verify with. */
+  signingKey: string | undefined
+  /** Accept an export without a signature (from before exports were signed): nothing vouches for it. */
+  allowUnsigned?: boolean
+  /** Called once the whole file has been checked, before anything is written. */
+  onVerified?: (check: ExportCheck) => void
+  onRows?: (n: number) => void
 }
 
 export class ImportError extends Error {
   override name = 'ImportError'
 }
 
+/** A refused signature is an import refused: one error type for callers, the message kept. */
+const asImportError = (error: unknown): never => {
+  throw error instanceof ExportSignatureError ? new ImportError(error.message) : error
+}
+
 /**
  * Loads an export into this deployment, in one transaction as the owner (all or nothing). The
- * tenant must not exist yet. Tables arrive parents first; the audit chain is re-linked by its
- * trigger as events arrive in seq order, and the result must equal the exported chain head, so a
- * tampered export is refused. `placeShard` chooses where the tenant lives here.
+ * tenant must not exist yet. `open` gives the export's bytes and is called twice: a first pass checks
+ * the signature over the whole file before anything is written (the signature is what vouches for
+ * the content); the import pass checks it again before committing, in case the file changed between.
+ * Tables arrive parents first; the audit chain is re-linked by its trigger as events arrive in seq
+ * order, and the result must equal the exported chain head (a second, weaker check: anyone can
+ * recompute an unkeyed chain). `placeShard` chooses where the tenant lives here.
  *
  * An export made by an older schema lacks the columns added since: a column a row does not carry
  * gets this database's default (a NOT NULL column without one is refused with the line). Keys from
- * before owner rights existed (sql/0010) get them as that migration gave them: the initial admin key only.
+ * before owner rights existed (sql/0010) get them as that migration gave them: the initial admin key only;
+ * memberships from before invitations (sql/0017) count as accepted, as that migration counted them.
  */
 export async function importTenant (
   pool: pg.Pool,
-  lines: AsyncIterable<string>,
+  open: () => AsyncIterable<Buffer | string>,
   placeShard: (client: pg.ClientBase, tenantId: string) => Promise<{ shard: number, placement: string }>,
-  onRows?: (n: number) => void
+  options: ImportOptions
 ): Promise<ImportResult> {
-  // Start reading at once: a readline interface drops the lines it emits before it is iterated.
-  const iterator = lines[Symbol.asyncIterator]()
+  const { onRows } = options
+  const reading = { key: options.signingKey, allowUnsigned: options.allowUnsigned }
+  const verified = await verifyExport(open(), reading).catch(asImportError)
+  options.onVerified?.(verified)
   const client = await pool.connect()
+  const iterator = readExport(open(), reading)
   let ok = false
   try {
     await client.query('BEGIN')
@@ -170,6 +210,7 @@ export async function importTenant (
     let tenantId: string | undefined
     let exportedHead: Record<string, unknown> | undefined
     const keysBeforeOwnerRights: string[] = []
+    const membershipsBeforeAcceptance: string[] = []
     // A batch holds rows of one table that carry the same columns (every row of an export does).
     let batch: { table: string, columns: string[], rows: Array<Record<string, unknown>> } | undefined
     let position = 0
@@ -186,7 +227,16 @@ export async function importTenant (
     }
 
     let lineNo = 0
-    for await (const raw of { [Symbol.asyncIterator]: () => iterator }) {
+    for (;;) {
+      const step = await iterator.next().catch(asImportError)
+      if (step.done === true) {
+        // The file changed since it was verified: a valid signature both times, but not the same file.
+        if (step.value.signed !== verified.signed || step.value.lines !== verified.lines) {
+          throw new ImportError('the export changed while it was imported')
+        }
+        break
+      }
+      const raw = step.value
       lineNo++
       if (raw.trim() === '') continue
       let parsed: { table?: unknown, row?: unknown }
@@ -227,6 +277,7 @@ export async function importTenant (
       const needed = absent.filter((c) => required.has(`${table}.${c}`))
       if (needed.length > 0) throw new ImportError(`line ${lineNo}: the ${table} row has no ${needed.join(', ')}, which this database requires`)
       if (table === 'api_keys' && absent.includes('owner_rights')) keysBeforeOwnerRights.push(String(record.id))
+      if (table === 'memberships' && absent.includes('accepted_at')) membershipsBeforeAcceptance.push(String(record.id))
       const columns = insertable.filter((c) => !absent.includes(c))
       if (batch?.table !== table || batch.columns.join() !== columns.join()) { await flush(); batch = { table, columns, rows: [] } }
       batch.rows.push(record)
@@ -234,12 +285,20 @@ export async function importTenant (
     }
     await flush()
     if (tenantId === undefined) throw new ImportError('the export is empty')
+    if (membershipsBeforeAcceptance.length > 0) {
+      // sql/0017 counted the memberships that existed then as accepted: so do imports of their exports.
+      await client.query('UPDATE memberships SET accepted_at = created_at WHERE tenant_id = $1 AND id = ANY ($2::uuid[])',
+        [tenantId, membershipsBeforeAcceptance])
+    }
     if (keysBeforeOwnerRights.length > 0) {
       // What sql/0010 did to the keys of the tenants that existed then: only the initial key (the
       // first, created with the tenant by the operator) keeps owner rights, and only with the admin scope.
       await client.query(`UPDATE api_keys k SET owner_rights = true
         WHERE k.tenant_id = $1 AND 'admin' = ANY (k.scopes) AND k.id = ANY ($2::uuid[])
           AND k.id = (SELECT f.id FROM api_keys f WHERE f.tenant_id = $1 ORDER BY f.created_at, f.id LIMIT 1)`, [tenantId, keysBeforeOwnerRights])
+    }
+    if (exportedHead === undefined && (counts.audit_events ?? 0) > 0) {
+      throw new ImportError('the export has audit events but no audit_heads row: the export was altered')
     }
     if (exportedHead !== undefined) {
       const { rows: [head] } = await client.query<{ seq: string, hash: string }>("SELECT seq::text, '\\x' || encode(hash, 'hex') AS hash FROM audit_heads WHERE tenant_id = $1", [tenantId])
@@ -250,9 +309,11 @@ export async function importTenant (
     }
     await client.query('COMMIT')
     ok = true
-    return { tenantId, rows: counts }
+    return { tenantId, rows: counts, signed: verified.signed }
   } finally {
     if (!ok) await client.query('ROLLBACK').catch(() => {})
     client.release()
+    // Stopped early (a refused line): close the file rather than leave it to the garbage collector.
+    await iterator.return(verified)
   }
 }

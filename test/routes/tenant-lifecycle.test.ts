@@ -10,6 +10,7 @@ import {
 import { query } from '../helpers/db.ts'
 import { holdTransaction, onboard, operator, partitionsOf, shardOf, someoneWaits, waitUntil } from '../helpers/operator.ts'
 import { addMember } from '../helpers/members.ts'
+import { inAnHour, signUserToken } from '../helpers/tokens.ts'
 
 const admin = (c: TestApp) => ({ authorization: `Bearer ${c.adminToken}` })
 
@@ -86,6 +87,26 @@ t.test('export → import into an empty instance → export gives identical outp
   t.match((await target.app.inject({ method: 'GET', url: `/admin/v1/tenants/${tenant.id}`, headers: admin(target) })).json(), { placement: 'dedicated' })
   const again = await importInto(target, first).then(() => undefined, (e: unknown) => e)
   t.match(again, { name: 'ImportError', message: /already exists/ }, 'importing over an existing tenant is refused')
+})
+
+t.test('an export made before invitations existed imports its members as accepted, as the migration counted them', async (t) => {
+  const source = await buildTestApp(t)
+  const tenant = await provisionTenant(source, 'from-before-0017')
+  await addMember(source, tenant, { user_id: 'veteran', role: 'member' })
+  const old = (await exportOf(source, tenant.id)).trimEnd().split('\n')
+    .filter((line) => !line.startsWith('{"signature":'))
+    .map((line) => {
+      const parsed = JSON.parse(line) as { table: string, row: Record<string, unknown> }
+      if (parsed.table === 'memberships') delete parsed.row.accepted_at
+      return JSON.stringify(parsed)
+    }).join('\n') + '\n'
+  const target = await buildTestApp(t)
+  await importInto(target, old, 'pooled', { allowUnsigned: true })
+  const [member] = await query<{ accepted: boolean }>(target.db.adminUrl,
+    'SELECT accepted_at = created_at AS accepted FROM memberships WHERE tenant_id = $1', [tenant.id])
+  t.same(member, { accepted: true }, 'accepted when it was granted')
+  const headers = { authorization: `Bearer ${signUserToken({ sub: 'veteran', tid: tenant.id, exp: inAnHour() })}` }
+  t.equal((await target.app.inject({ method: 'GET', url: '/v1/tenant', headers })).statusCode, 200, 'the member keeps access')
 })
 
 t.test('an export made before owner rights existed imports, and only its initial admin key gets owner rights, as the migration gave them', async (t) => {

@@ -1,23 +1,34 @@
 import { Readable } from 'node:stream'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { Type } from '@sinclair/typebox'
+import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyRequest } from 'fastify'
-import type { Kysely } from 'kysely'
+import type { Kysely, Selectable } from 'kysely'
+import type pg from 'pg'
 import { newId } from '../../../../ids.ts'
-import { ALL_SCOPES, generateApiKey } from '../../../../auth/api-keys.ts'
+import { ALL_SCOPES, generateApiKey, type Scope } from '../../../../auth/api-keys.ts'
 import { logAuditAppended } from '../../../../audit.ts'
 import { ErasureIncomplete, eraseTenant } from '../../../../db/erasure.ts'
+import {
+  creationKeys, CreationKeyReused, issueOwnerKey, repeatedCreation, TenantErasing,
+  type IssuedOwnerKey, type OwnerKeyRequest,
+} from '../../../../db/owner-keys.ts'
 import { claimShard, createShard, movePlacement, PlacementBusy, pooledShardFor, releaseShard, SharedTablesBusy, withOperationLock } from '../../../../db/placement.ts'
-import type { DB } from '../../../../db/schema.ts'
+import type { DB, Tenants } from '../../../../db/schema.ts'
+import { MISSING_KEY } from '../../../../db/export-signature.ts'
 import { exportTenant } from '../../../../db/tenant-data.ts'
 import { withTenantTransaction } from '../../../../db/tenant-transaction.ts'
 import { conflict, HttpProblem, notFound, unavailable } from '../../../../errors.ts'
+import { toApiKey } from '../../../../mappers/identity.ts'
 import { toOperatorTenant } from '../../../../mappers/tenants.ts'
 import { insertApiKey } from '../../../../repositories/api-keys.ts'
 import { insertAuditEvent, type AppendedAuditEvent } from '../../../../repositories/audit-events.ts'
 import { findTenant, insertTenant, listTenants } from '../../../../repositories/tenants.ts'
 import { IdParamsSchema, PageQuerySchema, paginate, problems } from '../../../../schemas/common.ts'
-import { CreatedTenantSchema, CreateTenantSchema, ErasureReceiptSchema, OperatorTenantSchema, PlacementChangeSchema, PlacementResultSchema, TenantPage } from '../../../../schemas/tenants.ts'
+import { CreatedApiKeySchema } from '../../../../schemas/identity.ts'
+import {
+  CreatedTenantSchema, CreateTenantHeadersSchema, CreateTenantSchema, ErasureReceiptSchema, IssueOwnerKeySchema,
+  OperatorTenantSchema, PlacementChangeSchema, PlacementResultSchema, TenantPage,
+} from '../../../../schemas/tenants.ts'
 
 const tags = ['operator']
 
@@ -41,26 +52,68 @@ async function auditOperator (trx: Kysely<DB>, request: FastifyRequest, action: 
 export interface TenantsOptions {
   /** How long a placement move or an erasure waits, after notifying, for the instances' credential caches to let go. */
   cacheGraceMs: number
+  /** EXPORT_SIGNING_KEY: every export is signed with it; without it, exports are refused. */
+  exportSigningKey: string | undefined
 }
 
 const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, options) => {
   fastify.post('/', {
     schema: {
       summary: 'Provision a tenant and its first admin API key',
-      description: 'placement defaults to pooled; dedicated creates the tenant\'s own partitions in the same transaction.',
+      description: 'placement defaults to pooled; dedicated creates the tenant\'s own partitions in the same ' +
+        'transaction. With an idempotency-key header (say, a retry after a lost response), a repeat within 24 hours ' +
+        'with the same key and body returns the tenant that key created, with 200 and `idempotent-replayed: true`, ' +
+        'and with a NEW owner key: the first key\'s secret was never stored, so it cannot be replayed. The first key ' +
+        'stays live (its response may have arrived after all); the tenant\'s audit trail shows both, and one never ' +
+        'used can be revoked. The same key with another body is a 409.',
       tags,
+      headers: CreateTenantHeadersSchema,
       body: CreateTenantSchema,
-      response: { 201: CreatedTenantSchema, ...problems(400, 401, 409, 503) },
+      response: {
+        '2xx': { ...CreatedTenantSchema, description: '201: created; 200: a repeat (idempotent-replayed: true)' },
+        ...problems(400, 401, 409, 503),
+      },
       // 503 also when the shared tables stay locked by other DDL longer than a dedicated onboarding waits.
     },
   }, async (request, reply) => {
     const id = newId()
     const placement = request.body.placement ?? 'pooled'
+    const idempotencyKey = request.headers['idempotency-key']
+    // The effective request: an omitted placement is the pooled one.
+    const creation = idempotencyKey === undefined
+      ? undefined
+      : creationKeys(idempotencyKey, { ...request.body, placement })
+    /** What the creation with this idempotency key made, with a new owner key; undefined when nothing (any more). */
+    const repeat = async (): Promise<CreatedTenant | undefined> => {
+      if (creation === undefined) return undefined
+      let tenantId
+      try {
+        tenantId = await repeatedCreation(fastify.ownerDb, fastify.ownerPool, creation)
+      } catch (error) {
+        if (error instanceof CreationKeyReused) throw conflict(error.message, 'idempotency-key-reuse')
+        throw error
+      }
+      if (tenantId === undefined) return undefined
+      const issued = await issueKey(fastify.ownerPool, request, tenantId, {
+        name: 'initial admin key (reissued on a repeated creation)',
+        scopes: [...ALL_SCOPES],
+        auditData: { reason: 'tenant creation repeated with its idempotency-key' },
+      })
+      if (issued === undefined) return undefined // erased meanwhile, key and all
+      request.log.info({ tenantId, keyPrefix: issued.row.prefix }, 'tenant creation repeated: a new owner key')
+      return createdResponse(issued.tenant, issued.row.id, issued.key)
+    }
+    const replay = (body: CreatedTenant) => reply.code(200).header('idempotent-replayed', 'true').send(body)
+    const repeated = await repeat()
+    if (repeated !== undefined) return replay(repeated)
     const key = generateApiKey(id)
     const started = performance.now()
     // Cheap early answer for the common conflict (the unique key stays the guarantee): a dedicated
     // onboarding would otherwise create partitions only to remove them again.
     if (await fastify.ownerDb.selectFrom('tenants').select('id').where('slug', '=', request.body.slug).executeTakeFirst() !== undefined) {
+      // A creation with this key may have committed since the look-up above.
+      const again = await repeat()
+      if (again !== undefined) return replay(again)
       throw conflict('a tenant with this slug already exists')
     }
     // The operator connection binds the new tenant like any request does, so the policies'
@@ -68,7 +121,15 @@ const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, optio
     // commit together or not at all.
     const provision = async (dedicatedShard?: number) => withTenantTransaction(fastify.ownerPool, id, async ({ db }) => {
       const shard = dedicatedShard ?? await pooledShardFor(db, id)
-      const row = await insertTenant(db, { id, name: request.body.name, slug: request.body.slug, placement, shard })
+      const row = await insertTenant(db, {
+        id,
+        name: request.body.name,
+        slug: request.body.slug,
+        placement,
+        shard,
+        creation_key_hash: creation?.keyHash ?? null,
+        creation_request_hash: creation?.requestHash ?? null,
+      })
       if (dedicatedShard !== undefined) await claimShard(db, dedicatedShard)
       // Said, not defaulted: a key that does not say has no owner rights (sql/0013_owner_rights_default.sql).
       await insertApiKey(db, { id: key.id, name: 'initial admin key', prefix: key.prefix, secret_hash: key.secretHash, scopes: [...ALL_SCOPES], owner_rights: true })
@@ -76,29 +137,40 @@ const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, optio
       return { row, appended }
     })
     let created
-    if (placement === 'pooled') {
-      created = await provision()
-    } else {
-      // Dedicated: the partitions first, in a short DDL transaction of their own (other tenants'
-      // queries on the shared parents queue behind it for at most a lock_timeout), reserved for this
-      // tenant until the provisioning transaction claims them; if that fails, they are removed (or,
-      // should even that fail, left reserved for the next sweep).
-      created = await mapDdlErrors(() => withOperationLock(fastify.ownerPool, id, async (lock) => {
-        const shard = await createShard(lock.client, id, 'onboarding')
-        try {
-          return await provision(shard)
-        } catch (error) {
-          await releaseShard(lock.client, shard).catch((releaseError: unknown) => {
-            request.log.warn({ err: releaseError, shard }, 'the partitions of a failed onboarding are left for the next sweep')
-          })
-          throw error
-        }
-      }))
+    try {
+      if (placement === 'pooled') {
+        created = await provision()
+      } else {
+        // Dedicated: the partitions first, in a short DDL transaction of their own (other tenants'
+        // queries on the shared parents queue behind it for at most a lock_timeout), reserved for this
+        // tenant until the provisioning transaction claims them; if that fails, they are removed (or,
+        // should even that fail, left reserved for the next sweep).
+        created = await mapDdlErrors(() => withOperationLock(fastify.ownerPool, id, async (lock) => {
+          const shard = await createShard(lock.client, id, 'onboarding')
+          try {
+            return await provision(shard)
+          } catch (error) {
+            await releaseShard(lock.client, shard).catch((releaseError: unknown) => {
+              request.log.warn({ err: releaseError, shard },
+                'the partitions of a failed onboarding are left for the next sweep')
+            })
+            throw error
+          }
+        }))
+      }
+    } catch (error) {
+      // Two at once with one idempotency key: the unique keys (slug, key) made this one wait for the
+      // other to commit, and it repeats that one.
+      if ((error as { code?: unknown }).code === '23505') {
+        const again = await repeat()
+        if (again !== undefined) return replay(again)
+      }
+      throw error
     }
     const tenant = created.row
     logAuditAppended(request.log, id, created.appended)
     request.log.info({ tenantId: id, slug: tenant.slug, placement, keyPrefix: key.prefix, ms: Math.round(performance.now() - started) }, 'tenant provisioned')
-    return reply.code(201).send({ tenant: toOperatorTenant(tenant), api_key: { id: key.id, key: key.key, scopes: [...ALL_SCOPES] } })
+    return reply.code(201).send(createdResponse(tenant, key.id, key.key))
   })
 
   fastify.get('/', {
@@ -121,6 +193,30 @@ const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, optio
     const row = await findTenant(fastify.ownerDb, request.params.id)
     if (row === undefined) throw notFound('tenant')
     return toOperatorTenant(row)
+  })
+
+  fastify.post('/:id/api-keys', {
+    schema: {
+      summary: 'Issue an API key for a tenant (an owner key unless told otherwise)',
+      description: 'For a tenant left without a working admin key. The key is returned once, in this response; ' +
+        'only its hash is stored. Scopes default to read, write and admin; with admin, the key has owner rights, ' +
+        'like the initial key. Recorded in the tenant\'s audit trail as `api_key.created` by the operator. 404 for ' +
+        'an unknown or erased tenant, 409 while it is being erased; during a placement move it waits for the rows ' +
+        'to move, as the tenant\'s requests do.',
+      tags,
+      params: IdParamsSchema,
+      body: IssueOwnerKeySchema,
+      response: { 201: CreatedApiKeySchema, ...problems(400, 401, 404, 409, 503) },
+    },
+    // Every field is optional, so no body at all is fine too (a JSON null is not).
+    preValidation: async (request) => { if (request.body === undefined) request.body = {} },
+  }, async (request, reply) => {
+    const issued = await issueKey(fastify.ownerPool, request, request.params.id, {
+      name: request.body.name ?? 'operator-issued key',
+      scopes: request.body.scopes ?? [...ALL_SCOPES],
+    })
+    if (issued === undefined) throw notFound('tenant')
+    return reply.code(201).send({ ...toApiKey(issued.row), key: issued.key })
   })
 
   fastify.put('/:id/placement', {
@@ -156,7 +252,9 @@ const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, optio
     schema: {
       summary: 'Export every row the tenant owns (NDJSON)',
       description: 'One JSON object per line, `{"table": ..., "row": {...}}`, parents before children, from one consistent snapshot, ' +
-        'streamed with constant memory. `npm run import` loads it into another deployment.',
+        'streamed with constant memory, and a last line `{"signature": {...}}`: an HMAC-SHA256 with ' +
+        'EXPORT_SIGNING_KEY over every byte before it. `npm run import` verifies it and loads the export ' +
+        'into another deployment. 503 when no key is configured.',
       tags,
       params: IdParamsSchema,
       response: {
@@ -166,9 +264,11 @@ const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, optio
     },
   }, async (request, reply) => {
     const { id } = request.params
+    const key = options.exportSigningKey
+    if (key === undefined) throw new HttpProblem(503, { detail: `tenant exports are off: ${MISSING_KEY}` })
     if (await findTenant(fastify.ownerDb, id) === undefined) throw notFound('tenant')
     let rows = 0
-    const lines = exportTenant(fastify.ownerPool, id, (plan) => { rows = plan.total })
+    const lines = exportTenant(fastify.ownerPool, id, key, (plan) => { rows = plan.total })
     request.log.info({ tenantId: id }, 'tenant export started')
     reply.raw.once('finish', () => { request.log.info({ tenantId: id, rows }, 'tenant export finished') })
     return reply
@@ -218,6 +318,30 @@ const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, optio
     request.log.info({ tenantId: id, rowsRemoved: receipt.rows_removed, verified: receipt.verified, partitionsDropped: receipt.partitions_dropped }, 'tenant erased')
     return receipt
   })
+}
+
+type CreatedTenant = Static<typeof CreatedTenantSchema>
+
+function createdResponse (tenant: Selectable<Tenants>, keyId: string, key: string): CreatedTenant {
+  return { tenant: toOperatorTenant(tenant), api_key: { id: keyId, key, scopes: [...ALL_SCOPES] as Scope[] } }
+}
+
+/** issueOwnerKey for an operator request: 409 for a tenant being erased; the audit event logged once committed. */
+async function issueKey (
+  pool: pg.Pool, request: FastifyRequest, tenantId: string, spec: Omit<OwnerKeyRequest, 'requestId'>
+): Promise<IssuedOwnerKey | undefined> {
+  let issued
+  try {
+    issued = await issueOwnerKey(pool, tenantId, { ...spec, requestId: request.id })
+  } catch (error) {
+    if (error instanceof TenantErasing) throw conflict(error.message, 'tenant-erasing')
+    throw error
+  }
+  if (issued !== undefined) {
+    logAuditAppended(request.log, tenantId, issued.appended)
+    request.log.info({ tenantId, keyPrefix: issued.row.prefix, scopes: issued.row.scopes }, 'operator issued a key')
+  }
+  return issued
 }
 
 /** Partition DDL that could not get the shared tables' locks in time: retry later (503), a move held by another operation: 409. */
