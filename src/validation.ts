@@ -87,10 +87,11 @@ export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, http
 /**
  * An operation that declares no body takes none: `{}` (or nothing) is accepted, as clients that send
  * JSON on every request do, and anything else is a 400. Unvalidated input never reaches a handler or
- * the hooks that read bodies (the idempotency fingerprint), whatever its size or depth.
+ * the hooks that read bodies (the idempotency fingerprint), whatever its size or depth. (An unknown
+ * route is a 404 whatever its body.)
  */
 export async function refuseUndeclaredBody (request: FastifyRequest): Promise<void> {
-  if (request.routeOptions.schema?.body !== undefined || request.body === undefined || request.body === null) return
+  if (request.is404 || request.routeOptions.schema?.body !== undefined || request.body === undefined || request.body === null) return
   const body = request.body
   if (typeof body === 'object' && !Array.isArray(body) && Object.keys(body).length === 0) return
   throw badRequest('this operation takes no request body', [{ path: 'body', message: 'must be empty or {}' }])

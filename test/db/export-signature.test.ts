@@ -1,15 +1,14 @@
 import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import pg from 'pg'
-import { formatApiKey } from '../../src/auth/api-keys.ts'
 import { loadConfig } from '../../src/config.ts'
 import { verifyExport } from '../../src/db/export-signature.ts'
-import { newId } from '../../src/ids.ts'
 import { allocateShard } from '../../src/db/placement.ts'
 import { importTenant, type ImportOptions } from '../../src/db/tenant-data.ts'
 import { as, buildTestApp, provisionTenant, TEST_EXPORT_SIGNING_KEY } from '../helpers/app.ts'
 import { createTestDatabase, query, type TestDatabase } from '../helpers/db.ts'
 import { operator } from '../helpers/operator.ts'
+import { reviewAttack } from '../helpers/export-attack.ts'
 
 // Import checks the signature over the whole file before it writes anything: every way of touching
 // a signed export is refused, and the target database is left as it was.
@@ -105,18 +104,7 @@ t.test('an export signed with another key is refused; a signed one needs the key
 })
 
 t.test('the review\'s attack (no chain head, an audit event edited, an owner key planted) is refused', async (t) => {
-  const keyLine = lines.find((l) => l.startsWith('{"table":"api_keys"'))!
-  const { row } = JSON.parse(keyLine) as { row: Record<string, unknown> }
-  const planted = formatApiKey(newId(), tenant.id, Buffer.alloc(32, 7))
-  const secretHash = `\\x${planted.secretHash.toString('hex')}`
-  const plantedLine = JSON.stringify({
-    table: 'api_keys',
-    row: { ...row, id: planted.id, name: 'x', prefix: planted.prefix, secret_hash: secretHash, owner_rights: true },
-  })
-  const attacked = lines
-    .filter((l) => !l.startsWith('{"table":"audit_heads"'))
-    .map((l) => l.replace(/"action":"customer\.created"/, '"action":"customer.deleted"'))
-    .flatMap((l) => l === keyLine ? [l, plantedLine] : [l])
+  const { attacked, planted } = reviewAttack(lines, tenant.id)
   t.ok(attacked.some((l) => l.includes('"action":"customer.deleted"')), 'an audit event edited')
   const unsigned = signed(attacked.filter((l) => !isSignature(l)))
   // Each form into a database of its own, where the planted key must open nothing afterwards.

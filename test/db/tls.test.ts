@@ -3,7 +3,6 @@
 // speaks plaintext, so TLS cannot be tested there.
 import { execFileSync } from 'node:child_process'
 import { chmod, chown, copyFile, mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir, userInfo } from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
@@ -13,23 +12,13 @@ import { bootstrapDatabase } from '../../src/db/bootstrap.ts'
 import { connectionOptions, databaseTls, DatabaseTlsError, tlsFailure, type DatabaseTls } from '../../src/db/tls.ts'
 import { start } from '../../src/main.ts'
 import { as, provisionTenant } from '../helpers/app.ts'
+import { freePort } from '../helpers/net.ts'
 
 try {
   execFileSync('openssl', ['version'], { stdio: 'pipe' })
 } catch {
   throw new Error('test/db/tls.test.ts needs the openssl CLI to make its certificates: ' +
     'install it (Debian: apt-get install openssl)')
-}
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { resolve(typeof address === 'object' && address !== null ? address.port : 0) })
-    })
-  })
 }
 
 const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-tls-'))

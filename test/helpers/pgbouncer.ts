@@ -1,9 +1,10 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { createServer, connect } from 'node:net'
+import { connect } from 'node:net'
 import { tmpdir, userInfo } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { freePort } from './net.ts'
 
 interface Teardown {
   teardown: (fn: () => unknown) => void
@@ -16,17 +17,6 @@ export function findPgbouncer (): string | undefined {
     if (spawnSync(candidate, ['--version'], { encoding: 'utf8' }).status === 0) return candidate
   }
   return undefined
-}
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { resolve(typeof address === 'object' && address !== null ? address.port : 0) })
-    })
-  })
 }
 
 async function listening (port: number): Promise<boolean> {

@@ -2,7 +2,6 @@
 // again under the running app: the shared test server cannot be stopped without taking every other
 // test file down with it.
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -12,17 +11,7 @@ import { startEmbedded, type EmbeddedDatabase } from '../../src/db/embedded.ts'
 import { migrate } from '../../src/db/migrate.ts'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { resolve(typeof address === 'object' && address !== null ? address.port : 0) })
-    })
-  })
-}
+import { freePort } from '../helpers/net.ts'
 
 const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-outage-'))
 const port = await freePort()

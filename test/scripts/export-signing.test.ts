@@ -2,12 +2,11 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { formatApiKey } from '../../src/auth/api-keys.ts'
-import { newId } from '../../src/ids.ts'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { createTestDatabase, query, type TestDatabase } from '../helpers/db.ts'
 import { runNpmScript } from '../helpers/npm.ts'
 import { operator } from '../helpers/operator.ts'
+import { reviewAttack } from '../helpers/export-attack.ts'
 
 // The signature of an export as an operator meets it: `npm run import` refusing a tampered file, and
 // where the key comes from (configured, generated in development, required in production).
@@ -41,18 +40,7 @@ async function refused (
 t.test('the review\'s attack (no chain head, an edited audit event, a planted owner key) is refused', async (t) => {
   // An api_keys row with a secret the attacker knows, owner rights and every scope.
   const lines = exported.trimEnd().split('\n')
-  const keyLine = lines.find((l) => l.startsWith('{"table":"api_keys"'))!
-  const { row } = JSON.parse(keyLine) as { row: Record<string, unknown> }
-  const planted = formatApiKey(newId(), tenant.id, Buffer.alloc(32, 7))
-  const secretHash = `\\x${planted.secretHash.toString('hex')}`
-  const plantedLine = JSON.stringify({
-    table: 'api_keys',
-    row: { ...row, id: planted.id, name: 'x', prefix: planted.prefix, secret_hash: secretHash, owner_rights: true },
-  })
-  const attacked = lines
-    .filter((l) => !l.startsWith('{"table":"audit_heads"'))
-    .map((l) => l.replace(/"action":"customer\.created"/, '"action":"customer.deleted"'))
-    .flatMap((l) => l === keyLine ? [l, plantedLine] : [l])
+  const { attacked, planted } = reviewAttack(lines, tenant.id)
   t.equal(attacked.length, lines.length, 'as many lines as the export: one dropped, one added')
   t.ok(attacked.some((l) => l.includes('"action":"customer.deleted"')), 'an audit event edited')
   const withTrailer = path.join(dir, 'attack.ndjson')
