@@ -38,11 +38,15 @@ export class KeyUsageRecorder {
   readonly #tenantLimitMs: number
   #timer: NodeJS.Timeout | undefined
   #flushing: Promise<void> = Promise.resolve()
+  #busy = false
 
   constructor (pool: pg.Pool, flushEveryMs: number, onError: (error: unknown) => void) {
     this.#pool = pool
     this.#tenantLimitMs = Math.max(100, Math.min(5000, flushEveryMs / 2))
-    this.#timer = setInterval(() => { this.flush().catch(onError) }, flushEveryMs)
+    // A tick that finds the previous flush still running (a slow or unreachable database) is skipped.
+    this.#timer = setInterval(() => {
+      if (!this.#busy) this.flush().catch(onError)
+    }, flushEveryMs)
     this.#timer.unref()
   }
 
@@ -58,8 +62,12 @@ export class KeyUsageRecorder {
 
   /** Writes what has been recorded so far; concurrent calls are serialised. */
   async flush (): Promise<void> {
-    this.#flushing = this.#flushing.catch(() => {}).then(() => this.#write())
-    return this.#flushing
+    this.#busy = true
+    const flushing = this.#flushing.catch(() => {}).then(() => this.#write())
+    this.#flushing = flushing
+    // Its outcome goes to the caller; this copy only notes the end.
+    flushing.finally(() => { if (this.#flushing === flushing) this.#busy = false }).catch(() => {})
+    return flushing
   }
 
   async close (): Promise<void> {

@@ -29,11 +29,16 @@ export async function lockOwners (trx: Executor): Promise<string[]> {
   return rows.map((r) => r.user_id)
 }
 
-/** Accepts the user's own pending membership; the row as it is afterwards (accepted before or now). */
-export async function acceptMembership (trx: Executor, userId: string): Promise<MembershipRow | undefined> {
+/**
+ * Accepts the user's own pending membership: the row as it is afterwards, and whether this call
+ * accepted it (false when it was accepted before, by this request's predecessor for instance).
+ */
+export async function acceptMembership (trx: Executor, userId: string): Promise<{ row: MembershipRow, acceptedNow: boolean } | undefined> {
   const accepted = await trx.updateTable('memberships').set({ accepted_at: sql<string>`now()` })
     .where('user_id', '=', userId).where('accepted_at', 'is', null).returningAll().executeTakeFirst()
-  return accepted ?? await findMembershipByUser(trx, userId)
+  if (accepted !== undefined) return { row: accepted, acceptedNow: true }
+  const row = await findMembershipByUser(trx, userId)
+  return row === undefined ? undefined : { row, acceptedNow: false }
 }
 
 export async function deleteMembership (trx: Executor, userId: string): Promise<MembershipRow | undefined> {

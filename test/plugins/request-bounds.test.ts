@@ -209,3 +209,33 @@ t.test('sizeLimits keeps the size keywords only, through nesting, and caps close
     maxProperties: 18,
   })
 })
+
+t.test('a known key without the scope, or naming another tenant, is refused before its body is read', async (t) => {
+  const ctx = await buildTestApp(t)
+  const tenant = await provisionTenant(ctx)
+  const other = await provisionTenant(ctx)
+  const created = await ctx.app.inject({
+    method: 'POST',
+    url: '/v1/api-keys',
+    headers: { authorization: `Bearer ${tenant.key}` },
+    payload: { name: 'reader', scopes: ['read'] },
+  })
+  const reader = created.json<{ key: string }>().key
+  const notJson = '{"name": not json'
+  const denied = await ctx.app.inject({
+    method: 'POST',
+    url: '/v1/customers',
+    headers: { authorization: `Bearer ${reader}`, 'content-type': 'application/json' },
+    payload: notJson,
+  })
+  t.equal(denied.statusCode, 403, 'the missing scope, not the body')
+  const before = ctx.app.dbTraffic.statements
+  const elsewhere = await ctx.app.inject({
+    method: 'POST',
+    url: '/v1/customers',
+    headers: { authorization: `Bearer ${tenant.key}`, 'content-type': 'application/json', 'x-tenant-id': other.id },
+    payload: notJson,
+  })
+  t.equal(elsewhere.statusCode, 403, 'another tenant named in x-tenant-id')
+  t.equal(ctx.app.dbTraffic.statements - before, 0, 'refused without the database')
+})

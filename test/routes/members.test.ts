@@ -169,4 +169,6 @@ t.test('an invited owner who has not accepted cannot stand in for the last owner
   t.equal(invited.statusCode, 201)
   const res = await ctx.app.inject(as(tenant, { method: 'DELETE', url: '/v1/members/sole' }))
   t.equal(res.statusCode, 409, 'the only accepted owner stays')
+  const withdrawn = await ctx.app.inject(as(tenant, { method: 'DELETE', url: '/v1/members/maybe' }))
+  t.equal(withdrawn.statusCode, 204, 'and can withdraw the invitation of another owner')
 })

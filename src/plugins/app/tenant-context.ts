@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { sql, type Kysely } from 'kysely'
-import { secretMatches, type Scope } from '../../auth/api-keys.ts'
+import { secretMatches, type ParsedApiKey, type Scope } from '../../auth/api-keys.ts'
 import { CredentialRejected, presentedCredential, requestedTenant, unauthorizedFor, type JwtVerifier, type TenantCredential } from '../../auth/credentials.ts'
 import { ROLE_SCOPES, type MemberRole, type TenantIdentity } from '../../auth/identity.ts'
 import type { DB } from '../../db/schema.ts'
@@ -14,7 +14,10 @@ import { badRequest, forbidden, HttpProblem, unauthorized, unavailable } from '.
  * The tenant pipeline, installed on the /v1 scope only:
  *
  *  onRequest   check the credential's form (API key checksum; JWT signature, algorithm, exp, sub) and
- *              x-tenant-id: 400/401 before the body is read and without touching the database
+ *              x-tenant-id: 400/401/403 before the body is read and without touching the database
+ *  preParsing  a request with a body and an API key this instance has not confirmed recently: look the
+ *              key up under its tenant's binding (one short transaction) and refuse it (401/403) before
+ *              the body is read; a key anyone made up costs no parsing
  *  preHandler  after body validation: pick the tenant (the key's own; for a user x-tenant-id, else the
  *              tid claim, else the user's only tenant), check a connection out and send BEGIN and
  *              bind_tenant(): the transaction-local binding, the tenant's shared lock, and a fresh read
@@ -43,6 +46,8 @@ declare module 'fastify' {
     tenantDb: Kysely<DB> | null
     tenantTransaction: TenantTransaction | null
     tenantCredential: TenantCredential | null
+    /** The key as the database confirmed it before the body was read (the preParsing check), if it was. */
+    confirmedKey: TenantIdentity | null
     requestedTenantId: string | null
     /**
      * Work to do inside the request's transaction after the handler, just before a successful
@@ -137,6 +142,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   fastify.decorateRequest('tenantDb', null)
   fastify.decorateRequest('tenantTransaction', null)
   fastify.decorateRequest('tenantCredential', null)
+  fastify.decorateRequest('confirmedKey', null)
   fastify.decorateRequest('requestedTenantId', null)
   fastify.decorateRequest('beforeCommit', null)
   fastify.decorateRequest('afterCommit', null)
@@ -162,6 +168,11 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     } catch (error) {
       if (!(error instanceof CredentialRejected)) throw error
       throw deny(request, unauthorizedFor(error), error.reason, error.credentialPrefix)
+    }
+    // A key names its tenant: naming another one in x-tenant-id is refused before any database work.
+    const credential = request.tenantCredential
+    if (credential.kind === 'api_key' && request.requestedTenantId !== null && request.requestedTenantId !== credential.key.tenantId) {
+      throw deny(request, forbidden('this credential does not belong to the tenant in x-tenant-id'), 'tenant switch denied', credential.key.prefix, { requestedTenant: request.requestedTenantId })
     }
   })
 
@@ -195,6 +206,13 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   }
 
   const acceptsPending = (request: FastifyRequest): boolean => request.routeOptions.config.pendingMember === true
+
+  /** The key as this instance confirmed it recently, if the presented key is that one (same tenant, same secret). */
+  function cachedKeyFor (key: ParsedApiKey): TenantIdentity | undefined {
+    const known = cache.getKey(key.keyId)
+    if (known === undefined || known.tenantId !== key.tenantId || !secretMatches(known.secretHash, key.secretHash)) return undefined
+    return { tenantId: known.tenantId, actorType: 'api_key', actorId: known.keyId, scopes: known.scopes, role: undefined, shard: known.shard }
+  }
 
   /** Remembers a credential the database just confirmed, so its next requests need not wait for the check. */
   function cacheIdentity (identity: TenantIdentity, binding: Binding, credential: TenantCredential, generation: number): void {
@@ -270,12 +288,15 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
    */
   fastify.addHook('preParsing', async (request) => {
     const credential = request.tenantCredential
-    if (credential?.kind !== 'api_key') return
+    if (credential?.kind !== 'api_key' || request.method === 'GET' || request.method === 'HEAD') return
     if (request.headers['content-length'] === undefined && request.headers['transfer-encoding'] === undefined) return
     if (request.headers['content-length'] === '0') return
-    const { keyId, tenantId, secretHash } = credential.key
-    const known = cache.getKey(keyId)
-    if (known !== undefined && known.tenantId === tenantId && secretMatches(known.secretHash, secretHash)) return
+    const { keyId, tenantId } = credential.key
+    const known = cachedKeyFor(credential.key)
+    if (known !== undefined) {
+      assertScope(request, known, credential.key.prefix) // confirmed again against the fresh answer later
+      return
+    }
     const generation = cache.generation
     const trx = await startTenantTransaction(fastify.dbPool, tenantId, { readOnly: true, check: { keyId }, timeouts }, { maxWaiting: limits.maxWaiting })
       .catch(shedWhenSaturated(request))
@@ -293,7 +314,12 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     }
     const found = identify(binding, credential, tenantId)
     if (isDenial(found)) throw deny(request, found.problem, found.reason, credential.key.prefix, found.extra)
-    if (binding.status === 'active') cacheIdentity(found, binding, credential, generation)
+    assertScope(request, found, credential.key.prefix)
+    // A tenant being moved is not remembered: its shard is about to change (preHandler waits for its check).
+    if (binding.status === 'active') {
+      cacheIdentity(found, binding, credential, generation)
+      request.confirmedKey = found
+    }
   })
 
   fastify.addHook('preHandler', async (request, reply) => {
@@ -303,10 +329,6 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     const tenantId = credential.kind === 'api_key'
       ? credential.key.tenantId
       : request.requestedTenantId ?? credential.claimedTenantId ?? await soleTenantOf(request, credential.userId)
-    // A key names its tenant: naming another one in x-tenant-id is refused before any database work.
-    if (credential.kind === 'api_key' && request.requestedTenantId !== null && request.requestedTenantId !== tenantId) {
-      throw deny(request, forbidden('this credential does not belong to the tenant in x-tenant-id'), 'tenant switch denied', prefix, { requestedTenant: request.requestedTenantId })
-    }
     const readOnly = (request.method === 'GET' || request.method === 'HEAD') && request.routeOptions.config.writes !== true
 
     // A credential this instance verified recently (and that no notification has invalidated since)
@@ -322,10 +344,8 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     const trx = await startTenantTransaction(fastify.dbPool, tenantId, () => {
       generation = cache.generation
       if (credential.kind === 'api_key') {
-        const key = cache.getKey(credential.key.keyId)
-        if (key !== undefined && key.tenantId === tenantId && secretMatches(key.secretHash, credential.key.secretHash)) {
-          cached = { tenantId, actorType: 'api_key', actorId: key.keyId, scopes: key.scopes, role: undefined, shard: key.shard }
-        }
+        // Confirmed before the body was read, if the cache could not keep it (disabled, or invalidated since).
+        cached = cachedKeyFor(credential.key) ?? request.confirmedKey ?? undefined
       } else {
         const member = cache.getMember(tenantId, credential.userId)
         if (member !== undefined) cached = { tenantId, actorType: 'user', actorId: member.userId, scopes: ROLE_SCOPES[member.role], role: member.role, shard: member.shard }

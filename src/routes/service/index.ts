@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { assertPoolQueue, PoolSaturated } from '../../db/tenant-transaction.ts'
-import { unavailable } from '../../errors.ts'
+import { HttpProblem, unavailable } from '../../errors.ts'
 import { problems } from '../../schemas/common.ts'
 
 const Status = Type.Object({ status: Type.String() })
@@ -13,6 +13,26 @@ const Status = Type.Object({ status: Type.String() })
  * them) and when an operator asks (GET /admin/v1/maintenance/checks, npm run check).
  */
 const service: FastifyPluginAsyncTypebox = async (fastify) => {
+  // One probe at a time, shared by every call that arrives while it runs: a flood of /readyz holds at
+  // most one runtime connection, and each answer is as fresh as the probe it waited for.
+  let inFlight: Promise<HttpProblem | undefined> | undefined
+  /** Whether a runtime connection can be had and answers; the refusal to send when not. */
+  async function readiness (): Promise<HttpProblem | undefined> {
+    try {
+      assertPoolQueue(fastify.dbPool, fastify.dbLimits.maxWaiting)
+      await fastify.dbPool.query('SELECT 1')
+      return undefined
+    } catch (error) {
+      if (error instanceof PoolSaturated) return unavailable('the server is at capacity; retry shortly', 1)
+      fastify.log.warn({ err: { message: (error as Error).message } }, 'readiness check could not reach the database')
+      return unavailable('the database is unavailable')
+    }
+  }
+  function currentProbe (): Promise<HttpProblem | undefined> {
+    inFlight ??= readiness().finally(() => { inFlight = undefined })
+    return inFlight
+  }
+
   fastify.get('/healthz', {
     schema: { summary: 'Liveness: the process is up', tags: ['service'], response: { 200: Status } },
   }, async () => ({ status: 'ok' }))
@@ -23,15 +43,9 @@ const service: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['service'],
       response: { 200: Status, ...problems(503) },
     },
-  }, async (request) => {
-    try {
-      assertPoolQueue(fastify.dbPool, fastify.dbLimits.maxWaiting)
-      await fastify.dbPool.query('SELECT 1')
-    } catch (error) {
-      if (error instanceof PoolSaturated) throw unavailable('the server is at capacity; retry shortly', 1)
-      request.log.warn({ err: { message: (error as Error).message } }, 'readiness check could not reach the database')
-      throw unavailable('the database is unavailable')
-    }
+  }, async () => {
+    const failure = await currentProbe()
+    if (failure !== undefined) throw failure
     return { status: 'ready' }
   })
 }

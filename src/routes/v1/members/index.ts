@@ -66,7 +66,8 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
       if (!await hasOwnerRights(request.tenant!, request.db)) {
         throw accessDenied(request, forbidden('only an owner can remove an owner'), 'removing an owner needs owner rights', { member: target.user_id })
       }
-      if (owners.length <= 1) throw conflict('the last owner cannot be removed', 'last-owner')
+      // Withdrawing an owner's invitation never leaves the tenant without an (accepted) owner.
+      if (owners.includes(target.user_id) && owners.length <= 1) throw conflict('the last owner cannot be removed', 'last-owner')
     }
     await deleteMembership(request.db, target.user_id)
     await audit(request, 'member.removed', { type: 'member', id: target.user_id }, { role: target.role })

@@ -22,9 +22,10 @@ const membership: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const caller = request.tenant!
     if (caller.actorType !== 'user') throw forbidden('only a user can accept their own membership, with their own token')
-    const row = await acceptMembership(request.db, caller.actorId)
-    if (row === undefined) throw notFound('membership')
-    if (caller.role === 'pending') await audit(request, 'member.accepted', { type: 'member', id: row.user_id }, { role: row.role })
+    const result = await acceptMembership(request.db, caller.actorId)
+    if (result === undefined) throw notFound('membership')
+    const { row, acceptedNow } = result
+    if (acceptedNow) await audit(request, 'member.accepted', { type: 'member', id: row.user_id }, { role: row.role })
     return toMember(row)
   })
 }
