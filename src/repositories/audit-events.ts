@@ -175,16 +175,20 @@ export interface AuditAnchor {
 }
 
 /**
- * The event at anchor.seq must exist and carry anchor.hash: that catches a chain rewritten as a whole
- * (every hash recomputed and the head moved, which needs the owner's rights). One index lookup.
+ * The event at anchor.seq must exist, carry anchor.hash, match its own content and link to the event
+ * before it: that catches a chain rewritten as a whole (every hash recomputed and the head moved, which
+ * needs the owner's rights) and an anchored event edited since, even before a checkpoint. Two index lookups.
  */
 export async function checkAuditAnchor (
   trx: Executor,
   scope: { tenantId: string, shard: number },
   anchor: AuditAnchor
 ): Promise<ChainBreak | null> {
-  const { rows: [anchored] } = await sql<{ id: string, hash: Buffer }>`
-    SELECT e.id, e.hash FROM audit_events e
+  const { rows: [anchored] } = await sql<{ id: string, hash: Buffer, ok_hash: boolean, ok_prev: boolean }>`
+    SELECT e.id, e.hash, e.hash = audit_event_hash(e.prev_hash, e) AS ok_hash,
+           e.prev_hash IS NOT DISTINCT FROM (SELECT p.hash FROM audit_events p
+             WHERE p.tenant_id = ${scope.tenantId} AND p.shard = ${scope.shard} AND p.seq = e.seq - 1) AS ok_prev
+      FROM audit_events e
      WHERE e.tenant_id = ${scope.tenantId} AND e.shard = ${scope.shard} AND e.seq = ${anchor.seq}`.execute(trx)
   if (anchored === undefined) {
     return { id: null, seq: anchor.seq, reason: 'the anchored event is missing: the chain was cut short or rewritten' }
@@ -193,7 +197,16 @@ export async function checkAuditAnchor (
     const reason = 'the event differs from the anchor kept outside the database: the chain was rewritten'
     return { id: anchored.id, seq: anchor.seq, reason }
   }
+  if (!anchored.ok_hash) return { id: anchored.id, seq: anchor.seq, reason: 'the anchored event was altered after it was written' }
+  if (!anchored.ok_prev) return { id: anchored.id, seq: anchor.seq, reason: 'the link to the previous event is broken' }
   return null
+}
+
+/** Where a walk that starts at `fromSeq` starts: the event before it, as stored (undefined: missing). */
+async function positionBefore (trx: Executor, fromSeq: number): Promise<ChainPosition | undefined> {
+  if (fromSeq <= 1) return { seq: 0, hash: null }
+  const row = await trx.selectFrom('audit_events').select(['seq', 'hash']).where('seq', '=', String(fromSeq - 1)).executeTakeFirst()
+  return row === undefined ? undefined : { seq: Number(row.seq), hash: row.hash }
 }
 
 /** The tenant's newest checkpoint: how far its chain has been verified. */
@@ -219,19 +232,28 @@ export interface ChainVerification extends ChainStep {
 /**
  * The tenant's verification: one bounded step from its newest checkpoint (see verifyChainStep), the
  * anchor check, then a checkpoint where the step stopped when everything held. Events before the
- * starting checkpoint are not re-examined (the operator's full verification does that).
+ * starting checkpoint are not re-examined — unless the tenant names where to start (`fromSeq`): then
+ * the step starts there, whatever the checkpoints, so a tenant can walk its whole trail itself in
+ * bounded calls (1, then verified_through + 1, ...); such a walk records no checkpoint.
  */
 export async function verifyAuditChain (
   trx: Executor,
   scope: { tenantId: string, shard: number },
-  options: { anchor?: AuditAnchor | undefined, maxEvents?: number } = {}
+  options: { anchor?: AuditAnchor | undefined, maxEvents?: number, fromSeq?: number | undefined } = {}
 ): Promise<ChainVerification> {
-  const from = await newestAuditCheckpoint(trx) ?? { seq: 0, hash: null }
+  const from = options.fromSeq === undefined
+    ? await newestAuditCheckpoint(trx) ?? { seq: 0, hash: null }
+    : await positionBefore(trx, options.fromSeq)
+  if (from === undefined) {
+    const seq = options.fromSeq! - 1
+    return { headSeq: 0, examined: 0, through: { seq: 0, hash: null }, complete: true, from: seq, recorded: null,
+      broken: { id: null, seq, reason: 'this event is missing: the chain was cut short, or it does not reach this far' } }
+  }
   const step = await verifyChainStep(trx, scope, from, options.maxEvents ?? VERIFY_STEP_MAX)
   const anchor = options.anchor
   const broken = step.broken ?? (anchor === undefined ? null : await checkAuditAnchor(trx, scope, anchor))
   let recorded: number | null = null
-  if (broken === null && step.through.seq > from.seq && step.through.hash !== null) {
+  if (options.fromSeq === undefined && broken === null && step.through.seq > from.seq && step.through.hash !== null) {
     await insertAuditCheckpoint(trx, { seq: step.through.seq, hash: step.through.hash })
     recorded = step.through.seq
   }

@@ -27,6 +27,11 @@ const VerifyQuerySchema = Type.Object({
     maxLength: 64,
     description: 'with anchor_seq: the hex SHA-256 recorded for that position',
   })),
+  from_seq: Type.Optional(Type.Integer({
+    minimum: 1,
+    description: 'start here instead of at the newest checkpoint (1: the first event), so that you can walk the ' +
+      'whole trail yourself in bounded calls, each from the last one\'s verified_through + 1; records no checkpoint',
+  })),
   max_events: Type.Optional(Type.Integer({
     minimum: 1,
     maximum: VERIFY_STEP_MAX,
@@ -69,14 +74,14 @@ const auditEvents: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: AuditVerificationSchema, ...problems(400, 401, 403, 503) },
     },
   }, async (request) => {
-    const { anchor_seq: seq, anchor_hash: hash, max_events: maxEvents } = request.query
+    const { anchor_seq: seq, anchor_hash: hash, max_events: maxEvents, from_seq: fromSeq } = request.query
     if ((seq === undefined) !== (hash === undefined)) {
       const missing = seq === undefined ? 'anchor_seq' : 'anchor_hash'
       throw badRequest('anchor_seq and anchor_hash go together',
         [{ path: `querystring/${missing}`, message: 'is required with the other anchor parameter' }])
     }
     const anchor = seq !== undefined && hash !== undefined ? { seq, hash } : undefined
-    const options = { anchor, maxEvents: maxEvents ?? VERIFY_STEP_MAX }
+    const options = { anchor, maxEvents: maxEvents ?? VERIFY_STEP_MAX, fromSeq }
     const result = await verifyAuditChain(request.db, request.tenant!, options)
     return toAuditVerification(result)
   })
