@@ -246,8 +246,8 @@ export async function verifyAuditChain (
     : await positionBefore(trx, options.fromSeq)
   if (from === undefined) {
     const seq = options.fromSeq! - 1
-    return { headSeq: 0, examined: 0, through: { seq: 0, hash: null }, complete: true, from: seq, recorded: null,
-      broken: { id: null, seq, reason: 'this event is missing: the chain was cut short, or it does not reach this far' } }
+    const broken = { id: null, seq, reason: 'this event is missing: the chain was cut short, or it does not reach this far' }
+    return { headSeq: 0, examined: 0, through: { seq: 0, hash: null }, complete: true, from: seq, recorded: null, broken }
   }
   const step = await verifyChainStep(trx, scope, from, options.maxEvents ?? VERIFY_STEP_MAX)
   const anchor = options.anchor
