@@ -1,4 +1,6 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type { Kysely } from 'kysely'
+import type { DB } from './db/schema.ts'
 import { newId } from './ids.ts'
 import { insertAuditEvent, type AppendedAuditEvent } from './repositories/audit-events.ts'
 
@@ -36,4 +38,27 @@ export async function audit (
     data: JSON.stringify(data),
   })
   request.afterCommit?.push(async () => { logAuditAppended(request.log, actor.tenantId, appended) })
+}
+
+/**
+ * An operator action in the tenant's own audit trail, in the operator's transaction bound to that
+ * tenant. The caller logs the result with logAuditAppended once that transaction has committed.
+ */
+export async function auditOperator (
+  trx: Kysely<DB>,
+  requestId: string,
+  action: string,
+  resource: { type: string, id: string },
+  data: Record<string, unknown>
+): Promise<AppendedAuditEvent> {
+  return insertAuditEvent(trx, {
+    id: newId(),
+    actor_type: 'operator',
+    actor_id: 'operator',
+    action,
+    resource_type: resource.type,
+    resource_id: resource.id,
+    request_id: requestId,
+    data: JSON.stringify(data),
+  })
 }

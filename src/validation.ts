@@ -56,9 +56,10 @@ export function sizeLimits (schema: unknown): unknown {
   return limits
 }
 
-interface Validators { firstError: Ajv, sizes: Ajv, allErrors: Ajv }
-const body: Validators = { firstError: makeAjv(false, false), sizes: makeAjv(false, false), allErrors: makeAjv(false, true) }
-const text: Validators = { firstError: makeAjv('array', false), sizes: makeAjv('array', false), allErrors: makeAjv('array', true) }
+// The size checks compile in the first-error instance: the same options, and no schema of their own to clash.
+interface Validators { firstError: Ajv, allErrors: Ajv }
+const body: Validators = { firstError: makeAjv(false, false), allErrors: makeAjv(false, true) }
+const text: Validators = { firstError: makeAjv('array', false), allErrors: makeAjv('array', true) }
 
 /**
  * A valid request costs one pass that stops at the first problem. An invalid one then has its sizes
@@ -74,7 +75,7 @@ export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, http
   const validate = (data: unknown): boolean => {
     validate.errors = null
     if (firstError(data)) return true
-    sizes ??= ajv.sizes.compile(sizeLimits(schema) as object)
+    sizes ??= ajv.firstError.compile(sizeLimits(schema) as object)
     allErrors ??= ajv.allErrors.compile(schema as object)
     const failed = sizes(data) ? allErrors(data) ? firstError : allErrors : sizes
     validate.errors = failed.errors ?? firstError.errors ?? null

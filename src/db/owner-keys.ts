@@ -2,9 +2,9 @@ import { createHash } from 'node:crypto'
 import type { Kysely, Selectable } from 'kysely'
 import type pg from 'pg'
 import { generateApiKey, type Scope } from '../auth/api-keys.ts'
-import { newId } from '../ids.ts'
 import { insertApiKey, type ApiKeyRow } from '../repositories/api-keys.ts'
-import { insertAuditEvent, type AppendedAuditEvent } from '../repositories/audit-events.ts'
+import { auditOperator } from '../audit.ts'
+import type { AppendedAuditEvent } from '../repositories/audit-events.ts'
 import { canonicalJson } from '../plugins/app/idempotency.ts'
 import { findTenantByCreationKey, forgetCreationKey, lockTenant } from '../repositories/tenants.ts'
 import type { DB, Tenants } from './schema.ts'
@@ -96,17 +96,8 @@ export async function issueOwnerKey (
       scopes: request.scopes,
       owner_rights: request.scopes.includes('admin'),
     })
-    const appended = await insertAuditEvent(db, {
-      id: newId(),
-      actor_type: 'operator',
-      actor_id: 'operator',
-      action: 'api_key.created',
-      resource_type: 'api_key',
-      resource_id: row.id,
-      request_id: request.requestId,
-      data: JSON.stringify({
-        name: row.name, scopes: row.scopes, prefix: row.prefix, owner_rights: row.owner_rights, ...request.auditData,
-      }),
+    const appended = await auditOperator(db, request.requestId, 'api_key.created', { type: 'api_key', id: row.id }, {
+      name: row.name, scopes: row.scopes, prefix: row.prefix, owner_rights: row.owner_rights, ...request.auditData,
     })
     return { tenant, row, key: key.key, appended }
   })

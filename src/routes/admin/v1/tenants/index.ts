@@ -2,18 +2,18 @@ import { Readable } from 'node:stream'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyRequest } from 'fastify'
-import type { Kysely, Selectable } from 'kysely'
+import type { Selectable } from 'kysely'
 import type pg from 'pg'
 import { newId } from '../../../../ids.ts'
 import { ALL_SCOPES, generateApiKey, type Scope } from '../../../../auth/api-keys.ts'
-import { logAuditAppended } from '../../../../audit.ts'
+import { auditOperator, logAuditAppended } from '../../../../audit.ts'
 import { ErasureIncomplete, eraseTenant } from '../../../../db/erasure.ts'
 import {
   creationKeys, CreationKeyReused, issueOwnerKey, repeatedCreation, TenantErasing,
   type IssuedOwnerKey, type OwnerKeyRequest,
 } from '../../../../db/owner-keys.ts'
 import { claimShard, createShard, movePlacement, PlacementBusy, pooledShardFor, releaseShard, SharedTablesBusy, withOperationLock } from '../../../../db/placement.ts'
-import type { DB, Tenants } from '../../../../db/schema.ts'
+import type { Tenants } from '../../../../db/schema.ts'
 import { MISSING_KEY } from '../../../../db/export-signature.ts'
 import { exportTenant } from '../../../../db/tenant-data.ts'
 import { withTenantTransaction } from '../../../../db/tenant-transaction.ts'
@@ -21,7 +21,7 @@ import { conflict, HttpProblem, notFound, unavailable } from '../../../../errors
 import { toApiKey } from '../../../../mappers/identity.ts'
 import { toOperatorTenant } from '../../../../mappers/tenants.ts'
 import { insertApiKey } from '../../../../repositories/api-keys.ts'
-import { insertAuditEvent, type AppendedAuditEvent } from '../../../../repositories/audit-events.ts'
+import type { AppendedAuditEvent } from '../../../../repositories/audit-events.ts'
 import { findTenant, insertTenant, listTenants } from '../../../../repositories/tenants.ts'
 import { IdParamsSchema, PageQuerySchema, paginate, problems } from '../../../../schemas/common.ts'
 import { CreatedApiKeySchema } from '../../../../schemas/identity.ts'
@@ -31,23 +31,6 @@ import {
 } from '../../../../schemas/tenants.ts'
 
 const tags = ['operator']
-
-/**
- * An operator action in the tenant's own audit trail (same transaction as the action). The caller
- * logs the result with logAuditAppended once that transaction has committed.
- */
-async function auditOperator (trx: Kysely<DB>, request: FastifyRequest, action: string, tenantId: string, data: Record<string, unknown>): Promise<AppendedAuditEvent> {
-  return insertAuditEvent(trx, {
-    id: newId(),
-    actor_type: 'operator',
-    actor_id: 'operator',
-    action,
-    resource_type: 'tenant',
-    resource_id: tenantId,
-    request_id: request.id,
-    data: JSON.stringify(data),
-  })
-}
 
 export interface TenantsOptions {
   /** How long a placement move or an erasure waits, after notifying, for the instances' credential caches to let go. */
@@ -133,7 +116,7 @@ const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, optio
       if (dedicatedShard !== undefined) await claimShard(db, dedicatedShard)
       // Said, not defaulted: a key that does not say has no owner rights (sql/0013_owner_rights_default.sql).
       await insertApiKey(db, { id: key.id, name: 'initial admin key', prefix: key.prefix, secret_hash: key.secretHash, scopes: [...ALL_SCOPES], owner_rights: true })
-      const appended = await auditOperator(db, request, 'tenant.created', id, { slug: row.slug, placement, initial_key_prefix: key.prefix })
+      const appended = await auditOperator(db, request.id, 'tenant.created', { type: 'tenant', id }, { slug: row.slug, placement, initial_key_prefix: key.prefix })
       return { row, appended }
     })
     let created
@@ -238,7 +221,7 @@ const tenants: FastifyPluginAsyncTypebox<TenantsOptions> = async (fastify, optio
       log: (message, details) => { request.log.warn(details, message) },
     }, async (db, change) => {
       if (change.from.placement !== change.to.placement) {
-        appended = await auditOperator(db, request, 'tenant.placement_changed', id, { from: change.from.placement, to: change.to.placement, rows_moved: change.rowsMoved })
+        appended = await auditOperator(db, request.id, 'tenant.placement_changed', { type: 'tenant', id }, { from: change.from.placement, to: change.to.placement, rows_moved: change.rowsMoved })
       }
       return (await findTenant(db, id))!
     }))
