@@ -7,7 +7,6 @@
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
@@ -15,6 +14,7 @@ import { bootstrapDatabase, withDatabase } from '../src/db/bootstrap.ts'
 import { startEmbedded } from '../src/db/embedded.ts'
 import { migrate } from '../src/db/migrate.ts'
 import type { TestDatabaseEnv } from '../test/helpers/env.ts'
+import { freePort } from '../test/helpers/net.ts'
 
 const say = (line: string): void => { process.stderr.write(`test: ${line}\n`) }
 
@@ -22,17 +22,6 @@ interface Server {
   adminUrl: string
   source: string
   stop: () => Promise<void>
-}
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { resolve(typeof address === 'object' && address !== null ? address.port : 0) })
-    })
-  })
 }
 
 async function dockerServer (): Promise<Server | undefined> {
