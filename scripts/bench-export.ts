@@ -11,9 +11,9 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { newId } from '../src/ids.ts'
 import pg from 'pg'
-import { bootstrapDatabase } from '../src/db/bootstrap.ts'
-import { startEmbedded } from '../src/db/embedded.ts'
-import { migrate } from '../src/db/migrate.ts'
+import { bootstrapDatabase } from '../src/ops/bootstrap.ts'
+import { startEmbedded } from '../src/ops/embedded.ts'
+import { migrate } from '../src/ops/migrate.ts'
 
 const say = (line: string): void => { process.stderr.write(`bench:export: ${line}\n`) }
 

@@ -3,9 +3,9 @@
 // for a live shard. Without APP_DATABASE_URL it checks the embedded development database.
 import pg from 'pg'
 import { ConfigError, loadConfig } from '../src/config.ts'
-import { startEmbedded } from '../src/db/embedded.ts'
-import { runSafetyChecks } from '../src/db/safety-checks.ts'
-import { checkShardPartitions } from '../src/db/shard-checks.ts'
+import { startEmbedded } from '../src/ops/embedded.ts'
+import { runSafetyChecks } from '../src/ops/safety-checks.ts'
+import { checkShardPartitions } from '../src/ops/shard-checks.ts'
 import { connectionOptions, databaseTls, tlsFailure } from '../src/db/tls.ts'
 
 async function main (): Promise<number> {

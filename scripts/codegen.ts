@@ -4,8 +4,8 @@
 import { spawnSync } from 'node:child_process'
 import path from 'node:path'
 import { loadConfig } from '../src/config.ts'
-import { startEmbedded } from '../src/db/embedded.ts'
-import { migrate } from '../src/db/migrate.ts'
+import { startEmbedded } from '../src/ops/embedded.ts'
+import { migrate } from '../src/ops/migrate.ts'
 
 function runCodegen (databaseUrl: string, verify: boolean): number {
   const args = ['--dialect', 'postgres', '--url', databaseUrl, '--exclude-pattern', 'schema_migrations',

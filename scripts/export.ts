@@ -8,9 +8,9 @@ import { parseArgs } from 'node:util'
 import cliProgress from 'cli-progress'
 import pg from 'pg'
 import { loadConfig } from '../src/config.ts'
-import { startEmbedded } from '../src/db/embedded.ts'
-import { MISSING_KEY, resolveExportSigningKey } from '../src/db/export-signature.ts'
-import { exportTenant } from '../src/db/tenant-data.ts'
+import { startEmbedded } from '../src/ops/embedded.ts'
+import { MISSING_KEY, resolveExportSigningKey } from '../src/tenancy/export-signature.ts'
+import { exportTenant } from '../src/tenancy/tenant-data.ts'
 import { connectionOptions, databaseTls, tlsFailure, type DatabaseTls } from '../src/db/tls.ts'
 
 let tls: DatabaseTls | undefined

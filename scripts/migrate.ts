@@ -1,8 +1,8 @@
 // npm run migrate: apply the SQL migrations in sql/ as the owner role (DATABASE_URL).
 // Without DATABASE_URL it migrates the embedded development database under DATA_DIR.
 import { ConfigError, loadConfig } from '../src/config.ts'
-import { startEmbedded } from '../src/db/embedded.ts'
-import { MigrationError, migrate } from '../src/db/migrate.ts'
+import { startEmbedded } from '../src/ops/embedded.ts'
+import { MigrationError, migrate } from '../src/ops/migrate.ts'
 import { databaseTls, tlsFailure } from '../src/db/tls.ts'
 
 async function main (): Promise<void> {

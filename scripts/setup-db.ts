@@ -3,9 +3,9 @@
 // Passwords come from OWNER_PASSWORD and APP_PASSWORD, or are generated and printed once.
 import { randomBytes } from 'node:crypto'
 import { parseArgs } from 'node:util'
-import { bootstrapDatabase } from '../src/db/bootstrap.ts'
+import { bootstrapDatabase } from '../src/ops/bootstrap.ts'
 import { loadConfig } from '../src/config.ts'
-import { migrate } from '../src/db/migrate.ts'
+import { migrate } from '../src/ops/migrate.ts'
 import { databaseTls, tlsFailure } from '../src/db/tls.ts'
 
 async function main (): Promise<void> {

@@ -5,8 +5,8 @@ import cluster from 'node:cluster'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.ts'
 import { ConfigError, loadConfig, type ResolvedConfig } from './config.ts'
-import { MigrationError } from './db/migrate.ts'
-import { UnsafeDatabaseError } from './db/safety-checks.ts'
+import { MigrationError } from './ops/migrate.ts'
+import { UnsafeDatabaseError } from './ops/safety-checks.ts'
 import { prepare, start } from './main.ts'
 
 const say = (line: string): void => { process.stderr.write(`rowfence: ${line}\n`) }

@@ -22,7 +22,7 @@ export interface TenantIdentity {
   scopes: readonly Scope[]
   /** The member role, for users; 'pending' for an invitation not accepted yet (no scopes). */
   role: MemberRole | 'pending' | undefined
-  /** Where the tenant's rows of the sharded tables live (see src/db/placement.ts). */
+  /** Where the tenant's rows of the sharded tables live (see src/tenancy/placement.ts). */
   shard: number
 }
 

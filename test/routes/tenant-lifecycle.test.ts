@@ -1,9 +1,9 @@
 import { Readable } from 'node:stream'
 import t from 'tap'
 import pg from 'pg'
-import { eraseTenant } from '../../src/db/erasure.ts'
-import { allocateShard } from '../../src/db/placement.ts'
-import { importTenant, type ImportOptions } from '../../src/db/tenant-data.ts'
+import { eraseTenant } from '../../src/tenancy/erasure.ts'
+import { allocateShard } from '../../src/tenancy/placement.ts'
+import { importTenant, type ImportOptions } from '../../src/tenancy/tenant-data.ts'
 import {
   as, buildTestApp, provisionTenant, TEST_EXPORT_SIGNING_KEY, type ProvisionedTenant, type TestApp,
 } from '../helpers/app.ts'

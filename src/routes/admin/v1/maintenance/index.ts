@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
-import { sweepShards } from '../../../../db/placement.ts'
-import { runSafetyChecks } from '../../../../db/safety-checks.ts'
+import { sweepShards } from '../../../../tenancy/placement.ts'
+import { runSafetyChecks } from '../../../../ops/safety-checks.ts'
 import { problems, Uuid } from '../../../../schemas/common.ts'
 
 const SweepResultSchema = Type.Object({

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
-import { verifyWholeAuditChain } from '../../../../db/audit-verification.ts'
+import { verifyWholeAuditChain } from '../../../../tenancy/audit-verification.ts'
 import { notFound } from '../../../../errors.ts'
 import { toFullAuditVerification } from '../../../../mappers/audit.ts'
 import { VERIFY_STEP_MAX } from '../../../../repositories/audit-events.ts'

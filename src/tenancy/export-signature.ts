@@ -1,7 +1,7 @@
 import { createHmac, timingSafeEqual, type Hmac } from 'node:crypto'
 import path from 'node:path'
 import type { Config } from '../config.ts'
-import { readOrCreateSecretFile } from './embedded.ts'
+import { readOrCreateSecretFile } from '../ops/embedded.ts'
 
 /**
  * The integrity proof of a tenant export. The NDJSON rows are followed by one trailer line,

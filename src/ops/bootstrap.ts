@@ -1,5 +1,5 @@
 import pg from 'pg'
-import { connectionOptions, PLAINTEXT, type DatabaseTls } from './tls.ts'
+import { connectionOptions, PLAINTEXT, type DatabaseTls } from '../db/tls.ts'
 
 /** The runtime role's name is part of the schema: migrations grant to it by name. */
 export const APP_ROLE = 'app'

@@ -1,5 +1,5 @@
 import pg from 'pg'
-import { connectionOptions, PLAINTEXT, type DatabaseTls } from './tls.ts'
+import { connectionOptions, PLAINTEXT, type DatabaseTls } from '../db/tls.ts'
 import { UnsafeDatabaseError } from './safety-checks.ts'
 
 /**

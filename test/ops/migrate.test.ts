@@ -2,7 +2,7 @@ import { mkdtemp, readFile, writeFile, copyFile, readdir, rm } from 'node:fs/pro
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
-import { migrate, MigrationError, SQL_DIR } from '../../src/db/migrate.ts'
+import { migrate, MigrationError, SQL_DIR } from '../../src/ops/migrate.ts'
 import { createTestDatabase, query } from '../helpers/db.ts'
 
 /** A copy of sql/ the test may edit. */

@@ -1,6 +1,6 @@
 import t from 'tap'
 import pg from 'pg'
-import { assertShardPartitions, checkShardPartitions } from '../../src/db/shard-checks.ts'
+import { assertShardPartitions, checkShardPartitions } from '../../src/ops/shard-checks.ts'
 import { as, buildTestApp } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
 import { onboard, shardOf } from '../helpers/operator.ts'

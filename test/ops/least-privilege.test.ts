@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
 import pg from 'pg'
-import { migrate, SQL_DIR } from '../../src/db/migrate.ts'
+import { migrate, SQL_DIR } from '../../src/ops/migrate.ts'
 import { createTestDatabase, query } from '../helpers/db.ts'
 
 /** The migrations up to (and including, when `through`) a version, in a directory of their own. */

@@ -1,7 +1,7 @@
 import { CompiledQuery, Kysely, sql } from 'kysely'
 import pg from 'pg'
-import type { DB } from './schema.ts'
-import { TENANT_LOCK_SALT, withTenantTransaction } from './tenant-transaction.ts'
+import type { DB } from '../db/schema.ts'
+import { TENANT_LOCK_SALT, withTenantTransaction } from '../db/tenant-transaction.ts'
 
 /**
  * Where a tenant's rows of the sharded tables (invoices, invoice_lines, audit_events, ...) live:

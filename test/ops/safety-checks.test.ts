@@ -1,6 +1,6 @@
 import t from 'tap'
 import pg from 'pg'
-import { runSafetyChecks, UnsafeDatabaseError } from '../../src/db/safety-checks.ts'
+import { runSafetyChecks, UnsafeDatabaseError } from '../../src/ops/safety-checks.ts'
 import { assertSafeDatabase } from '../../src/main.ts'
 import { createRole, createTestDatabase, query, type TestDatabase } from '../helpers/db.ts'
 

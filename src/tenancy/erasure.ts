@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import { DEFAULT_DDL, releaseOwnReservations, releaseShard, reserveForRelease, sweepShards, withOperationLock, type DdlOptions, type Placement } from './placement.ts'
 import { tenantTablesInOrder } from './tenant-data.ts'
-import { TENANT_LOCK_SALT, withTenantTransaction } from './tenant-transaction.ts'
+import { TENANT_LOCK_SALT, withTenantTransaction } from '../db/tenant-transaction.ts'
 
 /**
  * Erasure (the right to be forgotten), under the tenant's operation lock (no placement move runs

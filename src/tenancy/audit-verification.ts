@@ -2,7 +2,7 @@ import type pg from 'pg'
 import {
   insertAuditCheckpoint, verifyChainStep, VERIFY_STEP_MAX, type ChainBreak, type ChainPosition,
 } from '../repositories/audit-events.ts'
-import { withTenantTransaction, type TransactionTimeouts } from './tenant-transaction.ts'
+import { withTenantTransaction, type TransactionTimeouts } from '../db/tenant-transaction.ts'
 
 export interface FullChainVerification {
   /** The chain's length as its head records it. */

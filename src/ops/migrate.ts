@@ -3,7 +3,7 @@ import { readdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
-import { connectionOptions, PLAINTEXT, type DatabaseTls } from './tls.ts'
+import { connectionOptions, PLAINTEXT, type DatabaseTls } from '../db/tls.ts'
 
 export const SQL_DIR = fileURLToPath(new URL('../../sql/', import.meta.url))
 

@@ -95,7 +95,7 @@ export interface ExportPlan {
 /**
  * Streams every row the tenant owns as NDJSON lines `{"table": ..., "row": {...}}`, from one
  * REPEATABLE READ snapshot, through a server-side cursor (memory stays flat whatever the size), and
- * ends with the signature trailer (src/db/export-signature.ts) made with `signingKey`.
+ * ends with the signature trailer (src/tenancy/export-signature.ts) made with `signingKey`.
  * Times are rendered in UTC and rows in a fixed order, so exporting the same data twice gives the
  * same bytes. `onPlan` receives the row counts (same snapshot) before the first line.
  */

@@ -7,8 +7,8 @@ import { auditOperator } from '../audit.ts'
 import type { AppendedAuditEvent } from '../repositories/audit-events.ts'
 import { canonicalJson } from '../plugins/app/idempotency.ts'
 import { findTenantByCreationKey, forgetCreationKey, lockTenant } from '../repositories/tenants.ts'
-import type { DB, Tenants } from './schema.ts'
-import { withTenantTransaction } from './tenant-transaction.ts'
+import type { DB, Tenants } from '../db/schema.ts'
+import { withTenantTransaction } from '../db/tenant-transaction.ts'
 
 /** The tenant is being erased: its credentials are revoked and no new one may appear. */
 export class TenantErasing extends Error {
