@@ -11,7 +11,8 @@ import { insertAuditEvent, type AppendedAuditEvent } from './repositories/audit-
  * logged at the time: GET /v1/audit-events/verify?anchor_seq=&anchor_hash= checks one of them.
  */
 export function logAuditAppended (log: FastifyBaseLogger, tenantId: string, appended: AppendedAuditEvent): void {
-  log.info({ event: 'audit_appended', tenant: tenantId, seq: appended.seq, hash: appended.hash }, 'audit event appended')
+  const { seq, hash } = appended
+  log.info({ event: 'audit_appended', tenant: tenantId, seq, hash }, 'audit event appended')
 }
 
 /**

@@ -7,10 +7,14 @@ import type { DatabaseTls } from './db/tls.ts'
 const PostgresUrl = Type.String({ pattern: '^postgres(ql)?://', description: 'a postgres:// connection URL' })
 
 export const ConfigSchema = Type.Object({
-  NODE_ENV: Type.Union([Type.Literal('development'), Type.Literal('production'), Type.Literal('test')], { default: 'development' }),
+  NODE_ENV: Type.Union([Type.Literal('development'), Type.Literal('production'), Type.Literal('test')], {
+    default: 'development',
+  }),
   HOST: Type.String({ minLength: 1, default: '127.0.0.1' }),
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 3000 }),
-  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
+  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), {
+    default: 'info',
+  }),
   /** Owner connection: migrations and operator work (provisioning, export, erasure). */
   DATABASE_URL: Type.Optional(PostgresUrl),
   /** Runtime connection as the `app` role: every tenant request. */
@@ -22,9 +26,13 @@ export const ConfigSchema = Type.Object({
     minLength: 32, maxLength: 512, description: 'a secret of at least 32 characters',
   })),
   /** JWT users: HS256 with this shared secret (at least 32 characters)... */
-  JWT_SECRET: Type.Optional(Type.String({ minLength: 32, maxLength: 4096, description: 'a secret of at least 32 characters' })),
+  JWT_SECRET: Type.Optional(Type.String({
+    minLength: 32, maxLength: 4096, description: 'a secret of at least 32 characters',
+  })),
   /** ...or RS256/ES256 with this PEM public key (literal "\n" sequences are accepted for newlines). */
-  JWT_PUBLIC_KEY: Type.Optional(Type.String({ pattern: '-----BEGIN PUBLIC KEY-----', description: 'a PEM public key (-----BEGIN PUBLIC KEY-----)' })),
+  JWT_PUBLIC_KEY: Type.Optional(Type.String({
+    pattern: '-----BEGIN PUBLIC KEY-----', description: 'a PEM public key (-----BEGIN PUBLIC KEY-----)',
+  })),
   JWT_ALGORITHM: Type.Optional(Type.Union([Type.Literal('HS256'), Type.Literal('RS256'), Type.Literal('ES256')])),
   JWT_ISSUER: Type.Optional(Type.String({ minLength: 1 })),
   JWT_AUDIENCE: Type.Optional(Type.String({ minLength: 1 })),
@@ -32,9 +40,15 @@ export const ConfigSchema = Type.Object({
   EXPORT_SIGNING_KEY: Type.Optional(Type.String({
     minLength: 43, maxLength: 4096, description: 'a secret of at least 43 characters (e.g. openssl rand -base64 32)',
   })),
-  /** How long a verified credential lets requests skip waiting for its check (0: never). Safe to keep long: every request still reads the credential fresh (in the binding) and confirms it. */
+  /**
+   * How long a verified credential lets requests skip waiting for its check (0: never). Safe to keep
+   * long: every request still reads the credential fresh (in the binding) and confirms it.
+   */
   CREDENTIAL_CACHE_TTL_MS: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 300_000 }),
-  /** How long a placement move or an erasure waits, after notifying, for every instance's credential cache to let go of the tenant. */
+  /**
+   * How long a placement move or an erasure waits, after notifying, for every instance's credential
+   * cache to let go of the tenant.
+   */
   CACHE_GRACE_MS: Type.Integer({ minimum: 0, maximum: 60_000, default: 1000 }),
   /**
    * TLS of every database connection (owner, runtime, LISTEN): require encrypts without checking the
@@ -49,13 +63,19 @@ export const ConfigSchema = Type.Object({
   DATABASE_SSL_CA_FILE: Type.Optional(Type.String({ minLength: 1 })),
   /** In production, allow unencrypted connections to a database that is not on this host (refused otherwise). */
   DATABASE_ALLOW_PLAINTEXT: Type.Boolean({ default: false }),
-  /** A direct connection for LISTEN (defaults to APP_DATABASE_URL; set it when that URL goes through a transaction-pooling PgBouncer). */
+  /**
+   * A direct connection for LISTEN (defaults to APP_DATABASE_URL; set it when that URL goes through a
+   * transaction-pooling PgBouncer).
+   */
   DB_LISTEN_URL: Type.Optional(PostgresUrl),
   /** How often the batched last_used_at of API keys is written. */
   KEY_USAGE_FLUSH_MS: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 15_000 }),
   DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10 }),
   DB_OPERATOR_POOL_MAX: Type.Integer({ minimum: 1, maximum: 100, default: 2 }),
-  /** Named prepared statements on the runtime connections (turn off behind a PgBouncer older than 1.21 in transaction mode). */
+  /**
+   * Named prepared statements on the runtime connections (turn off behind a PgBouncer older than 1.21
+   * in transaction mode).
+   */
   DB_PREPARED_STATEMENTS: Type.Boolean({ default: true }),
   DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 60_000, default: 2000 }),
   /** Requests waiting for a runtime connection beyond this many are refused at once with 503 (load shedding). */
@@ -69,7 +89,9 @@ export const ConfigSchema = Type.Object({
   /** Event-loop delay past which requests are shed with 503 (0: off). */
   MAX_EVENT_LOOP_DELAY_MS: Type.Integer({ minimum: 0, maximum: 60_000, default: 1000 }),
   /** Origins allowed by CORS, comma-separated (empty: no cross-origin access). */
-  CORS_ORIGINS: Type.String({ default: '', pattern: '^(https?://[^,\\s]+(,https?://[^,\\s]+)*)?$', description: 'comma-separated http(s) origins' }),
+  CORS_ORIGINS: Type.String({
+    default: '', pattern: '^(https?://[^,\\s]+(,https?://[^,\\s]+)*)?$', description: 'comma-separated http(s) origins',
+  }),
   /** Where the embedded PostgreSQL and the generated secrets live when no DATABASE_URL is given. */
   DATA_DIR: Type.String({ minLength: 1, default: '.data' }),
   EMBEDDED_PG_PORT: Type.Integer({ minimum: 1, maximum: 65535, default: 54329 }),
@@ -88,8 +110,21 @@ export class ConfigError extends Error {
 }
 
 const SECRET_VARS = new Set([
-  'DATABASE_URL', 'APP_DATABASE_URL', 'DB_LISTEN_URL', 'ADMIN_TOKEN', 'METRICS_TOKEN', 'JWT_SECRET', 'EXPORT_SIGNING_KEY',
+  'DATABASE_URL', 'APP_DATABASE_URL', 'DB_LISTEN_URL', 'ADMIN_TOKEN', 'METRICS_TOKEN', 'JWT_SECRET',
+  'EXPORT_SIGNING_KEY',
 ])
+
+/**
+ * What a variable must hold, for its one-line error: the variable's description, else the values a
+ * union of literals allows, else TypeBox's own message (which already starts with "Expected").
+ */
+function expectation (description: string | undefined, failed: object, message: string): string {
+  if (description !== undefined) return `expected ${description}`
+  const branches = (failed as { anyOf?: Array<{ const?: unknown }> }).anyOf
+  const values = branches?.map((branch) => branch.const)
+  if (values !== undefined && values.every((v) => typeof v === 'string')) return `expected one of ${values.join(', ')}`
+  return message.charAt(0).toLowerCase() + message.slice(1)
+}
 
 /**
  * Reads the configuration from an environment-like object. Unknown variables are ignored,
@@ -109,26 +144,31 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
     const raw = input[name]
     const shown = raw === undefined || SECRET_VARS.has(name) ? '' : ` (got ${JSON.stringify(raw)})`
     const schema = (ConfigSchema.properties as Record<string, { description?: string }>)[name]
-    const expected = schema?.description ?? first.message.toLowerCase()
-    throw new ConfigError(`invalid environment variable ${name}: expected ${expected}${shown}`)
+    const expected = expectation(schema?.description, first.schema, first.message)
+    throw new ConfigError(`invalid environment variable ${name}: ${expected}${shown}`)
   }
   const config = converted as Config
   if ((config.DATABASE_URL === undefined) !== (config.APP_DATABASE_URL === undefined)) {
     const missing = config.DATABASE_URL === undefined ? 'DATABASE_URL' : 'APP_DATABASE_URL'
-    throw new ConfigError(`invalid environment variable ${missing}: set both DATABASE_URL (owner) and APP_DATABASE_URL (runtime role), or neither for the embedded database`)
+    throw new ConfigError(`invalid environment variable ${missing}: set both DATABASE_URL (owner) and ` +
+      'APP_DATABASE_URL (runtime role), or neither for the embedded database')
   }
   if (config.JWT_SECRET !== undefined && config.JWT_PUBLIC_KEY !== undefined) {
-    throw new ConfigError('invalid environment variable JWT_PUBLIC_KEY: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY (RS256/ES256), not both')
+    throw new ConfigError('invalid environment variable JWT_PUBLIC_KEY: set JWT_SECRET (HS256) or ' +
+      'JWT_PUBLIC_KEY (RS256/ES256), not both')
   }
-  if (config.JWT_ALGORITHM !== undefined && (config.JWT_ALGORITHM === 'HS256') !== (config.JWT_PUBLIC_KEY === undefined)) {
-    throw new ConfigError(`invalid environment variable JWT_ALGORITHM: ${config.JWT_ALGORITHM} needs ${config.JWT_ALGORITHM === 'HS256' ? 'JWT_SECRET' : 'JWT_PUBLIC_KEY'}`)
+  if (config.JWT_ALGORITHM !== undefined &&
+    (config.JWT_ALGORITHM === 'HS256') !== (config.JWT_PUBLIC_KEY === undefined)) {
+    throw new ConfigError(`invalid environment variable JWT_ALGORITHM: ${config.JWT_ALGORITHM} needs ` +
+      (config.JWT_ALGORITHM === 'HS256' ? 'JWT_SECRET' : 'JWT_PUBLIC_KEY'))
   }
   if (config.JWT_PUBLIC_KEY !== undefined) checkJwtPublicKey(config.JWT_PUBLIC_KEY, config.JWT_ALGORITHM ?? 'RS256')
   if (config.NODE_ENV === 'production' && config.ADMIN_TOKEN === undefined) {
     throw new ConfigError('invalid environment variable ADMIN_TOKEN: required in production (at least 32 characters)')
   }
   if (config.NODE_ENV === 'production' && config.DATABASE_URL === undefined) {
-    throw new ConfigError('invalid environment variable DATABASE_URL: required in production (the embedded database is for development)')
+    throw new ConfigError('invalid environment variable DATABASE_URL: required in production ' +
+      '(the embedded database is for development)')
   }
   checkDatabaseTls(config, env)
   return config
@@ -152,11 +192,21 @@ function checkJwtPublicKey (value: string, algorithm: 'RS256' | 'ES256' | 'HS256
   }
   const details = key.asymmetricKeyDetails ?? {}
   if (algorithm === 'RS256') {
-    if (key.asymmetricKeyType !== 'rsa') fail(`a key of type ${key.asymmetricKeyType ?? 'unknown'} cannot verify RS256 tokens (set JWT_ALGORITHM to match the key)`)
-    if ((details.modulusLength ?? 0) < 2048) fail(`the RSA key has ${details.modulusLength ?? 0} bits; RS256 needs at least 2048`)
+    if (key.asymmetricKeyType !== 'rsa') {
+      fail(`a key of type ${key.asymmetricKeyType ?? 'unknown'} cannot verify RS256 tokens ` +
+        '(set JWT_ALGORITHM to match the key)')
+    }
+    if ((details.modulusLength ?? 0) < 2048) {
+      fail(`the RSA key has ${details.modulusLength ?? 0} bits; RS256 needs at least 2048`)
+    }
   } else if (algorithm === 'ES256') {
-    if (key.asymmetricKeyType !== 'ec') fail(`a key of type ${key.asymmetricKeyType ?? 'unknown'} cannot verify ES256 tokens (set JWT_ALGORITHM to match the key)`)
-    if (details.namedCurve !== 'prime256v1') fail(`ES256 needs a P-256 key, not ${details.namedCurve ?? 'an unknown curve'}`)
+    if (key.asymmetricKeyType !== 'ec') {
+      fail(`a key of type ${key.asymmetricKeyType ?? 'unknown'} cannot verify ES256 tokens ` +
+        '(set JWT_ALGORITHM to match the key)')
+    }
+    if (details.namedCurve !== 'prime256v1') {
+      fail(`ES256 needs a P-256 key, not ${details.namedCurve ?? 'an unknown curve'}`)
+    }
   }
 }
 
@@ -259,5 +309,6 @@ export function jwtSettings (config: Config, fallbackSecret?: string): JwtSettin
 }
 
 /** Configuration once the database URLs and secrets are known (from the environment or generated). */
-export type ResolvedConfig = Config & { DATABASE_URL: string, APP_DATABASE_URL: string, ADMIN_TOKEN: string, jwt: JwtSettings | undefined } &
+export type ResolvedConfig = Config &
+  { DATABASE_URL: string, APP_DATABASE_URL: string, ADMIN_TOKEN: string, jwt: JwtSettings | undefined } &
   { databaseTls: DatabaseTls }

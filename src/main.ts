@@ -5,7 +5,7 @@ import { buildApp } from './app.ts'
 import { jwtSettings, type Config, type ResolvedConfig } from './config.ts'
 import { readOrCreateSecretFile, startEmbedded, type EmbeddedDatabase } from './ops/embedded.ts'
 import { migrate } from './ops/migrate.ts'
-import { sweepShards } from './tenancy/placement.ts'
+import { sweepShards } from './tenancy/sweep.ts'
 import { runSafetyChecks, UnsafeDatabaseError } from './ops/safety-checks.ts'
 import { assertShardPartitions } from './ops/shard-checks.ts'
 import { resolveExportSigningKey } from './tenancy/export-signature.ts'
@@ -54,12 +54,14 @@ export async function assertSafeDatabase (appDatabaseUrl: string, tls: DatabaseT
  */
 async function sweepAtStartUp (ownerUrl: string, tls: DatabaseTls, log: (line: string) => void): Promise<void> {
   const pool = new pg.Pool({ ...connectionOptions(ownerUrl, tls), max: 2, application_name: 'rowfence-sweep' })
-  pool.on('error', () => {}) // an idle connection lost: the next query reports it
+  // An idle connection lost: said here; the sweep's next query opens another (or reports why not).
+  pool.on('error', (error) => { log(`start-up sweep: an idle database connection failed: ${error.message}`) })
   try {
     const swept = await sweepShards(pool)
     const done: string[] = []
-    if (swept.tenantsReset.length > 0) done.push(`set ${swept.tenantsReset.length} tenant(s) left moving back to active (${swept.tenantsReset.join(', ')})`)
-    if (swept.shardsReleased.length > 0) done.push(`dropped the partitions of unused dedicated shard(s) ${swept.shardsReleased.join(', ')}`)
+    const { tenantsReset: reset, shardsReleased: released } = swept
+    if (reset.length > 0) done.push(`set ${reset.length} tenant(s) left moving back to active (${reset.join(', ')})`)
+    if (released.length > 0) done.push(`dropped the partitions of unused dedicated shard(s) ${released.join(', ')}`)
     if (swept.shardsLeft.length > 0) done.push(`left shard(s) ${swept.shardsLeft.join(', ')} for a later sweep (busy)`)
     if (done.length > 0) log(`start-up sweep: ${done.join('; ')}`)
   } catch (error) {

@@ -2,7 +2,7 @@ import type { FastifyRequest } from 'fastify'
 import type { HttpProblem } from '../errors.ts'
 import type { TenantCredential } from './credentials.ts'
 
-/** The public part of a credential that a log line may carry: an API key's prefix, or jwt:<sub>. Never the secret. */
+/** The public part of a credential that a log line may carry: an API key's prefix, or jwt:<sub>; never the secret. */
 export function credentialPrefix (credential: TenantCredential | null | undefined): string | undefined {
   if (credential === null || credential === undefined) return undefined
   return credential.kind === 'api_key' ? credential.key.prefix : `jwt:${credential.userId}`
@@ -14,8 +14,18 @@ export function credentialPrefix (credential: TenantCredential | null | undefine
  * the tenant pipeline's refusals — and returns the problem for the caller to throw. For refusals
  * that routes make themselves (e.g. the owner rule of /v1/members).
  */
-export function accessDenied (request: FastifyRequest, problem: HttpProblem, reason: string, extra: Record<string, unknown> = {}): HttpProblem {
-  const prefix = credentialPrefix(request.tenantCredential)
-  request.log.warn({ event: 'access_denied', status: problem.status, reason, credentialPrefix: prefix, ...extra }, `access denied: ${reason}`)
+export function accessDenied (
+  request: FastifyRequest, problem: HttpProblem, reason: string, extra: Record<string, unknown> = {}
+): HttpProblem {
+  return logAccessDenied(request, problem, reason, credentialPrefix(request.tenantCredential), extra)
+}
+
+/** accessDenied with the credential's prefix given: the pipeline refuses some before tenantCredential is set. */
+export function logAccessDenied (
+  request: FastifyRequest, problem: HttpProblem, reason: string, prefix: string | undefined,
+  extra: Record<string, unknown> = {}
+): HttpProblem {
+  const decision = { event: 'access_denied', status: problem.status, reason, credentialPrefix: prefix, ...extra }
+  request.log.warn(decision, `access denied: ${reason}`)
   return problem
 }

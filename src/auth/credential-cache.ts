@@ -84,8 +84,13 @@ export class CredentialCache {
 
   getKey (keyId: string): CachedKey | undefined { return this.#get(this.#keys, keyId) }
   setKey (value: CachedKey, generation: number): void { this.#set(this.#keys, value.keyId, value, generation) }
-  getMember (tenantId: string, userId: string): CachedMember | undefined { return this.#get(this.#members, CredentialCache.memberId(tenantId, userId)) }
-  setMember (value: CachedMember, generation: number): void { this.#set(this.#members, CredentialCache.memberId(value.tenantId, value.userId), value, generation) }
+  getMember (tenantId: string, userId: string): CachedMember | undefined {
+    return this.#get(this.#members, CredentialCache.memberId(tenantId, userId))
+  }
+
+  setMember (value: CachedMember, generation: number): void {
+    this.#set(this.#members, CredentialCache.memberId(value.tenantId, value.userId), value, generation)
+  }
 
   /** Applies a rowfence_auth notification: `key:<id>`, `member:<tenant>:<user>` or `tenant:<id>`. */
   apply (payload: string): void {

@@ -23,10 +23,14 @@ export class CredentialRejected extends Error {
 export function bearerToken (headers: IncomingHttpHeaders): string {
   const header = headers.authorization
   if (header === undefined || header === '') {
-    throw new CredentialRejected('missing credentials', 'missing credentials: send authorization: Bearer <token>', undefined)
+    throw new CredentialRejected('missing credentials', 'missing credentials: send authorization: Bearer <token>',
+      undefined)
   }
   const match = /^Bearer +(\S+) *$/i.exec(header)
-  if (match === null) throw new CredentialRejected('not a Bearer credential', 'the authorization header must use the Bearer scheme', undefined)
+  if (match === null) {
+    throw new CredentialRejected('not a Bearer credential', 'the authorization header must use the Bearer scheme',
+      undefined)
+  }
   return match[1]!
 }
 
@@ -35,22 +39,30 @@ export type JwtVerifier = (token: string) => Record<string, unknown>
 function jwtFailure (error: unknown): CredentialRejected {
   const code = (error as { code?: string }).code ?? 'unknown'
   const expired = code === 'FAST_JWT_EXPIRED'
-  return new CredentialRejected(`jwt rejected (${code})`, expired ? 'the token has expired' : 'the token is invalid', 'jwt')
+  const detail = expired ? 'the token has expired' : 'the token is invalid'
+  return new CredentialRejected(`jwt rejected (${code})`, detail, 'jwt')
 }
 
 /**
  * Classifies and checks the form of a tenant credential: a rowfence API key (well-formed, checksum
  * valid) or a JWT (signature, algorithm, exp and sub verified by `verifyJwt`).
  */
-export function presentedCredential (headers: IncomingHttpHeaders, verifyJwt: JwtVerifier | undefined): TenantCredential {
+export function presentedCredential (
+  headers: IncomingHttpHeaders, verifyJwt: JwtVerifier | undefined
+): TenantCredential {
   const token = bearerToken(headers)
   if (looksLikeApiKey(token)) {
     const key = parseApiKey(token)
-    if (key === undefined) throw new CredentialRejected('malformed API key', 'the credential is not a valid API key', token.slice(0, 12))
+    if (key === undefined) {
+      throw new CredentialRejected('malformed API key', 'the credential is not a valid API key', token.slice(0, 12))
+    }
     return { kind: 'api_key', key }
   }
   if (JWT_SHAPE.test(token)) {
-    if (verifyJwt === undefined) throw new CredentialRejected('jwt presented but JWT authentication is not configured', 'the token is invalid', 'jwt')
+    if (verifyJwt === undefined) {
+      throw new CredentialRejected('jwt presented but JWT authentication is not configured', 'the token is invalid',
+        'jwt')
+    }
     let claims: Record<string, unknown>
     try {
       claims = verifyJwt(token)
@@ -83,7 +95,8 @@ export function requestedTenant (headers: IncomingHttpHeaders): string | undefin
   const value = headers['x-tenant-id']
   if (value === undefined) return undefined
   if (typeof value !== 'string' || !UUID.test(value)) {
-    throw badRequest('x-tenant-id must be exactly one UUID', [{ path: 'headers/x-tenant-id', message: 'must be a single UUID' }])
+    throw badRequest('x-tenant-id must be exactly one UUID',
+      [{ path: 'headers/x-tenant-id', message: 'must be a single UUID' }])
   }
   return value.toLowerCase()
 }

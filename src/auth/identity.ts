@@ -5,7 +5,7 @@ import type { Scope } from './api-keys.ts'
 export type MemberRole = 'owner' | 'admin' | 'member' | 'viewer'
 export const MEMBER_ROLES: readonly MemberRole[] = ['owner', 'admin', 'member', 'viewer']
 
-/** API.md: viewer → read; member → read, write; admin and owner → read, write, admin. */
+/** docs/api.md: viewer → read; member → read, write; admin and owner → read, write, admin. */
 export const ROLE_SCOPES: Record<MemberRole, readonly Scope[]> = {
   viewer: ['read'],
   member: ['read', 'write'],
@@ -22,7 +22,7 @@ export interface TenantIdentity {
   scopes: readonly Scope[]
   /** The member role, for users; 'pending' for an invitation not accepted yet (no scopes). */
   role: MemberRole | 'pending' | undefined
-  /** Where the tenant's rows of the sharded tables live (see src/tenancy/placement.ts). */
+  /** Where the tenant's rows of the sharded tables live (see src/tenancy/shards.ts). */
   shard: number
 }
 

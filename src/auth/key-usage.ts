@@ -63,6 +63,7 @@ export class KeyUsageRecorder {
   /** Writes what has been recorded so far; concurrent calls are serialised. */
   async flush (): Promise<void> {
     this.#busy = true
+    // After the previous flush, whatever its outcome: that one's failure went to its own caller.
     const flushing = this.#flushing.catch(() => {}).then(() => this.#write())
     this.#flushing = flushing
     // Its outcome goes to the caller; this copy only notes the end.
@@ -113,7 +114,8 @@ export class KeyUsageRecorder {
     await withTenantTransaction(this.#pool, tenantId, async (trx) => {
       // Past the limit the waiting statement (e.g. the binding, behind an erasure's lock) is cancelled.
       const limit = setTimeout(() => {
-        trx.abort(new TenantFlushTimedOut(`writing key usage of tenant ${tenantId} took over ${this.#tenantLimitMs} ms`))
+        const limitMs = this.#tenantLimitMs
+        trx.abort(new TenantFlushTimedOut(`writing key usage of tenant ${tenantId} took over ${limitMs} ms`))
       }, this.#tenantLimitMs)
       try {
         await Promise.all([

@@ -16,8 +16,11 @@ export function cancelRunningQuery (client: pg.ClientBase): void {
   message.writeInt32BE(c.processID, 8)
   message.writeInt32BE(c.secretKey, 12)
   const host = c.host ?? 'localhost'
-  const socket = host.startsWith('/') ? connect({ path: `${host}/.s.PGSQL.${c.port ?? 5432}` }) : connect({ host, port: c.port ?? 5432 })
+  const port = c.port ?? 5432
+  const socket = host.startsWith('/') ? connect({ path: `${host}/.s.PGSQL.${port}` }) : connect({ host, port })
   socket.setTimeout(2000, () => socket.destroy())
+  // Nothing to do if the cancel cannot be sent: the statement runs into statement_timeout, and the
+  // connection is discarded at release either way.
   socket.on('error', () => {})
   socket.on('connect', () => { socket.end(message) })
 }

@@ -1,5 +1,6 @@
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
+import type { RowfencePoolConfig } from './client-driver.ts'
 import type { DB } from './schema.ts'
 import { connectionOptions, type DatabaseTls } from './tls.ts'
 
@@ -17,7 +18,9 @@ export interface PoolOptions {
   connectTimeoutMs: number
   applicationName: string
   /** Called when an idle pooled connection fails (the pool has already discarded it). */
-  onIdleError?: (error: Error) => void
+  onIdleError: (error: Error) => void
+  /** Named prepared statements in tenant transactions (DB_PREPARED_STATEMENTS). */
+  preparedStatements: boolean
   /**
    * Pipeline mode: queries issued without waiting go to the server at once (BEGIN, the tenant
    * binding and the credential check of a request cost one round trip). Not for cursors.
@@ -26,7 +29,7 @@ export interface PoolOptions {
 }
 
 export function createPool (options: PoolOptions): pg.Pool {
-  const pool = new pg.Pool({
+  const config: RowfencePoolConfig = {
     ...connectionOptions(options.connectionString, options.tls),
     max: options.max,
     // Waiting for a connection (to open, or to be freed by another request) fails after this long
@@ -34,15 +37,17 @@ export function createPool (options: PoolOptions): pg.Pool {
     connectionTimeoutMillis: options.connectTimeoutMs,
     idleTimeoutMillis: 30_000,
     application_name: options.applicationName,
+    preparedStatements: options.preparedStatements,
     ...(options.pipeline === true && { pipeline: true }),
-  } as pg.PoolConfig)
+  }
+  const pool = new pg.Pool(config)
   // An idle client whose server connection dies emits 'error' on the pool; without a listener that
   // would crash the process. The pool discards the client, and the next checkout opens a new one.
-  pool.on('error', options.onIdleError ?? (() => {}))
+  pool.on('error', options.onIdleError)
   // A checked-out client whose connection dies (a server restart, a terminated backend) emits
   // 'error' on itself, and the pool listens only while the client is idle: without this the process
   // would crash. The error also reaches every query in flight on it, so the request that holds the
-  // client fails (503) and releases it with the error, which discards it.
+  // client fails (503) and releases it with the error, which discards it: nothing is lost here.
   pool.on('connect', (client) => { client.on('error', () => {}) })
   return pool
 }
@@ -74,7 +79,9 @@ export function observePool (pool: pg.Pool, traffic: PoolTraffic, listener?: Que
     ;(client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
       const first = args[0]
       if (listener !== undefined) {
-        const config = typeof first === 'string' ? { text: first, values: args[1] } : first as { text?: string, values?: unknown } | undefined
+        const config = typeof first === 'string'
+          ? { text: first, values: args[1] }
+          : first as { text?: string, values?: unknown } | undefined
         listener(config?.text ?? '', Array.isArray(config?.values) ? config.values : [])
       }
       traffic.statements++

@@ -83,7 +83,8 @@ export function queryTemplate<A extends unknown[], R> (
       }
       if (templates.size < MAX_ENTRIES) templates.set(key, template)
     }
-    const values = template.slots.map((slot) => 'arg' in slot ? args[slot.arg] : 'tenant' in slot ? scope.tenantId : slot.value)
+    const values = template.slots
+      .map((slot) => 'arg' in slot ? args[slot.arg] : 'tenant' in slot ? scope.tenantId : slot.value)
     return (await db.executeQuery(CompiledQuery.raw(template.sql, values) as CompiledQuery<R>)).rows
   }
 }

@@ -1,8 +1,9 @@
 import {
-  AliasNode, AndNode, BinaryOperationNode, ColumnNode, FromNode, IdentifierNode, JoinNode, OperationNodeTransformer, OperatorNode, ParensNode,
-  ReferenceNode, TableNode, ValueNode, WhereNode,
-  type DeleteQueryNode, type KyselyPlugin, type OperationNode, type PluginTransformQueryArgs, type PluginTransformResultArgs,
-  type QueryId, type QueryResult, type RootOperationNode, type SelectQueryNode, type UnknownRow, type UpdateQueryNode,
+  AliasNode, AndNode, BinaryOperationNode, ColumnNode, FromNode, IdentifierNode, JoinNode, OperationNodeTransformer,
+  OperatorNode, ParensNode, ReferenceNode, TableNode, ValueNode, WhereNode,
+  type DeleteQueryNode, type KyselyPlugin, type OperationNode, type PluginTransformQueryArgs,
+  type PluginTransformResultArgs, type QueryId, type QueryResult, type RootOperationNode, type SelectQueryNode,
+  type UnknownRow, type UpdateQueryNode,
 } from 'kysely'
 import type pg from 'pg'
 
@@ -107,7 +108,8 @@ class ScopeTransformer extends OperationNodeTransformer {
     if (!this.#leafReads) return item
     const ref = this.#reference(item)
     if (ref === undefined || !ref.info.sharded) return item
-    return AliasNode.create(TableNode.create(partitionName(ref.table, this.#scope.shard)), IdentifierNode.create(ref.refName))
+    const partition = TableNode.create(partitionName(ref.table, this.#scope.shard))
+    return AliasNode.create(partition, IdentifierNode.create(ref.refName))
   }
 
   #where<T extends { where?: WhereNode }> (node: T, items: ReadonlyArray<OperationNode>): T {
@@ -136,7 +138,9 @@ class ScopeTransformer extends OperationNodeTransformer {
     const scoped = this.#where(inner, inner.from?.froms ?? [])
     // A locking read (FOR UPDATE, FOR SHARE) needs UPDATE rights on what it names: it stays on the
     // parent, which the runtime role may update.
-    if (scoped.endModifiers !== undefined && scoped.endModifiers.length > 0) return { ...scoped, joins: this.#joins(scoped.joins) }
+    if (scoped.endModifiers !== undefined && scoped.endModifiers.length > 0) {
+      return { ...scoped, joins: this.#joins(scoped.joins) }
+    }
     const joins = this.#joins(scoped.joins)?.map((join) => ({ ...join, table: this.#leaf(join.table) }))
     return {
       ...scoped,

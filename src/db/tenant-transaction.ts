@@ -1,13 +1,13 @@
-import {
-  Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler,
-  type CompiledQuery, type DatabaseConnection, type Driver, type KyselyPlugin, type PluginTransformQueryArgs,
-  type PluginTransformResultArgs, type QueryResult, type RootOperationNode, type UnknownRow,
-} from 'kysely'
+import type { Kysely } from 'kysely'
 import type pg from 'pg'
 import { cancelRunningQuery } from './cancel.ts'
+import { assertPoolQueue } from './pool-queue.ts'
+import {
+  FinishedTransactionGuard, kyselyFor, statement, usesPreparedStatements, type ClientConnection,
+} from './client-driver.ts'
 import type { DB } from './schema.ts'
 
-/** Salt of the per-tenant advisory lock (see placement.ts: tenantLockKey; also in sql/0008's bind_tenant). */
+/** Salt of the per-tenant advisory lock (src/tenancy/operation-lock.ts: tenantLockKey; sql/0008's bind_tenant). */
 export const TENANT_LOCK_SALT = 7301
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
@@ -19,7 +19,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
  * ends (placement moves and erasure take it exclusively); then, read after the lock is granted, the
  * tenant's current shard and status and, when asked, the presented key or the user's membership.
  */
-export const BIND_SQL = 'SELECT shard, status, key_scopes, key_secret_hash, member_role FROM bind_tenant($1::uuid, $2::uuid, $3::text)'
+export const BIND_SQL =
+  'SELECT shard, status, key_scopes, key_secret_hash, member_role FROM bind_tenant($1::uuid, $2::uuid, $3::text)'
 
 /**
  * bind_tenant() plus the transaction's own time limits, set transaction-locally like the binding (no
@@ -35,6 +36,8 @@ export interface TransactionTimeouts {
   statementMs: number
   idleInTransactionMs: number
 }
+
+const CANCEL_SENT = 'a cancel request was sent on this connection'
 
 /** Why a transaction was aborted from outside (its client left, its deadline passed). */
 export class TransactionAborted extends Error {
@@ -54,117 +57,13 @@ export interface Binding {
 
 const NO_BINDING: Binding = { shard: null, status: null, key_scopes: null, key_secret_hash: null, member_role: null }
 
-/**
- * Named prepared statements: the same SQL text always gets the same name, so each pooled connection
- * parses (and plans, for plan-cacheable statements) the routes' statements once. The set of texts is
- * small (one per query shape); past the cap, statements are sent unnamed.
- */
-const statementNames = new Map<string, string>()
-let preparedStatements = true
-const MAX_NAMED_STATEMENTS = 2000
-
-/** Turn named prepared statements off (e.g. behind a PgBouncer older than 1.21 in transaction mode). */
-export function usePreparedStatements (enabled: boolean): void { preparedStatements = enabled }
-
-function statement (text: string, values: unknown[]): pg.QueryConfig {
-  if (!preparedStatements) return { text, values }
-  let name = statementNames.get(text)
-  if (name === undefined && statementNames.size < MAX_NAMED_STATEMENTS) {
-    name = `rowfence_${statementNames.size}`
-    statementNames.set(text, name)
-  }
-  return name === undefined ? { text, values } : { name, text, values }
-}
-
-/** Kysely's view of one pg client: every query of a tenant transaction runs on that connection. */
-class ClientConnection implements DatabaseConnection {
-  readonly #client: pg.ClientBase
-  /** The tenant transaction currently open on this connection. */
-  transaction: TenantTransaction | null = null
-  /** Statements sent and not yet answered. */
-  inFlight = 0
-  constructor (client: pg.ClientBase) { this.#client = client }
-
-  async executeQuery<R> (query: CompiledQuery): Promise<QueryResult<R>> {
-    const transaction = this.transaction
-    transaction?.beforeQuery()
-    const pending = this.#client.query(statement(query.sql, [...query.parameters]))
-    this.inFlight++
-    transaction?.afterQuery()
-    let result: pg.QueryResult
-    try {
-      result = await pending
-    } catch (error) {
-      // Cancelled by abort(): the reason is what happened, not "canceling statement".
-      if (transaction?.abortReason !== undefined) throw transaction.abortReason
-      // A statement pipelined behind a binding that failed or was refused fails with "current
-      // transaction is aborted"; the binding's own error is the one worth reporting.
-      await transaction?.confirmed
-      throw error
-    } finally {
-      this.inFlight--
-    }
-    // No result reaches the handler before the binding's answer has been confirmed (it is in
-    // already: the server answers in order).
-    await transaction?.confirmed
-    const { command, rowCount, rows } = result
-    const changed = command === 'INSERT' || command === 'UPDATE' || command === 'DELETE' || command === 'MERGE'
-    return { rows: rows as R[], ...(changed && { numAffectedRows: BigInt(rowCount ?? 0) }) }
-  }
-
-  async * streamQuery<R> (): AsyncIterableIterator<QueryResult<R>> {
-    throw new Error('streaming is not available inside a tenant transaction')
-  }
-}
-
-class ClientDriver implements Driver {
-  readonly #connection: ClientConnection
-  constructor (connection: ClientConnection) { this.#connection = connection }
-  async init (): Promise<void> {}
-  async acquireConnection (): Promise<DatabaseConnection> { return this.#connection }
-  // The transaction is ours (TenantTransaction), never Kysely's.
-  async beginTransaction (): Promise<void> { throw new Error('nested transactions are not supported') }
-  async commitTransaction (): Promise<void> { throw new Error('use TenantTransaction.commit') }
-  async rollbackTransaction (): Promise<void> { throw new Error('use TenantTransaction.rollback') }
-  async releaseConnection (): Promise<void> {}
-  async destroy (): Promise<void> {}
-}
-
-/** One Kysely per pooled connection, built once and reused by every transaction on that connection. */
-const kyselyByClient = new WeakMap<pg.ClientBase, { db: Kysely<DB>, connection: ClientConnection }>()
-
-function kyselyFor (client: pg.ClientBase): { db: Kysely<DB>, connection: ClientConnection } {
-  let entry = kyselyByClient.get(client)
-  if (entry === undefined) {
-    const connection = new ClientConnection(client)
-    const db = new Kysely<DB>({
-      dialect: {
-        createAdapter: () => new PostgresAdapter(),
-        createDriver: () => new ClientDriver(connection),
-        createIntrospector: (k) => new PostgresIntrospector(k),
-        createQueryCompiler: () => new PostgresQueryCompiler(),
-      },
-    })
-    entry = { db, connection }
-    kyselyByClient.set(client, entry)
-  }
-  return entry
-}
-
-/**
- * Refuses any statement once its transaction has ended. Kysely instances handed out for a
- * transaction share the pooled connection, which another request owns after the release: a handler
- * that outlived its transaction (a request deadline, a bug) must fail, not run inside someone else's.
- */
-class FinishedTransactionGuard implements KyselyPlugin {
-  readonly #transaction: TenantTransaction
-  constructor (transaction: TenantTransaction) { this.#transaction = transaction }
-  transformQuery (args: PluginTransformQueryArgs): RootOperationNode {
-    this.#transaction.assertOpen()
-    return args.node
-  }
-
-  async transformResult (args: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> { return args.result }
+/** How startTenantTransaction set a transaction up. */
+interface TransactionSetup {
+  readOnly: boolean
+  singleQuery: boolean
+  confirm: ((binding: Binding) => void) | undefined
+  /** Whether the pool's statements are named (RowfencePoolConfig.preparedStatements). */
+  preparedStatements: boolean
 }
 
 /** A transaction bound to one tenant, on one pooled connection: only that tenant's rows exist in it. */
@@ -187,14 +86,15 @@ export class TenantTransaction {
    */
   readonly confirmed: Promise<void>
 
-  constructor (client: pg.PoolClient, readOnly: boolean, ready: Promise<Binding>, singleQuery = false, confirm?: (binding: Binding) => void) {
+  constructor (client: pg.PoolClient, ready: Promise<Binding>, options: TransactionSetup) {
     this.client = client
-    const { db, connection } = kyselyFor(client)
+    const { db, connection } = kyselyFor(client, options.preparedStatements)
     this.db = db.withPlugin(new FinishedTransactionGuard(this))
     this.#connection = connection
     connection.transaction = this
-    this.readOnly = readOnly
-    this.#singleQuery = singleQuery && readOnly
+    this.readOnly = options.readOnly
+    this.#singleQuery = options.singleQuery && options.readOnly
+    const confirm = options.confirm
     this.ready = ready
     ready.catch(() => {}) // observed by commit() or the caller
     ready.then(() => { this.#bindingAnswered = true }, () => { this.#bindingAnswered = true })
@@ -236,7 +136,9 @@ export class TenantTransaction {
   /** @internal Called by the connection before each query. */
   beforeQuery (): void {
     if (this.#abortReason !== undefined) throw this.#abortReason
-    if (this.#earlyCommit !== null) throw new Error('this route is declared single-query (config.singleQuery) but sent a second query')
+    if (this.#earlyCommit !== null) {
+      throw new Error('this route is declared single-query (config.singleQuery) but sent a second query')
+    }
   }
 
   /**
@@ -253,7 +155,8 @@ export class TenantTransaction {
 
   #release (error?: Error): void {
     if (this.#connection.transaction === this) this.#connection.transaction = null
-    this.client.release(error ?? (this.#cancelSent ? new TransactionAborted('a cancel request was sent on this connection') : undefined))
+    // Releasing with an error discards the connection.
+    this.client.release(error ?? (this.#cancelSent ? new TransactionAborted(CANCEL_SENT) : undefined))
   }
 
   /**
@@ -315,21 +218,6 @@ export interface BeginOptions {
   timeouts?: TransactionTimeouts
 }
 
-/** The server is at capacity: this many requests already wait for a connection. */
-export class PoolSaturated extends Error {
-  override name = 'PoolSaturated'
-}
-
-/**
- * A bounded queue: past it, a request is refused at once (PoolSaturated, answered 503) instead of
- * waiting its turn while latency and memory grow without bound.
- */
-export function assertPoolQueue (pool: pg.Pool, maxWaiting: number | undefined): void {
-  if (maxWaiting !== undefined && pool.idleCount === 0 && pool.totalCount >= (pool.options.max ?? 10) && pool.waitingCount >= maxWaiting) {
-    throw new PoolSaturated(`${pool.waitingCount} requests already wait for a database connection`)
-  }
-}
-
 /**
  * Checks a connection out of the pool and sends BEGIN and the binding without waiting: on a pool
  * created with `pipeline: true` (the runtime pool) they travel in one round trip, and queries issued
@@ -349,14 +237,18 @@ export async function startTenantTransaction (
   // cannot have gone stale while the request queued for a connection.
   const options = typeof choose === 'function' ? choose() : choose
   // One write for all messages (pg writes each query on its own otherwise); the stream is pg's own.
-  const stream = (client as unknown as { connection?: { stream?: { cork?: () => void, uncork?: () => void } } }).connection?.stream
+  type Stream = { cork?: () => void, uncork?: () => void }
+  const stream = (client as unknown as { connection?: { stream?: Stream } }).connection?.stream
   stream?.cork?.()
   const begin = client.query(options.readOnly === true ? 'BEGIN READ ONLY' : 'BEGIN')
   const check = options.check ?? {}
   const timeouts = options.timeouts
+  const prepared = usesPreparedStatements(pool)
+  const bound = [tenantId, check.keyId ?? null, check.userId ?? null]
   const bind = timeouts === undefined
-    ? client.query<Binding>(statement(BIND_SQL, [tenantId, check.keyId ?? null, check.userId ?? null]))
-    : client.query<Binding>(statement(BIND_WITH_TIMEOUTS_SQL, [tenantId, check.keyId ?? null, check.userId ?? null, String(timeouts.statementMs), String(timeouts.idleInTransactionMs)]))
+    ? client.query<Binding>(statement(BIND_SQL, bound, prepared))
+    : client.query<Binding>(statement(BIND_WITH_TIMEOUTS_SQL,
+      [...bound, String(timeouts.statementMs), String(timeouts.idleInTransactionMs)], prepared))
   if (options.holdWrites === true && stream?.uncork !== undefined) setImmediate(() => stream.uncork!())
   else stream?.uncork?.()
   const ready = Promise.allSettled([begin, bind]).then(([began, bound]) => {
@@ -364,7 +256,12 @@ export async function startTenantTransaction (
     if (bound.status === 'rejected') throw bound.reason
     return (bound.value.rows[0] as Binding | undefined) ?? NO_BINDING
   })
-  return new TenantTransaction(client, options.readOnly === true, ready, options.singleQuery === true, options.confirm)
+  return new TenantTransaction(client, ready, {
+    readOnly: options.readOnly === true,
+    singleQuery: options.singleQuery === true,
+    confirm: options.confirm,
+    preparedStatements: prepared,
+  })
 }
 
 /** startTenantTransaction, waiting for the binding. */
@@ -387,7 +284,9 @@ export async function beginTenantTransaction (
  * `holdWrites`, `work`'s first statements leave in the same write as BEGIN and the binding (it is
  * not waited for: a failed binding fails them, and the transaction rolls back).
  */
-export async function withTenantTransaction<T> (pool: pg.Pool, tenantId: string, work: (trx: TenantTransaction) => Promise<T>, options: BeginOptions = {}): Promise<T> {
+export async function withTenantTransaction<T> (
+  pool: pg.Pool, tenantId: string, work: (trx: TenantTransaction) => Promise<T>, options: BeginOptions = {}
+): Promise<T> {
   const trx = options.holdWrites === true
     ? await startTenantTransaction(pool, tenantId, options)
     : (await beginTenantTransaction(pool, tenantId, options)).trx

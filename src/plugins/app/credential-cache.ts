@@ -3,6 +3,7 @@ import fp from 'fastify-plugin'
 import pg from 'pg'
 import { CredentialCache } from '../../auth/credential-cache.ts'
 import { connectionOptions, tlsFailure, type DatabaseTls } from '../../db/tls.ts'
+import { logFailure } from '../../log-failure.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -65,11 +66,14 @@ async function credentialCachePlugin (fastify: FastifyInstance, options: Credent
       if (client !== listener) return
       client = undefined
       cache.disable()
-      listener.end().catch(() => {})
+      listener.end().catch(() => {}) // already lost, and said below (or closing on purpose)
       if (closing) return
       const err = tlsFailure(error, options.tls) ?? error
       fastify.log.warn({ err }, 'credential cache off: its invalidation listener was lost; reconnecting')
-      retry = setTimeout(() => { connect().catch(() => {}) }, backoff)
+      const reconnect = (): void => {
+        connect().catch(logFailure(fastify.log, 'reconnecting the credential cache listener'))
+      }
+      retry = setTimeout(reconnect, backoff)
       backoff = Math.min(backoff * 2, 10_000)
     }
     listener.on('error', lost)
@@ -97,7 +101,7 @@ async function credentialCachePlugin (fastify: FastifyInstance, options: Credent
     cache.disable()
     const current = client
     client = undefined
-    await current?.end().catch(() => {})
+    await current?.end().catch(logFailure(fastify.log, 'closing the credential cache listener'))
   })
 }
 

@@ -31,7 +31,9 @@ function fieldErrors (context: string | undefined, validation: ValidationItem[])
       path += `/${v.params.additionalProperty}`
       return { path: `${part}${path}`, message: 'is not a known property' }
     }
-    if (v.keyword === 'pattern' && v.params.pattern === NO_NUL_PATTERN) return { path: `${part}${path}`, message: 'must not contain a NUL character' }
+    if (v.keyword === 'pattern' && v.params.pattern === NO_NUL_PATTERN) {
+      return { path: `${part}${path}`, message: 'must not contain a NUL character' }
+    }
     return { path: `${part}${path}`, message: v.message ?? `fails ${v.keyword}` }
   })
 }
@@ -58,19 +60,24 @@ function problemFromFastifyError (error: FastifyError): HttpProblem | undefined 
     return new HttpProblem(400, { slug: 'validation', title: 'Validation Failed', detail, errors })
   }
   const status = error.statusCode
-  if (typeof status !== 'number' || status < 400 || status >= 500 || typeof error.code !== 'string' || !error.code.startsWith('FST_')) {
+  const fastifyCode = typeof error.code === 'string' && error.code.startsWith('FST_')
+  if (typeof status !== 'number' || status < 400 || status >= 500 || !fastifyCode) {
     return undefined
   }
   // Fastify's own messages for 4xx describe the client's request, not our internals (e.g. JSON syntax errors).
   return new HttpProblem(status, { detail: FASTIFY_DETAILS[error.code] ?? error.message })
 }
 
+/** The instance a problem names: the request's path, cut short, so that a long URL is not echoed back whole. */
+const INSTANCE_MAX = 1024
+
 function send (reply: FastifyReply, problem: HttpProblem, request: FastifyRequest): FastifyReply {
+  const path = request.url.split('?')[0]!
   return reply
     .code(problem.status)
     .headers(problem.headers)
     .type(PROBLEM_CONTENT_TYPE)
-    .send(problem.toJSON(request.url.split('?')[0]))
+    .send(problem.toJSON(path.length > INSTANCE_MAX ? `${path.slice(0, INSTANCE_MAX)}…` : path))
 }
 
 /**
@@ -101,7 +108,8 @@ export function clientErrorHandler (this: FastifyInstance, error: NodeJS.ErrnoEx
   if (socket.writable) {
     const body = JSON.stringify(new HttpProblem(status, { detail }).toJSON())
     socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Bad Request'}\r\nConnection: close\r\n` +
-      `Content-Type: ${PROBLEM_CONTENT_TYPE}; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+      `Content-Type: ${PROBLEM_CONTENT_TYPE}; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
   }
   socket.destroy(error)
 }
@@ -116,11 +124,13 @@ async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
       return send(reply, problem, request)
     }
     request.log.error({ err: error }, 'unhandled error')
-    return send(reply, new HttpProblem(500, { detail: `an internal error occurred; quote request id ${request.id} when reporting it` }), request)
+    const detail = `an internal error occurred; quote request id ${request.id} when reporting it`
+    return send(reply, new HttpProblem(500, { detail }), request)
   })
 
   fastify.setNotFoundHandler(function (request, reply) {
-    return send(reply, new HttpProblem(404, { detail: `no route for ${request.method} ${request.url.split('?')[0]}` }), request)
+    const detail = `no route for ${request.method} ${request.url.split('?')[0]}`
+    return send(reply, new HttpProblem(404, { detail }), request)
   })
 }
 

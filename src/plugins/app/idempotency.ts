@@ -33,7 +33,8 @@ const SWEEP_BATCH = 50
 export function canonicalJson (value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
   if (value !== null && typeof value === 'object') {
-    const entries = Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`)
+    const entries = Object.keys(value).sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`)
     return `{${entries.join(',')}}`
   }
   return JSON.stringify(value) ?? 'null'
@@ -50,7 +51,8 @@ async function idempotency (fastify: FastifyInstance): Promise<void> {
     const header = request.headers['idempotency-key']
     if (header === undefined) return
     if (typeof header !== 'string' || !KEY.test(header)) {
-      throw badRequest('idempotency-key must be 1 to 255 visible ASCII characters, sent once', [{ path: 'headers/idempotency-key', message: 'is invalid' }])
+      throw badRequest('idempotency-key must be 1 to 255 visible ASCII characters, sent once',
+        [{ path: 'headers/idempotency-key', message: 'is invalid' }])
     }
     const trx = request.db
     const print = fingerprint(request)
@@ -59,7 +61,8 @@ async function idempotency (fastify: FastifyInstance): Promise<void> {
     await trx.deleteFrom('idempotency_keys')
       .where((eb) => eb.or([
         eb.and([eb('key', '=', header), eb('expires_at', '<', now)]),
-        eb(sql`ctid`, 'in', eb.selectFrom('idempotency_keys').select(sql`ctid`.as('ctid')).where('expires_at', '<', now).limit(SWEEP_BATCH)),
+        eb(sql`ctid`, 'in', eb.selectFrom('idempotency_keys').select(sql`ctid`.as('ctid'))
+          .where('expires_at', '<', now).limit(SWEEP_BATCH)),
       ]))
       .execute()
     const inserted = await trx.insertInto('idempotency_keys')
@@ -77,12 +80,14 @@ async function idempotency (fastify: FastifyInstance): Promise<void> {
       })
       return
     }
-    const stored = await trx.selectFrom('idempotency_keys').select(['fingerprint', 'status', 'response']).where('key', '=', header).executeTakeFirstOrThrow()
+    const stored = await trx.selectFrom('idempotency_keys').select(['fingerprint', 'status', 'response'])
+      .where('key', '=', header).executeTakeFirstOrThrow()
     if (!stored.fingerprint.equals(print)) {
       throw conflict('this idempotency-key was already used with a different request', 'idempotency-key-reuse')
     }
     if (stored.status === null || stored.response === null) {
-      throw conflict('this request was already processed; its response held a secret that is shown only once', 'idempotency-already-processed')
+      throw conflict('this request was already processed; its response held a secret that is shown only once',
+        'idempotency-already-processed')
     }
     request.log.info({ idempotencyKey: header }, 'replaying the stored response of an idempotent request')
     reply.code(stored.status).header('idempotent-replayed', 'true')

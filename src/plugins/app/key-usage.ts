@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { KeyUsageRecorder } from '../../auth/key-usage.ts'
+import { logFailure } from '../../log-failure.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -20,7 +21,7 @@ async function keyUsage (fastify: FastifyInstance, options: KeyUsageOptions): Pr
   fastify.decorate('keyUsage', recorder)
   // preClose runs before any onClose hook, so the pools are still open for the last flush.
   fastify.addHook('preClose', async () => {
-    await recorder.close().catch((error: unknown) => { fastify.log.warn({ err: error }, 'could not record API key usage at shutdown') })
+    await recorder.close().catch(logFailure(fastify.log, 'recording API key usage at shutdown'))
   })
 }
 

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import { logAccessDenied } from '../../auth/access-log.ts'
 import { looksLikeApiKey } from '../../auth/api-keys.ts'
 import { bearerToken, CredentialRejected } from '../../auth/credentials.ts'
 import { unauthorized } from '../../errors.ts'
@@ -32,8 +33,7 @@ async function operatorAuth (fastify: FastifyInstance, options: OperatorAuthOpti
     }
     if (reason !== undefined) {
       const prefix = token !== undefined && looksLikeApiKey(token) ? token.slice(0, 26) : undefined
-      request.log.warn({ event: 'access_denied', status: 401, reason, credentialPrefix: prefix }, `access denied: ${reason}`)
-      throw unauthorized('operator routes accept only the operator token')
+      throw logAccessDenied(request, unauthorized('operator routes accept only the operator token'), reason, prefix)
     }
   })
 }

@@ -1,7 +1,9 @@
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type pg from 'pg'
-import { createDatabase, createPool, observePool, type Database, type PoolTraffic, type QueryListener } from '../../db/database.ts'
+import {
+  createDatabase, createPool, observePool, type Database, type PoolTraffic, type QueryListener,
+} from '../../db/database.ts'
 import { loadTenantTables, type TenantTables } from '../../db/tenant-scope.ts'
 import type { TransactionTimeouts } from '../../db/tenant-transaction.ts'
 import { tlsFailure, type DatabaseTls } from '../../db/tls.ts'
@@ -40,6 +42,8 @@ export interface DbPluginOptions {
   poolMax: number
   operatorPoolMax: number
   connectTimeoutMs: number
+  /** Named prepared statements on both pools (DB_PREPARED_STATEMENTS). */
+  preparedStatements: boolean
   /** Sees every statement the runtime connections send (tests audit the scoping with it). */
   onQuery?: QueryListener | undefined
   limits: DbLimits
@@ -52,8 +56,11 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
     // Only the message and code: pg's error carries its client (with the connection's cancel key).
     const err = { message: error.message, code: error.code }
     // 57P01: the server is shutting down (a restart, or the embedded server stopped with us on Ctrl-C).
-    if (error.code === '57P01') fastify.log.info({ err, role }, 'the database server closed an idle connection; it was discarded')
-    else fastify.log.warn({ err, role }, 'an idle database connection failed and was discarded')
+    if (error.code === '57P01') {
+      fastify.log.info({ err, role }, 'the database server closed an idle connection; it was discarded')
+    } else {
+      fastify.log.warn({ err, role }, 'an idle database connection failed and was discarded')
+    }
   }
   const appPool = createPool({
     connectionString: options.appDatabaseUrl,
@@ -62,6 +69,7 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
     connectTimeoutMs: options.connectTimeoutMs,
     applicationName: 'rowfence',
     onIdleError: onIdleError('app'),
+    preparedStatements: options.preparedStatements,
     pipeline: true,
   })
   const ownerPool = createPool({
@@ -71,6 +79,7 @@ async function dbPlugin (fastify: FastifyInstance, options: DbPluginOptions): Pr
     connectTimeoutMs: options.connectTimeoutMs,
     applicationName: 'rowfence-operator',
     onIdleError: onIdleError('owner'),
+    preparedStatements: options.preparedStatements,
   })
   fastify.decorate('dbPool', appPool)
   const traffic: PoolTraffic = { statements: 0, roundTrips: 0 }

@@ -31,7 +31,12 @@ async function metricsPlugin (fastify: FastifyInstance, options: MetricsOptions)
   // Both sides hashed before the constant-time comparison, so neither length nor content leaks through timing.
   const expected = digest(options.token)
   const registry = new Registry()
-  const requests = new Counter({ name: 'rowfence_http_requests_total', help: 'HTTP requests', labelNames: ['route', 'method', 'status'], registers: [registry] })
+  const requests = new Counter({
+    name: 'rowfence_http_requests_total',
+    help: 'HTTP requests',
+    labelNames: ['route', 'method', 'status'],
+    registers: [registry],
+  })
   const duration = new Histogram({
     name: 'rowfence_http_request_duration_seconds',
     help: 'HTTP request duration',
@@ -53,8 +58,10 @@ async function metricsPlugin (fastify: FastifyInstance, options: MetricsOptions)
       },
     }))
   }
-  mirror('rowfence_db_statements_total', 'statements sent on the runtime connections', () => fastify.dbTraffic.statements)
-  mirror('rowfence_db_round_trips_total', 'round trips to the database on the runtime connections', () => fastify.dbTraffic.roundTrips)
+  mirror('rowfence_db_statements_total', 'statements sent on the runtime connections',
+    () => fastify.dbTraffic.statements)
+  mirror('rowfence_db_round_trips_total', 'round trips to the database on the runtime connections',
+    () => fastify.dbTraffic.roundTrips)
   registry.registerMetric(new Gauge({
     name: 'rowfence_db_pool_connections',
     help: 'runtime pool connections by state',
@@ -72,7 +79,8 @@ async function metricsPlugin (fastify: FastifyInstance, options: MetricsOptions)
 
   const errors = new Counter({
     name: 'rowfence_http_errors_total',
-    help: 'error responses by problem type (the slug of the problem type URI: validation, unauthorized, unavailable, internal, ...)',
+    help: 'error responses by problem type (the slug of the problem type URI: validation, unauthorized, ' +
+      'unavailable, internal, ...)',
     labelNames: ['type'],
     registers: [registry],
   })
@@ -94,7 +102,9 @@ async function metricsPlugin (fastify: FastifyInstance, options: MetricsOptions)
     const status = String(reply.statusCode)
     requests.inc({ route, method, status })
     duration.observe({ route, method, status }, reply.elapsedTime / 1000)
-    if (reply.statusCode >= 400) errors.inc({ type: problemTypes.get(request) ?? (reply.statusCode >= 500 ? 'internal' : 'other') })
+    if (reply.statusCode >= 400) {
+      errors.inc({ type: problemTypes.get(request) ?? (reply.statusCode >= 500 ? 'internal' : 'other') })
+    }
   })
 
   fastify.get('/metrics', {

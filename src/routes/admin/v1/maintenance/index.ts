@@ -1,19 +1,8 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { Type } from '@sinclair/typebox'
-import { sweepShards } from '../../../../tenancy/placement.ts'
+import { sweepShards } from '../../../../tenancy/sweep.ts'
 import { runSafetyChecks } from '../../../../ops/safety-checks.ts'
-import { problems, Uuid } from '../../../../schemas/common.ts'
-
-const SweepResultSchema = Type.Object({
-  tenants_reset: Type.Array(Uuid, { description: 'tenants left `moving` by a placement move that died, set back to active (where they were)' }),
-  shards_released: Type.Array(Type.Integer(), { description: 'dedicated shards no tenant lives in whose empty partitions were dropped (noted on their erasure receipts)' }),
-  shards_left: Type.Array(Type.Integer(), { description: 'such shards that could not be released now (an operation still running, or the tables busy): sweep again later' }),
-}, { title: 'SweepResult' })
-
-const SafetyReportSchema = Type.Object({
-  ok: Type.Boolean({ description: 'true when every isolation safety check holds' }),
-  problems: Type.Array(Type.String(), { description: 'each check that does not hold, in words' }),
-}, { title: 'SafetyReport' })
+import { problems, Ref } from '../../../../schemas/common.ts'
+import { SafetyReportSchema, SweepResultSchema } from '../../../../schemas/maintenance.ts'
 
 /**
  * Operator maintenance: recovery after a crash or a partition release that gave up, and the full
@@ -23,11 +12,13 @@ const maintenance: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/checks', {
     schema: {
       summary: 'Run the isolation safety checks',
-      description: 'The checks start-up runs as the runtime role: it cannot bypass row-level security, every tenant table has ' +
-        'ENABLE and FORCE row-level security with its policy, the runtime role holds only the privileges it needs. ' +
-        'Their cost grows with the number of tables and partitions, so they run here and at start-up, never per request.',
+      operationId: 'adminRunSafetyChecks',
+      description: 'The checks start-up runs as the runtime role: it cannot bypass row-level security, every tenant ' +
+        'table has ENABLE and FORCE row-level security with its policy, the runtime role holds only the privileges ' +
+        'it needs. Their cost grows with the number of tables and partitions, so they run here and at start-up, ' +
+        'never per request.',
       tags: ['operator'],
-      response: { 200: SafetyReportSchema, ...problems(401, 503) },
+      response: { 200: Ref(SafetyReportSchema, 'whether every check holds, and what does not'), ...problems(401, 503) },
     },
   }, async (request) => {
     const report = await runSafetyChecks(fastify.dbPool)
@@ -38,11 +29,13 @@ const maintenance: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/sweep', {
     schema: {
       summary: 'Recover from interrupted placement moves and erasures',
-      description: 'Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of dedicated shards that belong to no tenant ' +
-        '(left by a crash, or by an erasure or move whose partition drop gave up), recording it on the erasure receipt. Safe to run at any time; ' +
-        'every erasure also runs it when it finishes.',
+      operationId: 'adminSweep',
+      description: 'Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of ' +
+        'dedicated shards that belong to no tenant (left by a crash, or by an erasure or move whose partition drop ' +
+        'gave up), recording it on the erasure receipt. Safe to run at any time; every erasure also runs it when it ' +
+        'finishes.',
       tags: ['operator'],
-      response: { 200: SweepResultSchema, ...problems(401, 503) },
+      response: { 200: Ref(SweepResultSchema, 'what the sweep recovered, and what it left'), ...problems(401, 503) },
     },
   }, async (request) => {
     const swept = await sweepShards(fastify.ownerPool)

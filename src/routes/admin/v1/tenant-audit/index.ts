@@ -5,7 +5,7 @@ import { notFound } from '../../../../errors.ts'
 import { toFullAuditVerification } from '../../../../mappers/audit.ts'
 import { VERIFY_STEP_MAX } from '../../../../repositories/audit-events.ts'
 import { FullAuditVerificationSchema } from '../../../../schemas/audit.ts'
-import { IdParamsSchema, problems } from '../../../../schemas/common.ts'
+import { IdParamsSchema, problems, Ref } from '../../../../schemas/common.ts'
 
 const VerifyQuerySchema = Type.Object({
   batch_size: Type.Optional(Type.Integer({
@@ -18,6 +18,7 @@ const tenantAudit: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/:id/audit/verify', {
     schema: {
       summary: "Verify a tenant's whole audit hash chain",
+      operationId: 'adminVerifyTenantAuditChain',
       description: 'Recomputes every event from the first to the head, whatever checkpoints the tenant\'s own ' +
         'verifications recorded, and checks each checkpoint against its event: it catches what the tenant\'s ' +
         'incremental verification does not re-examine, such as an old event edited after it was checkpointed. ' +
@@ -28,7 +29,9 @@ const tenantAudit: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['operator'],
       params: IdParamsSchema,
       querystring: VerifyQuerySchema,
-      response: { 200: FullAuditVerificationSchema, ...problems(400, 401, 404, 503) },
+      response: {
+        200: Ref(FullAuditVerificationSchema, 'the verification of the whole chain'), ...problems(400, 401, 404, 503),
+      },
     },
   }, async (request) => {
     const { id } = request.params

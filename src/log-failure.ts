@@ -1,0 +1,15 @@
+/** Where a best-effort step reports its failure: a Fastify (pino) logger, or anything with its `warn`. */
+export interface FailureLog {
+  warn: (details: Record<string, unknown>, message: string) => void
+}
+
+/**
+ * The catch handler of a step whose failure is deliberately not fatal: it logs the error at warn with
+ * what was being done, and resolves, so that the caller goes on as it would after the step succeeded.
+ * `log` may be undefined where a caller chose not to be told (a script, a test).
+ */
+export function logFailure (
+  log: FailureLog | undefined, what: string, details: Record<string, unknown> = {}
+): (error: unknown) => void {
+  return (error) => { log?.warn({ ...details, err: error }, `${what} failed`) }
+}

@@ -1,0 +1,109 @@
+import type pg from 'pg'
+
+/** Every schema but PostgreSQL's own: where the runtime role's objects and grants are looked for. */
+export const USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+
+type TablePrivilege = 'SELECT' | 'INSERT' | 'UPDATE' | 'DELETE' | 'TRUNCATE' | 'REFERENCES' | 'TRIGGER'
+type Allowed = Partial<Record<TablePrivilege, true | readonly string[]>>
+
+/**
+ * Every table privilege the runtime role may hold: `true` for the whole table, or the columns. Any
+ * other privilege it holds (directly, through PUBLIC or through a role it belongs to) is refused, so
+ * a grant nobody uses cannot creep in: a migration that grants more must add it here. A partition
+ * may hold what its partitioned table may. Kept to what the runtime code uses (request.db, tenant
+ * transactions, the key-usage flush); the migrations grant exactly this (sql/0010_least_privilege.sql).
+ */
+export const RUNTIME_PRIVILEGES: Readonly<Record<string, Allowed>> = {
+  tenants: { SELECT: true },
+  api_keys: { SELECT: true, INSERT: true, UPDATE: ['last_used_at', 'revoked_at'] },
+  // UPDATE (role) is never written: it is what SELECT ... FOR UPDATE (the owners' row locks) requires.
+  memberships: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['role', 'accepted_at'] },
+  customers: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['name', 'email', 'external_ref', 'updated_at'] },
+  invoices: {
+    SELECT: true,
+    INSERT: ['tenant_id', 'id', 'customer_id', 'number', 'status', 'currency', 'amount_cents', 'due_date', 'memo',
+      'created_at', 'updated_at', 'finalized_at', 'paid_at', 'voided_at'],
+    UPDATE: ['customer_id', 'number', 'status', 'currency', 'amount_cents', 'due_date', 'memo', 'updated_at',
+      'finalized_at', 'paid_at', 'voided_at'],
+  },
+  invoice_lines: {
+    SELECT: true,
+    DELETE: true,
+    INSERT: ['tenant_id', 'invoice_id', 'position', 'description', 'quantity', 'unit_amount_cents', 'amount_cents'],
+  },
+  invoice_counters: { SELECT: true, INSERT: true, UPDATE: ['last_number'] },
+  idempotency_keys: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['status', 'response'] },
+  // Not occurred_at nor the chain columns: the database sets those (sql/0011_audit_hardening.sql).
+  audit_events: {
+    SELECT: true,
+    INSERT: ['tenant_id', 'id', 'actor_type', 'actor_id', 'action', 'resource_type', 'resource_id', 'request_id',
+      'data'],
+  },
+  audit_heads: { SELECT: true },
+  // The tenant's verification records how far it got; never created_at (sql/0015_audit_checkpoints.sql).
+  audit_checkpoints: { SELECT: true, INSERT: ['tenant_id', 'seq', 'hash'] },
+}
+
+export async function checkPrivileges (client: pg.ClientBase, role: string, problems: string[]): Promise<void> {
+  // Whole-table privileges, then column privileges held without the whole-table one. has_*_privilege
+  // counts grants to the role, to PUBLIC and to every role it inherits from.
+  type Held = { table_name: string, root: string, privilege: TablePrivilege, columns: string[] | null }
+  const { rows } = await client.query<Held>(`
+    WITH rels AS (
+      SELECT c.oid, c.oid::regclass::text AS table_name,
+             coalesce(pg_partition_root(c.oid), c.oid)::regclass::text AS root
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND ${USER_SCHEMAS}
+    )
+    SELECT r.table_name, r.root, p.privilege, NULL::text[] AS columns
+      FROM rels r CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'])
+           AS p(privilege)
+     WHERE has_table_privilege(current_user, r.oid, p.privilege)
+    UNION ALL
+    SELECT r.table_name, r.root, p.privilege,
+           array(SELECT a.attname FROM pg_attribute a
+                  WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+                    AND has_column_privilege(current_user, r.oid, a.attnum, p.privilege) ORDER BY a.attnum)::text[]
+      FROM rels r CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'REFERENCES']) AS p(privilege)
+     WHERE NOT has_table_privilege(current_user, r.oid, p.privilege)
+       AND has_any_column_privilege(current_user, r.oid, p.privilege)
+     ORDER BY 1, 3`)
+  const refused = (what: string, table: string): void => {
+    problems.push(`runtime role ${role} holds ${what} on ${table}, which is not in its allow-list (RUNTIME_PRIVILEGES)`)
+  }
+  for (const row of rows) {
+    const allowed = RUNTIME_PRIVILEGES[row.root]?.[row.privilege]
+    if (allowed === true) continue
+    if (row.columns === null) {
+      refused(row.privilege, row.table_name)
+      continue
+    }
+    const extra = row.columns.filter((column) => allowed === undefined || !allowed.includes(column))
+    if (extra.length > 0) refused(`${row.privilege} (${extra.join(', ')})`, row.table_name)
+  }
+}
+
+/**
+ * SECURITY DEFINER functions run with their owner's rights, so each one the runtime role may call is
+ * a door around RLS. Only the ones below were designed as such (each narrow, with a pinned
+ * search_path); any other is refused.
+ */
+export const ALLOWED_DEFINER_FUNCTIONS = new Set(['user_tenant_ids'])
+
+export async function checkDefinerFunctions (client: pg.ClientBase, problems: string[]): Promise<void> {
+  const { rows } = await client.query<{ name: string, proname: string, pinned: boolean }>(`
+    SELECT p.oid::regprocedure::text AS name, p.proname,
+           coalesce(EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%'), false) AS pinned
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE p.prosecdef AND ${USER_SCHEMAS}
+       AND p.prorettype <> 'trigger'::regtype
+       AND has_function_privilege(current_user, p.oid, 'EXECUTE')`)
+  for (const fn of rows) {
+    if (!ALLOWED_DEFINER_FUNCTIONS.has(fn.proname)) {
+      problems.push(`runtime role may execute SECURITY DEFINER function ${fn.name}, ` +
+        'which could read around row-level security')
+    } else if (!fn.pinned) {
+      problems.push(`SECURITY DEFINER function ${fn.name} does not pin its search_path`)
+    }
+  }
+}
