@@ -4,8 +4,6 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { ResolvedConfig } from './config.ts'
 import type { QueryListener } from './db/database.ts'
 import { unavailable } from './errors.ts'
-import { usePreparedStatements } from './db/tenant-transaction.ts'
-import { PLAINTEXT } from './db/tls.ts'
 import dbPlugin from './plugins/external/db.ts'
 import httpHardening from './plugins/external/http-hardening.ts'
 import jwtPlugin from './plugins/external/jwt.ts'
@@ -17,19 +15,15 @@ import keyUsagePlugin from './plugins/app/key-usage.ts'
 import adminV1 from './routes/admin/v1/index.ts'
 import service from './routes/service/index.ts'
 import v1 from './routes/v1/index.ts'
-import { refuseUndeclaredBody, validatorCompiler } from './validation.ts'
+import { SHARED_SCHEMAS } from './schemas/shared.ts'
+import { emptyJsonAsNoBody, refuseUndeclaredBody, validatorFactory } from './validation.ts'
 
-export type AppConfig = Pick<ResolvedConfig,
-  'DATABASE_URL' | 'APP_DATABASE_URL' | 'ADMIN_TOKEN' | 'LOG_LEVEL' | 'DB_POOL_MAX' | 'DB_OPERATOR_POOL_MAX' |
-  'DB_CONNECT_TIMEOUT_MS' | 'BODY_LIMIT_BYTES' | 'NODE_ENV' | 'KEY_USAGE_FLUSH_MS' | 'jwt' | 'CREDENTIAL_CACHE_TTL_MS'> &
-  Partial<Pick<ResolvedConfig, 'DB_PREPARED_STATEMENTS' | 'DB_LISTEN_URL' | 'CACHE_GRACE_MS' | 'DB_POOL_QUEUE_MAX' |
-    'DB_STATEMENT_TIMEOUT_MS' | 'DB_IDLE_IN_TRANSACTION_TIMEOUT_MS' | 'REQUEST_DEADLINE_MS' | 'MAX_EVENT_LOOP_DELAY_MS' | 'CORS_ORIGINS'>> &
-  // Without it, tenant exports are refused (start() passes it: configured, or generated outside production).
-  Partial<Pick<ResolvedConfig, 'EXPORT_SIGNING_KEY'>> &
-  // Without it, /metrics takes the ADMIN_TOKEN.
-  Partial<Pick<ResolvedConfig, 'METRICS_TOKEN'>> &
-  // Without it, no TLS (the tests; start() always passes the configured one).
-  Partial<Pick<ResolvedConfig, 'databaseTls'>>
+/**
+ * The resolved configuration (src/config.ts: every default applied there, once). Optional values
+ * stay meaningful: without EXPORT_SIGNING_KEY tenant exports are refused, without METRICS_TOKEN
+ * /metrics takes the ADMIN_TOKEN, without DB_LISTEN_URL the cache listens on APP_DATABASE_URL.
+ */
+export type AppConfig = ResolvedConfig
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -72,14 +66,20 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
     // Errors raised before any hook runs (routing, Node's HTTP parser) are problem+json too.
     frameworkErrors,
     clientErrorHandler,
+    // Our two Ajv rules (src/validation.ts), to which Fastify hands every context's shared schemas
+    // (addSchema), as it does to its own serializer.
+    schemaController: { compilersFactory: { buildValidator: validatorFactory } },
   }).withTypeProvider<TypeBoxTypeProvider>()
 
-  usePreparedStatements(config.DB_PREPARED_STATEMENTS ?? true)
-  app.setValidatorCompiler(validatorCompiler)
+  // Before any route: response schemas refer to these by $id (src/schemas/shared.ts).
+  for (const schema of SHARED_SCHEMAS) app.addSchema(schema)
   app.addHook('preValidation', refuseUndeclaredBody)
   // The API speaks JSON only: without this, Fastify's built-in text/plain parser would hand a string
-  // to validation (400) where API.md promises 415 for a wrong content type.
+  // to validation (400) where docs/api.md promises 415 for a wrong content type.
   app.removeContentTypeParser('text/plain')
+  // Fastify's own JSON parser, with the poisoning options above; an empty body on a bodiless operation is no body.
+  const json = emptyJsonAsNoBody(app.getDefaultJsonParser('error', 'error'))
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, json)
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
   })
@@ -101,21 +101,25 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
 
   // Ecosystem plugins, then our shared plugins, then routes (Fastify's documented order).
   await app.register(httpHardening, {
-    corsOrigins: (config.CORS_ORIGINS ?? '').split(',').filter((o) => o !== ''),
-    maxEventLoopDelayMs: config.MAX_EVENT_LOOP_DELAY_MS ?? 1000,
+    corsOrigins: config.CORS_ORIGINS.split(',').filter((o) => o !== ''),
+    maxEventLoopDelayMs: config.MAX_EVENT_LOOP_DELAY_MS,
   })
   await app.register(dbPlugin, {
     appDatabaseUrl: config.APP_DATABASE_URL,
     ownerDatabaseUrl: config.DATABASE_URL,
-    tls: config.databaseTls ?? PLAINTEXT,
+    tls: config.databaseTls,
     poolMax: config.DB_POOL_MAX,
     operatorPoolMax: config.DB_OPERATOR_POOL_MAX,
     connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
+    preparedStatements: config.DB_PREPARED_STATEMENTS,
     onQuery: options.onQuery,
     limits: {
-      maxWaiting: config.DB_POOL_QUEUE_MAX ?? 64,
-      timeouts: { statementMs: config.DB_STATEMENT_TIMEOUT_MS ?? 5000, idleInTransactionMs: config.DB_IDLE_IN_TRANSACTION_TIMEOUT_MS ?? 10_000 },
-      deadlineMs: config.REQUEST_DEADLINE_MS ?? 10_000,
+      maxWaiting: config.DB_POOL_QUEUE_MAX,
+      timeouts: {
+        statementMs: config.DB_STATEMENT_TIMEOUT_MS,
+        idleInTransactionMs: config.DB_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+      },
+      deadlineMs: config.REQUEST_DEADLINE_MS,
     },
   })
   await app.register(metricsPlugin, { token: config.METRICS_TOKEN ?? config.ADMIN_TOKEN })
@@ -126,7 +130,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
   await app.register(credentialCachePlugin, {
     ttlMs: config.CREDENTIAL_CACHE_TTL_MS,
     listenUrl: config.DB_LISTEN_URL ?? config.APP_DATABASE_URL,
-    tls: config.databaseTls ?? PLAINTEXT,
+    tls: config.databaseTls,
   })
 
   await app.register(service)
@@ -134,7 +138,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
   await app.register(adminV1, {
     prefix: '/admin/v1',
     adminToken: config.ADMIN_TOKEN,
-    cacheGraceMs: config.CACHE_GRACE_MS ?? 1000,
+    cacheGraceMs: config.CACHE_GRACE_MS,
     exportSigningKey: config.EXPORT_SIGNING_KEY,
   })
   return app

@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { Page, Timestamp, Uuid } from './common.ts'
+import { Page, Ref, Timestamp, Uuid } from './common.ts'
 
 export const AuditEventSchema = Type.Object({
   id: Uuid,
@@ -11,16 +11,18 @@ export const AuditEventSchema = Type.Object({
   request_id: Type.Union([Type.String(), Type.Null()]),
   data: Type.Record(Type.String(), Type.Unknown()),
   hash: Type.String({ description: 'hex SHA-256 over the previous hash and this event' }),
-}, { title: 'AuditEvent' })
+}, { $id: 'AuditEvent', title: 'AuditEvent' })
 export type AuditEvent = Static<typeof AuditEventSchema>
 
 export const AuditEventPage = Page(AuditEventSchema)
 
-const ChainBreakSchema = Type.Union([Type.Object({
+export const AuditChainBreakSchema = Type.Object({
   id: Type.Union([Uuid, Type.Null()]),
   seq: Type.Integer(),
   reason: Type.String(),
-}), Type.Null()], {
+}, { $id: 'AuditChainBreak', title: 'AuditChainBreak', description: 'where the hash chain stops holding, and why' })
+
+const ChainBreak = Type.Union([Ref(AuditChainBreakSchema), Type.Null()], {
   description: 'the first event (in chain order) whose link does not hold, and why; null when none was found',
 })
 
@@ -30,7 +32,7 @@ export const AuditVerificationSchema = Type.Object({
   ok: Type.Boolean(Described('no break was found in what this call checked (see complete)')),
   events: Type.Integer(Described("the chain's length as its head records it: the number of events while the chain " +
     'holds')),
-  first_broken: ChainBreakSchema,
+  first_broken: ChainBreak,
   complete: Type.Boolean(Described('false: no break so far but events remain after verified_through; call again to ' +
     'continue from there')),
   verified_through: Type.Integer(Described('the position up to which the chain holds, as far as this call and the ' +
@@ -41,7 +43,7 @@ export const AuditVerificationSchema = Type.Object({
     'included')),
   checkpoint_recorded: Type.Union([Type.Integer(), Type.Null()],
     Described('the checkpoint this call recorded (null: none, no progress or a break)')),
-}, { title: 'AuditVerification' })
+}, { $id: 'AuditVerification', title: 'AuditVerification' })
 export type AuditVerification = Static<typeof AuditVerificationSchema>
 
 export const FullAuditVerificationSchema = Type.Object({
@@ -49,8 +51,8 @@ export const FullAuditVerificationSchema = Type.Object({
   events: Type.Integer(Described("the chain's length as its head records it")),
   examined: Type.Integer(Described("events whose hash and link were recomputed (each batch's starting event again)")),
   batches: Type.Integer(Described('bounded statements (each its own short transaction) the walk took')),
-  first_broken: ChainBreakSchema,
+  first_broken: ChainBreak,
   checkpoint_recorded: Type.Union([Type.Integer(), Type.Null()],
     Described('the checkpoint recorded at the head when the whole chain held')),
-}, { title: 'FullAuditVerification' })
+}, { $id: 'FullAuditVerification', title: 'FullAuditVerification' })
 export type FullAuditVerification = Static<typeof FullAuditVerificationSchema>

@@ -1,4 +1,4 @@
-import { Type, type Static, type StringOptions, type TSchema } from '@sinclair/typebox'
+import { Type, type Static, type StringOptions, type TSchema, type TUnsafe } from '@sinclair/typebox'
 import { badRequest } from '../errors.ts'
 
 /**
@@ -8,7 +8,10 @@ import { badRequest } from '../errors.ts'
  */
 export const NO_NUL_PATTERN = '^[^\\u0000]*$'
 
-/** A string a client sends: free text, never a NUL byte. Options with a pattern of their own must exclude NUL themselves. */
+/**
+ * A string a client sends: free text, never a NUL byte. Options with a pattern of their own must exclude
+ * NUL themselves.
+ */
 export const Text = (options: StringOptions = {}) => Type.String({ pattern: NO_NUL_PATTERN, ...options })
 
 /** True when a string holds a NUL byte (for text that does not pass through a schema, e.g. JWT claims). */
@@ -28,16 +31,34 @@ export const Timestamp = Type.String({ format: 'date-time', description: 'ISO 86
 
 export const IdParamsSchema = Type.Object({ id: Uuid }, { additionalProperties: false })
 
+/**
+ * A reference to a shared schema (one with an `$id`, registered with addSchema: see ./shared.ts), typed
+ * as that schema. The document names it once in components.schemas; validation and serialization
+ * resolve it by its `$id`. The description says what it is in this place (a response's meaning).
+ */
+export function Ref<T extends TSchema> (schema: T, description?: string): TUnsafe<Static<T>> {
+  if (schema.$id === undefined) throw new Error('Ref() needs a schema with an $id')
+  return Type.Unsafe<Static<T>>(Type.Ref(schema.$id, description === undefined ? {} : { description }))
+}
+
+// limit is required in the type (validation fills in the default), not of the client: the OpenAPI
+// transform (src/plugins/external/swagger.ts) documents every parameter with a default as optional.
 export const PageQuerySchema = Type.Object({
   limit: Type.Integer({ minimum: 1, maximum: 200, default: 50, description: 'page size' }),
   cursor: Type.Optional(Text({ minLength: 1, maxLength: 200, description: 'opaque cursor from next_cursor' })),
 }, { additionalProperties: false })
 export type PageQuery = Static<typeof PageQuerySchema>
 
-export const Page = <T extends TSchema>(item: T) => Type.Object({
-  data: Type.Array(item),
-  next_cursor: Type.Union([Type.String(), Type.Null()], { description: 'pass as ?cursor= for the next page; null on the last page' }),
-})
+/** A list envelope, shared as `<Item>Page`: a page of items, newest first, and the cursor of the next. */
+export const Page = <T extends TSchema>(item: T) => {
+  const $id = `${item.$id ?? ''}Page`
+  return Type.Object({
+    data: Type.Array(Ref(item)),
+    next_cursor: Type.Union([Type.String(), Type.Null()], {
+      description: 'pass as ?cursor= for the next page; null on the last page',
+    }),
+  }, { $id, title: $id, description: `a page of ${item.$id ?? ''} objects, newest first` })
+}
 
 export const FieldError = Type.Object({ path: Type.String(), message: Type.String() })
 
@@ -48,7 +69,8 @@ export const ProblemSchema = Type.Object({
   detail: Type.Optional(Type.String()),
   instance: Type.Optional(Type.String()),
   errors: Type.Optional(Type.Array(FieldError)),
-}, { title: 'Problem', description: 'RFC 9457 problem details (application/problem+json)' })
+}, { $id: 'Problem', title: 'Problem', description: 'RFC 9457 problem details (application/problem+json)' })
+export type Problem = Static<typeof ProblemSchema>
 
 const PROBLEM_DESCRIPTIONS: Record<number, string> = {
   400: 'the body, query or a header is invalid',
@@ -56,16 +78,23 @@ const PROBLEM_DESCRIPTIONS: Record<number, string> = {
   403: 'valid credential, but the wrong tenant, no membership or a missing scope',
   404: 'no such resource in your tenant',
   409: 'the request conflicts with the current state',
-  422: 'a reference in the body does not resolve inside your tenant',
+  422: 'the body is well-formed but cannot be applied (e.g. a reference that does not resolve in your tenant)',
+  500: 'the server could not complete the operation (the description of the operation says when)',
   503: 'the database is unavailable; retry after retry-after seconds',
 }
 
+interface ProblemResponse {
+  description: string
+  content: { 'application/problem+json': { schema: TUnsafe<Problem> } }
+}
+
 /** Error responses for a route: problem+json, documented per status. */
-export function problems (...statuses: number[]): Record<number, { description: string, content: { 'application/problem+json': { schema: typeof ProblemSchema } } }> {
-  return Object.fromEntries(statuses.map((s) => [s, {
-    description: PROBLEM_DESCRIPTIONS[s] ?? 'error',
-    content: { 'application/problem+json': { schema: ProblemSchema } },
-  }]))
+export function problems (...statuses: number[]): Record<number, ProblemResponse> {
+  return Object.fromEntries(statuses.map((s) => {
+    const description = PROBLEM_DESCRIPTIONS[s]
+    if (description === undefined) throw new Error(`no description for a ${s} problem`)
+    return [s, { description, content: { 'application/problem+json': { schema: Ref(ProblemSchema) } } }]
+  }))
 }
 
 // Cursors are opaque to clients: base64url of a versioned marker and the last id of the page.
@@ -79,7 +108,10 @@ export function encodeCursor (id: string): string {
 export function decodeCursor (cursor: string | undefined): string | undefined {
   if (cursor === undefined) return undefined
   const match = CURSOR.exec(Buffer.from(cursor, 'base64url').toString('utf8'))
-  if (match === null) throw badRequest('the cursor is invalid', [{ path: 'querystring/cursor', message: 'is not a cursor returned by this API' }])
+  if (match === null) {
+    throw badRequest('the cursor is invalid',
+      [{ path: 'querystring/cursor', message: 'is not a cursor returned by this API' }])
+  }
   return match[1]
 }
 

@@ -1,7 +1,9 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { Page, Text, Timestamp, Uuid } from './common.ts'
+import { Page, Ref, Text, Timestamp, Uuid } from './common.ts'
 
-export const InvoiceStatusSchema = Type.Union([Type.Literal('draft'), Type.Literal('open'), Type.Literal('paid'), Type.Literal('void')])
+export const InvoiceStatusSchema = Type.Union([
+  Type.Literal('draft'), Type.Literal('open'), Type.Literal('paid'), Type.Literal('void'),
+])
 export type InvoiceStatus = Static<typeof InvoiceStatusSchema>
 
 const Currency = Type.String({ pattern: '^[A-Z]{3}$', maxLength: 3, description: 'ISO 4217 code, e.g. EUR' })
@@ -22,15 +24,17 @@ export const LineSchema = Type.Object({
   quantity: Type.Integer(),
   unit_amount_cents: Type.Integer(),
   amount_cents: Type.Integer({ description: 'quantity × unit_amount_cents' }),
-})
+}, { $id: 'InvoiceLine', title: 'InvoiceLine' })
 
 export const InvoiceSchema = Type.Object({
   id: Uuid,
   customer_id: Uuid,
-  number: Type.Union([Type.String({ description: 'INV-000001, assigned at finalization, gap-free per tenant' }), Type.Null()]),
+  number: Type.Union([
+    Type.String({ description: 'INV-000001, assigned at finalization, gap-free per tenant' }), Type.Null(),
+  ]),
   status: InvoiceStatusSchema,
   currency: Type.String(),
-  lines: Type.Array(LineSchema),
+  lines: Type.Array(Ref(LineSchema)),
   amount_cents: Type.Integer({ description: 'Σ lines.amount_cents, at most 2^53 − 1' }),
   due_date: Type.Union([DueDate, Type.Null()]),
   memo: Type.Union([Type.String(), Type.Null()]),
@@ -39,8 +43,14 @@ export const InvoiceSchema = Type.Object({
   finalized_at: Type.Union([Timestamp, Type.Null()]),
   paid_at: Type.Union([Timestamp, Type.Null()]),
   voided_at: Type.Union([Timestamp, Type.Null()]),
-}, { title: 'Invoice' })
+}, { $id: 'Invoice', title: 'Invoice' })
 export type Invoice = Static<typeof InvoiceSchema>
+
+/**
+ * An id no tenant's customer has: the documented example cannot know one of yours, so "Try it out"
+ * on /docs needs an id of yours put in its place (a 422 says so otherwise).
+ */
+export const EXAMPLE_CUSTOMER_ID = '01900000-0000-7000-8000-000000000000'
 
 export const CreateInvoiceSchema = Type.Object({
   customer_id: Uuid,
@@ -48,7 +58,16 @@ export const CreateInvoiceSchema = Type.Object({
   lines: Lines,
   due_date: Type.Optional(Type.Union([DueDate, Type.Null()])),
   memo: Type.Optional(Type.Union([Memo, Type.Null()])),
-}, { additionalProperties: false })
+}, {
+  additionalProperties: false,
+  examples: [{
+    customer_id: EXAMPLE_CUSTOMER_ID,
+    currency: 'EUR',
+    lines: [{ description: 'Consulting, March', quantity: 3, unit_amount_cents: 12_500 }],
+    due_date: '2030-04-30',
+    memo: 'Thank you for your business',
+  }],
+})
 export type CreateInvoice = Static<typeof CreateInvoiceSchema>
 
 export const UpdateInvoiceSchema = Type.Object({
@@ -57,12 +76,12 @@ export const UpdateInvoiceSchema = Type.Object({
   lines: Type.Optional(Lines),
   due_date: Type.Optional(Type.Union([DueDate, Type.Null()])),
   memo: Type.Optional(Type.Union([Memo, Type.Null()])),
-}, { additionalProperties: false, minProperties: 1 })
+}, { additionalProperties: false, minProperties: 1, examples: [{ memo: 'Payable within 30 days' }] })
 export type UpdateInvoice = Static<typeof UpdateInvoiceSchema>
 
 export const InvoiceListQuerySchema = Type.Object({
-  limit: Type.Integer({ minimum: 1, maximum: 200, default: 50 }),
-  cursor: Type.Optional(Text({ minLength: 1, maxLength: 200 })),
+  limit: Type.Integer({ minimum: 1, maximum: 200, default: 50, description: 'page size' }),
+  cursor: Type.Optional(Text({ minLength: 1, maxLength: 200, description: 'opaque cursor from next_cursor' })),
   status: Type.Optional(InvoiceStatusSchema),
   customer_id: Type.Optional(Uuid),
 }, { additionalProperties: false })

@@ -54,7 +54,8 @@ t.test('/readyz costs one statement, and the operator runs the safety checks on 
     return { statusCode: res.statusCode, body: res.json() }
   }
   t.same(await checks(), { statusCode: 200, body: { ok: true, problems: [] } })
-  t.equal((await ctx.app.inject({ method: 'GET', url: '/admin/v1/maintenance/checks' })).statusCode, 401, 'operators only')
+  const anonymous = await ctx.app.inject({ method: 'GET', url: '/admin/v1/maintenance/checks' })
+  t.equal(anonymous.statusCode, 401, 'operators only')
   await query(ctx.db.ownerUrl, 'ALTER TABLE customers NO FORCE ROW LEVEL SECURITY')
   const broken = await checks()
   t.equal(broken.body.ok, false)
@@ -89,7 +90,8 @@ t.test('/openapi.json is a valid OpenAPI 3.1 document listing every route, and /
 
   // Every route the app registers is in the document, and nothing else — except what is hidden on
   // purpose: HEAD (automatic), OPTIONS (CORS preflight), the documentation itself and /metrics.
-  const documented = new Set(Object.entries(doc.paths).flatMap(([path, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${path}`)))
+  const documented = new Set(Object.entries(doc.paths)
+    .flatMap(([path, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${path}`)))
   const registered = registeredRoutes(ctx.app.printRoutes({ commonPrefix: false }))
     .filter((r) => !/^(HEAD|OPTIONS) /.test(r) && !/^\S+ (\/docs|\/openapi\.json$|\/metrics$)/.test(r))
   t.ok(registered.length > 25, `${registered.length} registered routes`)
@@ -112,11 +114,15 @@ t.test('/openapi.json is a valid OpenAPI 3.1 document listing every route, and /
         t.ok(hasBody || bodiless, `${name} documents its request body`)
       }
       if (op.requestBody !== undefined) {
-        for (const status of ['413', '415']) t.ok(op.responses[status]?.content?.['application/problem+json'], `${name} documents ${status} as problem+json`)
+        for (const status of ['413', '415']) {
+          const documented = op.responses[status]?.content?.['application/problem+json']
+          t.ok(documented, `${name} documents ${status} as problem+json`)
+        }
       }
       if (path.startsWith('/v1/')) {
         const headers = (op.parameters ?? []).filter((p) => p.in === 'header').map((p) => p.name).sort()
-        t.same(headers, method === 'post' ? ['idempotency-key', 'x-tenant-id'] : ['x-tenant-id'], `${name} documents its headers`)
+        const expected = method === 'post' ? ['idempotency-key', 'x-tenant-id'] : ['x-tenant-id']
+        t.same(headers, expected, `${name} documents its headers`)
       }
     }
   }
@@ -125,6 +131,7 @@ t.test('/openapi.json is a valid OpenAPI 3.1 document listing every route, and /
   t.equal(docs.statusCode, 200)
   t.match(docs.headers['content-type'], /text\/html/)
   t.match(docs.body, /swagger-ui/)
+  t.match(docs.body, /<title>rowfence API<\/title>/, 'under our own title')
 })
 
 t.test('unknown routes are problem+json 404s', async (t) => {

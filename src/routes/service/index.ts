@@ -1,10 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
-import { assertPoolQueue, PoolSaturated } from '../../db/tenant-transaction.ts'
+import { assertPoolQueue, PoolSaturated } from '../../db/pool-queue.ts'
 import { HttpProblem, unavailable } from '../../errors.ts'
 import { problems } from '../../schemas/common.ts'
 
-const Status = Type.Object({ status: Type.String() })
+const Status = (description: string) => Type.Object({ status: Type.String() }, { description })
 
 /**
  * Public service endpoints: no credentials and no tenant transaction. Readiness is cheap on purpose:
@@ -34,14 +34,20 @@ const service: FastifyPluginAsyncTypebox = async (fastify) => {
   }
 
   fastify.get('/healthz', {
-    schema: { summary: 'Liveness: the process is up', tags: ['service'], response: { 200: Status } },
+    schema: {
+      summary: 'Liveness: the process is up',
+      operationId: 'getLiveness',
+      tags: ['service'],
+      response: { 200: Status('the process is up: {"status": "ok"}') },
+    },
   }, async () => ({ status: 'ok' }))
 
   fastify.get('/readyz', {
     schema: {
       summary: 'Readiness: the database answers and a connection can be had',
+      operationId: 'getReadiness',
       tags: ['service'],
-      response: { 200: Status, ...problems(503) },
+      response: { 200: Status('ready to serve: {"status": "ready"}'), ...problems(503) },
     },
   }, async () => {
     const failure = await currentProbe()

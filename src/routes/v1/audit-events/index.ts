@@ -3,7 +3,7 @@ import { Type } from '@sinclair/typebox'
 import { badRequest } from '../../../errors.ts'
 import { toAuditEvent, toAuditVerification } from '../../../mappers/audit.ts'
 import { listAuditEvents, verifyAuditChain, VERIFY_STEP_MAX } from '../../../repositories/audit-events.ts'
-import { PageQuerySchema, paginate, problems } from '../../../schemas/common.ts'
+import { PageQuerySchema, paginate, problems, Ref } from '../../../schemas/common.ts'
 import { AuditEventPage, AuditVerificationSchema } from '../../../schemas/audit.ts'
 
 const tags = ['audit']
@@ -45,10 +45,11 @@ const auditEvents: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { scope: 'admin' },
     schema: {
       summary: "The tenant's audit trail, newest first",
+      operationId: 'listAuditEvents',
       description: ADMIN_ONLY,
       tags,
       querystring: PageQuerySchema,
-      response: { 200: AuditEventPage, ...problems(400, 401, 403, 503) },
+      response: { 200: Ref(AuditEventPage, 'a page of audit events, newest first'), ...problems(400, 401, 403, 503) },
     },
   }, async (request) => paginate(request.query, (page) => listAuditEvents(request.db, page), toAuditEvent))
 
@@ -58,6 +59,7 @@ const auditEvents: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { scope: 'admin', writes: true },
     schema: {
       summary: "Verify the tenant's audit hash chain, in bounded steps",
+      operationId: 'verifyAuditChain',
       description: `${ADMIN_ONLY} ` +
         'Starts from the newest checkpoint (how far an earlier verification got): checks that the event there ' +
         'still carries the hash it had and still links to its predecessor, then recomputes at most max_events ' +
@@ -71,7 +73,7 @@ const auditEvents: FastifyPluginAsyncTypebox = async (fastify) => {
         'against that externally kept hash, which catches a chain rewritten as a whole.',
       tags,
       querystring: VerifyQuerySchema,
-      response: { 200: AuditVerificationSchema, ...problems(400, 401, 403, 503) },
+      response: { 200: Ref(AuditVerificationSchema, 'what this call verified'), ...problems(400, 401, 403, 503) },
     },
   }, async (request) => {
     const { anchor_seq: seq, anchor_hash: hash, max_events: maxEvents, from_seq: fromSeq } = request.query

@@ -3,8 +3,10 @@ import { newId } from '../../../ids.ts'
 import { audit } from '../../../audit.ts'
 import { notFound } from '../../../errors.ts'
 import { toCustomer } from '../../../mappers/customers.ts'
-import { deleteCustomer, findCustomer, insertCustomer, listCustomers, updateCustomer } from '../../../repositories/customers.ts'
-import { IdParamsSchema, PageQuerySchema, paginate, problems } from '../../../schemas/common.ts'
+import {
+  deleteCustomer, findCustomer, insertCustomer, listCustomers, updateCustomer,
+} from '../../../repositories/customers.ts'
+import { IdParamsSchema, PageQuerySchema, paginate, problems, Ref } from '../../../schemas/common.ts'
 import { CreateCustomerSchema, CustomerPage, CustomerSchema, UpdateCustomerSchema } from '../../../schemas/customers.ts'
 
 const tags = ['customers']
@@ -14,9 +16,10 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/', {
     schema: {
       summary: 'Create a customer',
+      operationId: 'createCustomer',
       tags,
       body: CreateCustomerSchema,
-      response: { 201: CustomerSchema, ...problems(...tenantErrors, 409) },
+      response: { 201: Ref(CustomerSchema, 'the customer created'), ...problems(...tenantErrors, 409) },
     },
   }, async (request, reply) => {
     const row = await insertCustomer(request.db, {
@@ -33,9 +36,10 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { singleQuery: true },
     schema: {
       summary: 'List customers, newest first',
+      operationId: 'listCustomers',
       tags,
       querystring: PageQuerySchema,
-      response: { 200: CustomerPage, ...problems(...tenantErrors) },
+      response: { 200: Ref(CustomerPage, 'a page of customers, newest first'), ...problems(...tenantErrors) },
     },
   }, async (request) => paginate(request.query, (page) => listCustomers(request.db, page), toCustomer))
 
@@ -43,9 +47,10 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { singleQuery: true },
     schema: {
       summary: 'Retrieve a customer',
+      operationId: 'getCustomer',
       tags,
       params: IdParamsSchema,
-      response: { 200: CustomerSchema, ...problems(...tenantErrors, 404) },
+      response: { 200: Ref(CustomerSchema, 'the customer'), ...problems(...tenantErrors, 404) },
     },
   }, async (request) => {
     const row = await findCustomer(request.db, request.params.id)
@@ -56,21 +61,24 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.patch('/:id', {
     schema: {
       summary: 'Update a customer',
+      operationId: 'updateCustomer',
       tags,
       params: IdParamsSchema,
       body: UpdateCustomerSchema,
-      response: { 200: CustomerSchema, ...problems(...tenantErrors, 404, 409) },
+      response: { 200: Ref(CustomerSchema, 'the customer as updated'), ...problems(...tenantErrors, 404, 409) },
     },
   }, async (request) => {
     const row = await updateCustomer(request.db, request.params.id, request.body)
     if (row === undefined) throw notFound('customer')
-    await audit(request, 'customer.updated', { type: 'customer', id: row.id }, { fields: Object.keys(request.body).sort() })
+    await audit(request, 'customer.updated', { type: 'customer', id: row.id },
+      { fields: Object.keys(request.body).sort() })
     return toCustomer(row)
   })
 
   fastify.delete('/:id', {
     schema: {
       summary: 'Delete a customer',
+      operationId: 'deleteCustomer',
       description: 'Refused with 409 while invoices reference the customer.',
       tags,
       params: IdParamsSchema,

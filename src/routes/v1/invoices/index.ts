@@ -5,9 +5,13 @@ import { audit } from '../../../audit.ts'
 import { conflict, notFound } from '../../../errors.ts'
 import { formatInvoiceNumber, toInvoice } from '../../../mappers/invoices.ts'
 import { priceLines } from '../../../money.ts'
-import { findInvoice, insertInvoice, listInvoicePage, lockInvoiceStatus, nextInvoiceNumber, updateInvoice, type InvoiceRow } from '../../../repositories/invoices.ts'
-import { decodeCursor, encodeCursor, IdParamsSchema, problems } from '../../../schemas/common.ts'
-import { CreateInvoiceSchema, InvoiceListQuerySchema, InvoicePage, InvoiceSchema, UpdateInvoiceSchema } from '../../../schemas/invoices.ts'
+import {
+  findInvoice, insertInvoice, listInvoicePage, lockInvoiceStatus, nextInvoiceNumber, updateInvoice, type InvoiceRow,
+} from '../../../repositories/invoices.ts'
+import { decodeCursor, encodeCursor, IdParamsSchema, problems, Ref } from '../../../schemas/common.ts'
+import {
+  CreateInvoiceSchema, InvoiceListQuerySchema, InvoicePage, InvoiceSchema, UpdateInvoiceSchema,
+} from '../../../schemas/invoices.ts'
 
 const tags = ['invoices']
 const errors = [400, 401, 403, 503]
@@ -16,20 +20,26 @@ const errors = [400, 401, 403, 503]
  * Locks the invoice and checks it is in `from`: 404 when the tenant has no such invoice, 409 for
  * any other status. The lock serialises concurrent transitions of one invoice.
  */
-async function requireStatus (request: FastifyRequest, id: string, from: 'draft' | 'open', attempted: string): Promise<void> {
+async function requireStatus (
+  request: FastifyRequest, id: string, from: 'draft' | 'open', attempted: string
+): Promise<void> {
   const status = await lockInvoiceStatus(request.db, id)
   if (status === undefined) throw notFound('invoice')
-  if (status !== from) throw conflict(`a ${status} invoice cannot be ${attempted}; only ${from} invoices can`, 'invalid-transition')
+  if (status !== from) {
+    throw conflict(`a ${status} invoice cannot be ${attempted}; only ${from} invoices can`, 'invalid-transition')
+  }
 }
 
 const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post('/', {
     schema: {
       summary: 'Create a draft invoice',
-      description: 'amount_cents is computed by the server. A customer_id that is not one of your customers is a 422 and nothing is written.',
+      operationId: 'createInvoice',
+      description: 'amount_cents is computed by the server. A customer_id that is not one of your customers is a 422 ' +
+        'and nothing is written.',
       tags,
       body: CreateInvoiceSchema,
-      response: { 201: InvoiceSchema, ...problems(...errors, 409, 422) },
+      response: { 201: Ref(InvoiceSchema, 'the draft invoice, priced'), ...problems(...errors, 409, 422) },
     },
   }, async (request, reply) => {
     const priced = priceLines(request.body.lines)
@@ -46,7 +56,8 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
         due_date: request.body.due_date ?? null,
         memo: request.body.memo ?? null,
       }, priced.lines),
-      audit(request, 'invoice.created', { type: 'invoice', id }, { amount_cents: priced.amount_cents, currency: request.body.currency }),
+      audit(request, 'invoice.created', { type: 'invoice', id },
+        { amount_cents: priced.amount_cents, currency: request.body.currency }),
     ])
     return reply.code(201).send(toInvoice(row))
   })
@@ -55,9 +66,10 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { singleQuery: true },
     schema: {
       summary: 'List invoices, newest first',
+      operationId: 'listInvoices',
       tags,
       querystring: InvoiceListQuerySchema,
-      response: { 200: InvoicePage, ...problems(...errors) },
+      response: { 200: Ref(InvoicePage, 'a page of invoices with their lines, newest first'), ...problems(...errors) },
     },
   }, async (request, reply) => {
     // The database renders the page (INVOICE_SQL_FIELDS mirrors toInvoice field by field, and a
@@ -78,9 +90,10 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { singleQuery: true },
     schema: {
       summary: 'Retrieve an invoice with its lines',
+      operationId: 'getInvoice',
       tags,
       params: IdParamsSchema,
-      response: { 200: InvoiceSchema, ...problems(...errors, 404) },
+      response: { 200: Ref(InvoiceSchema, 'the invoice'), ...problems(...errors, 404) },
     },
   }, async (request) => {
     const row = await findInvoice(request.db, request.params.id)
@@ -91,11 +104,12 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.patch('/:id', {
     schema: {
       summary: 'Edit a draft invoice',
+      operationId: 'updateInvoice',
       description: 'Only drafts can be edited (409 otherwise). lines, when given, replace all lines.',
       tags,
       params: IdParamsSchema,
       body: UpdateInvoiceSchema,
-      response: { 200: InvoiceSchema, ...problems(...errors, 404, 409, 422) },
+      response: { 200: Ref(InvoiceSchema, 'the draft as edited, priced again'), ...problems(...errors, 404, 409, 422) },
     },
   }, async (request) => {
     const { id } = request.params
@@ -110,27 +124,33 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
     return toInvoice(row)
   })
 
-  const transition = (path: string, summary: string, from: 'draft' | 'open', verb: string, apply: (request: FastifyRequest, id: string) => Promise<InvoiceRow>): void => {
+  const transition = (
+    path: string, summary: string, from: 'draft' | 'open', verb: string,
+    apply: (request: FastifyRequest, id: string) => Promise<InvoiceRow>
+  ): void => {
     fastify.post(`/:id/${path}`, {
       schema: {
         summary,
+        operationId: `${path}Invoice`,
         tags,
         params: IdParamsSchema,
-        response: { 200: InvoiceSchema, ...problems(...errors, 404, 409) },
+        response: { 200: Ref(InvoiceSchema, `the invoice, ${verb}`), ...problems(...errors, 404, 409) },
       },
     }, async (request) => {
       const { id } = request.params
       await requireStatus(request, id, from, verb)
       const row = await apply(request, id)
-      await audit(request, `invoice.${verb}`, { type: 'invoice', id }, { status: row.status, ...(row.number !== null && { number: row.number }) })
+      await audit(request, `invoice.${verb}`, { type: 'invoice', id },
+        { status: row.status, ...(row.number !== null && { number: row.number }) })
       return toInvoice(row)
     })
   }
 
-  transition('finalize', 'Finalize a draft: it becomes open and gets the next gap-free number', 'draft', 'finalized', async (request, id) => {
-    const number = formatInvoiceNumber(await nextInvoiceNumber(request.db))
-    return updateInvoice(request.db, id, { status: 'open', number }, { stamp: 'finalized_at' })
-  })
+  transition('finalize', 'Finalize a draft: it becomes open and gets the next gap-free number', 'draft', 'finalized',
+    async (request, id) => {
+      const number = formatInvoiceNumber(await nextInvoiceNumber(request.db))
+      return updateInvoice(request.db, id, { status: 'open', number }, { stamp: 'finalized_at' })
+    })
   transition('pay', 'Mark an open invoice paid', 'open', 'paid', async (request, id) =>
     updateInvoice(request.db, id, { status: 'paid' }, { stamp: 'paid_at' }))
   transition('void', 'Void an open invoice', 'open', 'voided', async (request, id) =>

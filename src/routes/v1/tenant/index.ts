@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { notFound } from '../../../errors.ts'
 import { toTenant } from '../../../mappers/tenants.ts'
 import { findTenant } from '../../../repositories/tenants.ts'
-import { problems } from '../../../schemas/common.ts'
+import { problems, Ref } from '../../../schemas/common.ts'
 import { TenantSchema } from '../../../schemas/tenants.ts'
 
 const tenant: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -10,8 +10,9 @@ const tenant: FastifyPluginAsyncTypebox = async (fastify) => {
     config: { singleQuery: true },
     schema: {
       summary: "The caller's tenant",
+      operationId: 'getCurrentTenant',
       tags: ['tenant'],
-      response: { 200: TenantSchema, ...problems(400, 401, 403, 404, 503) },
+      response: { 200: Ref(TenantSchema, 'the tenant the credential acts for'), ...problems(400, 401, 403, 404, 503) },
     },
   }, async (request) => {
     const row = await findTenant(request.db, request.tenant!.tenantId)
