@@ -4,9 +4,11 @@
 import cluster from 'node:cluster'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.ts'
-import { ConfigError, loadConfig, type ResolvedConfig } from './config.ts'
+import { ConfigError, loadConfig, type Config, type ResolvedConfig } from './config.ts'
+import { EmbeddedInUse } from './ops/embedded.ts'
 import { MigrationError } from './ops/migrate.ts'
 import { UnsafeDatabaseError } from './ops/safety-checks.ts'
+import { readServerRecord, writeServerRecord, type RecordedServer } from './ops/server-record.ts'
 import { prepare, start } from './main.ts'
 
 const say = (line: string): void => { process.stderr.write(`rowfence: ${line}\n`) }
@@ -16,14 +18,27 @@ async function single (): Promise<void> {
   const config = loadConfig()
   const started = await start(config, { log: say })
   const { app } = started
+  // Set once listening: a shutdown first unrecords the server, so that the CLI stops finding it.
+  const recorded: { server?: RecordedServer } = {}
   closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
     if (err !== undefined) app.log.error({ err }, 'shutting down after an unexpected error')
     else app.log.info({ signal }, 'shutting down: finishing in-flight requests')
+    recorded.server?.remove()
     await started.stop()
   })
-  const address = await app.listen({ host: config.HOST, port: config.PORT })
+  let address: string
+  try {
+    address = await app.listen({ host: config.HOST, port: config.PORT })
+  } catch (error) {
+    await started.stop()
+    throw error
+  }
+  const { adminTokenFile } = started
+  const ownsFolder = started.embedded !== undefined
+  recorded.server = await writeServerRecord(config.DATA_DIR, { url: address, adminTokenFile, ownsFolder }, say)
   say(`listening on ${address} (API docs at ${address}/docs)`)
   if (started.adminTokenFile !== undefined) say(`operator token: ${started.adminTokenFile}`)
+  if (started.jwtSecretFile !== undefined) say(`user JWT secret (development, generated): ${started.jwtSecretFile}`)
 }
 
 async function primary (): Promise<void> {
@@ -33,11 +48,19 @@ async function primary (): Promise<void> {
   const env = { [WORKER_CONFIG]: JSON.stringify(prepared.config) }
   const fork = (): void => { cluster.fork(env) }
   let announced = false
+  let recorded: RecordedServer | undefined
   cluster.on('message', (_worker, message: { listening?: string }) => {
     if (message.listening !== undefined && !announced) {
       announced = true
-      say(`listening on ${message.listening} with ${config.WEB_CONCURRENCY} workers (API docs at ${message.listening}/docs)`)
+      const url = message.listening
+      say(`listening on ${url} with ${config.WEB_CONCURRENCY} workers (API docs at ${url}/docs)`)
       if (prepared.adminTokenFile !== undefined) say(`operator token: ${prepared.adminTokenFile}`)
+      if (prepared.jwtSecretFile !== undefined) {
+        say(`user JWT secret (development, generated): ${prepared.jwtSecretFile}`)
+      }
+      const ownsFolder = prepared.embedded !== undefined
+      writeServerRecord(config.DATA_DIR, { url, adminTokenFile: prepared.adminTokenFile, ownsFolder }, say)
+        .then((r) => { recorded = r }, (error: unknown) => { say(`could not record the server: ${String(error)}`) })
     }
   })
   cluster.on('exit', (worker, code, signal) => {
@@ -48,6 +71,7 @@ async function primary (): Promise<void> {
   for (let i = 0; i < config.WEB_CONCURRENCY; i++) fork()
   closeWithGrace({ delay: 15_000 }, async ({ signal }) => {
     stopping = true
+    recorded?.remove()
     say(`shutting down on ${signal ?? 'request'}: letting workers finish in-flight requests`)
     await Promise.all(Object.values(cluster.workers ?? {}).map(async (worker) => {
       if (worker === undefined || worker.isDead()) return
@@ -76,8 +100,34 @@ async function main (): Promise<void> {
   return single()
 }
 
-main().catch((error: unknown) => {
+/**
+ * One line for a start that cannot go on because something else holds what it needs: the data
+ * folder's database (a second `npm start`) or the port. Undefined for any other error.
+ */
+async function alreadyRunning (error: unknown, config: Config | undefined): Promise<string | undefined> {
+  const code = (error as { code?: unknown }).code
+  if (!(error instanceof EmbeddedInUse) && code !== 'EADDRINUSE') return undefined
+  // Read only to name the other server; the line stands without it (and the start-up error is what to report).
+  const other = config === undefined ? undefined : await readServerRecord(config.DATA_DIR).catch(() => undefined)
+  const serving = other === undefined ? '' : ` (rowfence pid ${other.pid} serves ${other.url})`
+  if (error instanceof EmbeddedInUse) {
+    return `not starting: ${error.message}${serving}`
+  }
+  return `not starting: port ${config?.PORT ?? '?'} on ${config?.HOST ?? '?'} is already in use${serving}: ` +
+    'stop what holds it, or set PORT to another port'
+}
+
+main().catch(async (error: unknown) => {
   const known = error instanceof ConfigError || error instanceof UnsafeDatabaseError || error instanceof MigrationError
-  say(known ? (error as Error).message : `failed to start: ${error instanceof Error ? error.stack ?? error.message : String(error)}`)
+  let config: Config | undefined
+  try {
+    config = loadConfig()
+  } catch {
+    config = undefined // a bad environment: already the error reported
+  }
+  const busy = await alreadyRunning(error, config)
+  if (busy !== undefined) say(busy)
+  else if (known) say((error as Error).message)
+  else say(`failed to start: ${error instanceof Error ? error.stack ?? error.message : String(error)}`)
   process.exit(1)
 })

@@ -12,8 +12,16 @@ export async function findTenant (trx: Executor, id: string): Promise<Selectable
   return trx.selectFrom('tenants').selectAll().where('id', '=', id).executeTakeFirst()
 }
 
+/** The tenant with this slug (the owner connection's registry policy shows every tenant). */
+export async function findTenantBySlug (db: Executor, slug: string): Promise<Selectable<Tenants> | undefined> {
+  return db.selectFrom('tenants').selectAll().where('slug', '=', slug).executeTakeFirst()
+}
+
 /** Every tenant, newest first: only the owner connection's registry policy can see them all. */
-export async function listTenants (db: Executor, page: { limit: number, before?: string | undefined }): Promise<Array<Selectable<Tenants>>> {
+export async function listTenants (
+  db: Executor,
+  page: { limit: number, before?: string | undefined }
+): Promise<Array<Selectable<Tenants>>> {
   let query = db.selectFrom('tenants').selectAll().orderBy('id', 'desc').limit(page.limit)
   if (page.before !== undefined) query = query.where('id', '<', page.before)
   return query.execute()

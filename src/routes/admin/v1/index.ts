@@ -1,7 +1,10 @@
 import type { FastifyInstance } from 'fastify'
 import operatorAuth from '../../../plugins/app/operator-auth.ts'
+import erasureReceipts from './erasure-receipts/index.ts'
 import maintenance from './maintenance/index.ts'
 import tenantAudit from './tenant-audit/index.ts'
+import tenantKeys from './tenant-keys/index.ts'
+import tenantSlugs from './tenant-slugs/index.ts'
 import tenants from './tenants/index.ts'
 
 export interface AdminOptions {
@@ -18,5 +21,8 @@ export default async function adminV1 (fastify: FastifyInstance, options: AdminO
     prefix: '/tenants', cacheGraceMs: options.cacheGraceMs, exportSigningKey: options.exportSigningKey,
   })
   await fastify.register(tenantAudit, { prefix: '/tenants' })
+  await fastify.register(tenantKeys, { prefix: '/tenants' })
+  await fastify.register(tenantSlugs, { prefix: '/tenant-slugs' })
+  await fastify.register(erasureReceipts, { prefix: '/erasure-receipts' })
   await fastify.register(maintenance, { prefix: '/maintenance' })
 }

@@ -1,0 +1,76 @@
+import { CliError, EXIT, failureError, type ExitCode } from './output.ts'
+
+interface Problem {
+  title?: string
+  status?: number
+  detail?: string
+  errors?: Array<{ path?: string, message?: string }>
+}
+
+/** The exit code of an HTTP error: what the server said of the request, in the CLI's terms. */
+function exitCodeOf (status: number): ExitCode {
+  if (status === 400) return EXIT.usage
+  if (status === 404) return EXIT.notFound
+  if (status === 409) return EXIT.refused
+  return EXIT.failure
+}
+
+/** A client of the operator API (/admin/v1) that turns problem+json answers into CliErrors. */
+export class OperatorApi {
+  private readonly base: string
+
+  constructor (url: string, private readonly token: string, private readonly tokenSource: string) {
+    this.base = url.replace(/\/+$/, '')
+  }
+
+  get url (): string { return this.base }
+
+  /** The parsed JSON answer; undefined for 204. */
+  async request<T> (method: string, path: string, body?: unknown): Promise<T> {
+    let response: Response
+    try {
+      response = await fetch(`${this.base}${path}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${this.token}`,
+          ...(body !== undefined && { 'content-type': 'application/json' }),
+        },
+        ...(body !== undefined && { body: JSON.stringify(body) }),
+      })
+    } catch (error) {
+      const cause = (error as { cause?: { code?: string, message?: string } }).cause
+      const why = cause?.code ?? cause?.message ?? (error as Error).message
+      throw failureError(`cannot reach the server at ${this.base} (${why}): is it running? ` +
+        '(start it with npm start, or pass --url)')
+    }
+    const text = await response.text()
+    if (response.ok) return (text === '' ? undefined : JSON.parse(text)) as T
+    if (response.status === 401) {
+      throw new CliError(`the server at ${this.base} refused the operator token (${this.tokenSource})`, EXIT.failure)
+    }
+    let problem: Problem = {}
+    try {
+      problem = JSON.parse(text) as Problem
+    } catch {
+      problem = { detail: text.slice(0, 200) }
+    }
+    const detail = problem.detail ?? problem.title ?? `HTTP ${response.status}`
+    const fieldErrors = (problem.errors ?? []).map((e) => `${e.path ?? ''} ${e.message ?? ''}`.trim())
+    const message = fieldErrors.length > 0 ? `${detail} (${fieldErrors.join('; ')})` : detail
+    throw new CliError(response.status >= 500 ? `the server failed (${response.status}): ${message}` : message,
+      exitCodeOf(response.status))
+  }
+
+  /** Every item of a paginated list (GET with ?limit=&cursor=), page after page. */
+  async all<T> (path: string, query: Record<string, string> = {}): Promise<T[]> {
+    const items: T[] = []
+    let cursor: string | null = null
+    do {
+      const params = new URLSearchParams({ ...query, limit: '200', ...(cursor !== null && { cursor }) })
+      const page: { data: T[], next_cursor: string | null } = await this.request('GET', `${path}?${params.toString()}`)
+      items.push(...page.data)
+      cursor = page.next_cursor
+    } while (cursor !== null)
+    return items
+  }
+}
