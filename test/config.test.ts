@@ -23,10 +23,12 @@ t.test('a bad value stops start-up with one line naming the variable', async (t)
     [{ NODE_ENV: 'staging' }, /^invalid environment variable NODE_ENV:/],
     [{ LOG_LEVEL: 'loud' }, /^invalid environment variable LOG_LEVEL:/],
     [{ ADMIN_TOKEN: 'short' }, /^invalid environment variable ADMIN_TOKEN: [^"]*$/],
-    [{ DATABASE_URL: 'mysql://secret@x/y', APP_DATABASE_URL: urls.APP_DATABASE_URL }, /^invalid environment variable DATABASE_URL: expected a postgres:\/\/ connection URL$/],
+    [{ DATABASE_URL: 'mysql://secret@x/y', APP_DATABASE_URL: urls.APP_DATABASE_URL },
+      /^invalid environment variable DATABASE_URL: expected a postgres:\/\/ connection URL$/],
     [{ DATABASE_URL: urls.DATABASE_URL }, /^invalid environment variable APP_DATABASE_URL: set both/],
     [{ NODE_ENV: 'production', ...urls }, /^invalid environment variable ADMIN_TOKEN: required in production/],
-    [{ NODE_ENV: 'production', ADMIN_TOKEN: 'x'.repeat(32) }, /^invalid environment variable DATABASE_URL: required in production/],
+    [{ NODE_ENV: 'production', ADMIN_TOKEN: 'x'.repeat(32) },
+      /^invalid environment variable DATABASE_URL: required in production/],
   ]
   for (const [env, message] of cases) {
     const error = (() => { try { loadConfig(env); return undefined } catch (e) { return e } })()
@@ -37,10 +39,31 @@ t.test('a bad value stops start-up with one line naming the variable', async (t)
   }
 })
 
+t.test('a bad value\'s message says "expected" once, then what was expected', async (t) => {
+  const cases: Array<[Record<string, string>, string]> = [
+    [{ PORT: 'abc' }, 'PORT: expected integer (got "abc")'],
+    [{ PORT: '70000' }, 'PORT: expected integer to be less or equal to 65535 (got 70000)'],
+    [{ MIGRATE_ON_START: 'maybe' }, 'MIGRATE_ON_START: expected boolean (got "maybe")'],
+    [{ NODE_ENV: 'staging' }, 'NODE_ENV: expected one of development, production, test (got "staging")'],
+    [{ JWT_ALGORITHM: 'none' }, 'JWT_ALGORITHM: expected one of HS256, RS256, ES256 (got "none")'],
+    [{ ADMIN_TOKEN: 'short' }, 'ADMIN_TOKEN: expected string length greater or equal to 32'],
+  ]
+  for (const [env, message] of cases) {
+    t.throws(() => loadConfig(env), new ConfigError(`invalid environment variable ${message}`), JSON.stringify(env))
+  }
+  // A value no schema accepts, for variables of every kind: no message doubles the word.
+  const names = ['PORT', 'NODE_ENV', 'LOG_LEVEL', 'DB_POOL_MAX', 'DATABASE_SSL_MODE', 'WEB_CONCURRENCY', 'JWT_SECRET']
+  for (const name of names) {
+    const once = /^invalid environment variable \S+: expected (?!expected)/
+    t.throws(() => loadConfig({ [name]: '\u0001' }), { message: once }, name)
+  }
+})
+
 t.test('a JWT public key that does not parse or does not fit JWT_ALGORITHM stops start-up with one line', async (t) => {
   const { generateKeyPairSync } = await import('node:crypto')
   const pem = (type: 'rsa' | 'ec', options: Record<string, unknown>): string =>
-    (generateKeyPairSync(type as 'rsa', options as { modulusLength: number }).publicKey.export({ type: 'spki', format: 'pem' }) as string)
+    (generateKeyPairSync(type as 'rsa', options as { modulusLength: number }).publicKey
+      .export({ type: 'spki', format: 'pem' }) as string)
   const rsa = pem('rsa', { modulusLength: 2048 })
   const smallRsa = pem('rsa', { modulusLength: 1024 })
   const ec = pem('ec', { namedCurve: 'prime256v1' })
@@ -48,15 +71,18 @@ t.test('a JWT public key that does not parse or does not fit JWT_ALGORITHM stops
   const oneLine = (key: string): string => key.trim().replaceAll('\n', '\\n')
 
   t.equal(loadConfig({ JWT_PUBLIC_KEY: rsa }).JWT_PUBLIC_KEY, rsa, 'an RSA key for RS256 (the default)')
-  t.ok(loadConfig({ JWT_PUBLIC_KEY: oneLine(ec), JWT_ALGORITHM: 'ES256' }), 'a P-256 key for ES256, newlines written as \\n')
+  t.ok(loadConfig({ JWT_PUBLIC_KEY: oneLine(ec), JWT_ALGORITHM: 'ES256' }),
+    'a P-256 key for ES256, newlines written as \\n')
+  const refused = (problem: string): RegExp => new RegExp(`^invalid environment variable JWT_PUBLIC_KEY: ${problem}`)
+  const garbled = '-----BEGIN PUBLIC KEY-----\nnot base64 at all\n-----END PUBLIC KEY-----'
   const cases: Array<[Record<string, string>, RegExp]> = [
-    [{ JWT_PUBLIC_KEY: '-----BEGIN PUBLIC KEY-----\nnot base64 at all\n-----END PUBLIC KEY-----' }, /^invalid environment variable JWT_PUBLIC_KEY: expected a PEM public key/],
-    [{ JWT_PUBLIC_KEY: rsa.replace(/[A-Za-z0-9]{20}/, 'A'.repeat(20)) }, /^invalid environment variable JWT_PUBLIC_KEY: expected a PEM public key/],
-    [{ JWT_PUBLIC_KEY: ec }, /^invalid environment variable JWT_PUBLIC_KEY: a key of type ec cannot verify RS256 tokens/],
-    [{ JWT_PUBLIC_KEY: oneLine(ec), JWT_ALGORITHM: 'RS256' }, /^invalid environment variable JWT_PUBLIC_KEY: a key of type ec cannot verify RS256/],
-    [{ JWT_PUBLIC_KEY: rsa, JWT_ALGORITHM: 'ES256' }, /^invalid environment variable JWT_PUBLIC_KEY: a key of type rsa cannot verify ES256/],
-    [{ JWT_PUBLIC_KEY: ec384, JWT_ALGORITHM: 'ES256' }, /^invalid environment variable JWT_PUBLIC_KEY: ES256 needs a P-256 key/],
-    [{ JWT_PUBLIC_KEY: smallRsa }, /^invalid environment variable JWT_PUBLIC_KEY: the RSA key has 1024 bits/],
+    [{ JWT_PUBLIC_KEY: garbled }, refused('expected a PEM public key')],
+    [{ JWT_PUBLIC_KEY: rsa.replace(/[A-Za-z0-9]{20}/, 'A'.repeat(20)) }, refused('expected a PEM public key')],
+    [{ JWT_PUBLIC_KEY: ec }, refused('a key of type ec cannot verify RS256 tokens')],
+    [{ JWT_PUBLIC_KEY: oneLine(ec), JWT_ALGORITHM: 'RS256' }, refused('a key of type ec cannot verify RS256')],
+    [{ JWT_PUBLIC_KEY: rsa, JWT_ALGORITHM: 'ES256' }, refused('a key of type rsa cannot verify ES256')],
+    [{ JWT_PUBLIC_KEY: ec384, JWT_ALGORITHM: 'ES256' }, refused('ES256 needs a P-256 key')],
+    [{ JWT_PUBLIC_KEY: smallRsa }, refused('the RSA key has 1024 bits')],
   ]
   for (const [env, message] of cases) {
     const error = (() => { try { loadConfig(env); return undefined } catch (e) { return e } })()

@@ -8,6 +8,7 @@ export function toApiKey (row: ApiKeyRow): ApiKey {
     name: row.name,
     scopes: row.scopes as ApiKey['scopes'],
     prefix: row.prefix,
+    owner_rights: row.owner_rights,
     created_at: row.created_at.toISOString(),
     last_used_at: row.last_used_at?.toISOString() ?? null,
   }

@@ -50,7 +50,7 @@ export const INVOICE_SQL_FIELDS: { [K in keyof Invoice]-?: (ref: string) => RawB
   number: (r) => sql.ref(`${r}.number`),
   status: (r) => sql.ref(`${r}.status`),
   currency: (r) => sql.ref(`${r}.currency`),
-  // bigint is a JSON number in json_build_object, as Number() makes it in toInvoice.
+  // bigint is a JSON number in row_to_json, as Number() makes it in toInvoice.
   lines: (r) => sql.ref(`${r}.lines`),
   amount_cents: (r) => sql.ref(`${r}.amount_cents`),
   due_date: (r) => sql.ref(`${r}.due_date`),
@@ -62,8 +62,12 @@ export const INVOICE_SQL_FIELDS: { [K in keyof Invoice]-?: (ref: string) => RawB
   voided_at: (r) => isoSql(sql.ref(`${r}.voided_at`)),
 }
 
-/** json_build_object(...) of an invoice row, from INVOICE_SQL_FIELDS. */
+/**
+ * The JSON of an invoice row, from INVOICE_SQL_FIELDS, in the schema's field order. row_to_json, not
+ * json_build_object: the latter writes `{"id" : ..., "status" : ...}`, and list items must be byte for
+ * byte what the serializer writes for a single invoice (`{"id":...,"status":...}`).
+ */
 export function invoiceJsonSql (ref: string): RawBuilder<unknown> {
-  const pairs = Object.entries(INVOICE_SQL_FIELDS).map(([key, field]) => sql`${sql.lit(key)}, ${field(ref)}`)
-  return sql`json_build_object(${sql.join(pairs)})`
+  const columns = Object.entries(INVOICE_SQL_FIELDS).map(([key, field]) => sql`${field(ref)} AS ${sql.id(key)}`)
+  return sql`(SELECT row_to_json(invoice) FROM (SELECT ${sql.join(columns)}) invoice)`
 }

@@ -8,8 +8,12 @@ export async function insertApiKey (trx: Executor, key: Omit<Insertable<ApiKeys>
   return trx.insertInto('api_keys').values(key).returningAll().executeTakeFirstOrThrow()
 }
 
-export async function listLiveApiKeys (trx: Executor, page: { limit: number, before?: string | undefined }): Promise<ApiKeyRow[]> {
-  let query = trx.selectFrom('api_keys').selectAll().where('revoked_at', 'is', null).orderBy('id', 'desc').limit(page.limit)
+export async function listLiveApiKeys (
+  trx: Executor,
+  page: { limit: number, before?: string | undefined }
+): Promise<ApiKeyRow[]> {
+  let query = trx.selectFrom('api_keys').selectAll().where('revoked_at', 'is', null)
+    .orderBy('id', 'desc').limit(page.limit)
   if (page.before !== undefined) query = query.where('id', '<', page.before)
   return query.execute()
 }
