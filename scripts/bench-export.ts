@@ -33,11 +33,21 @@ async function main (): Promise<void> {
   let stopServer = async (): Promise<void> => {}
   if (adminUrl === undefined) {
     const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-bench-export-'))
-    const embedded = await startEmbedded({ dataDir: dir, port: await freePort(), database: 'unused', persistent: false })
+    const embedded = await startEmbedded({
+      dataDir: dir,
+      port: await freePort(),
+      database: 'unused',
+      persistent: false,
+    })
     adminUrl = embedded.adminUrl
     stopServer = async () => { await embedded.stop(); await rm(dir, { recursive: true, force: true }) }
   }
-  const urls = await bootstrapDatabase({ adminUrl, database: `rowfence_bench_${randomBytes(3).toString('hex')}`, ownerPassword: randomBytes(12).toString('hex'), appPassword: randomBytes(12).toString('hex') })
+  const urls = await bootstrapDatabase({
+    adminUrl,
+    database: `rowfence_bench_${randomBytes(3).toString('hex')}`,
+    ownerPassword: randomBytes(12).toString('hex'),
+    appPassword: randomBytes(12).toString('hex'),
+  })
   await migrate(urls.ownerUrl)
   const owner = new pg.Client({ connectionString: urls.ownerUrl })
   await owner.connect()
@@ -47,14 +57,18 @@ async function main (): Promise<void> {
       const tenant = newId()
       await owner.query('BEGIN')
       await owner.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenant])
-      await owner.query('INSERT INTO tenants (id, name, slug, shard) VALUES ($1, $2, $3, pooled_shard_for($1))', [tenant, `bench ${rows}`, `bench-${rows}`])
+      await owner.query('INSERT INTO tenants (id, name, slug, shard) VALUES ($1, $2, $3, pooled_shard_for($1))',
+        [tenant, `bench ${rows}`, `bench-${rows}`])
       await owner.query(`INSERT INTO customers (id, name, email, external_ref)
-        SELECT gen_random_uuid(), 'Customer ' || i, 'c' || i || '@example.com', 'ref-' || i FROM generate_series(1, $1) i`, [rows])
+        SELECT gen_random_uuid(), 'Customer ' || i, 'c' || i || '@example.com', 'ref-' || i
+          FROM generate_series(1, $1) i`, [rows])
       await owner.query('COMMIT')
       say(`seeded a tenant with ${rows} customers`)
       const started = performance.now()
-      const child = spawn(path.resolve('node_modules/.bin/tsx'), ['scripts/export.ts', '--tenant', tenant, '--out', '/dev/null'], {
-        env: { ...process.env, DATABASE_URL: urls.ownerUrl, APP_DATABASE_URL: urls.appUrl }, stdio: ['ignore', 'ignore', 'pipe'],
+      const args = ['scripts/export.ts', '--tenant', tenant, '--out', '/dev/null']
+      const child = spawn(path.resolve('node_modules/.bin/tsx'), args, {
+        env: { ...process.env, DATABASE_URL: urls.ownerUrl, APP_DATABASE_URL: urls.appUrl },
+        stdio: ['ignore', 'ignore', 'pipe'],
       })
       let stderr = ''
       child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
@@ -62,7 +76,12 @@ async function main (): Promise<void> {
       const seconds = (performance.now() - started) / 1000
       const match = /exported (\d+) rows .*peak RSS ([\d.]+) MB/.exec(stderr)
       if (code !== 0 || match === null) throw new Error(`export failed: ${stderr.slice(-500)}`)
-      const row = { rows: Number(match[1]), peak_rss_mb: Number(match[2]), seconds: Number(seconds.toFixed(1)), rows_per_second: Math.round(Number(match[1]) / seconds) }
+      const row = {
+        rows: Number(match[1]),
+        peak_rss_mb: Number(match[2]),
+        seconds: Number(seconds.toFixed(1)),
+        rows_per_second: Math.round(Number(match[1]) / seconds),
+      }
       say(JSON.stringify(row))
       results.push(row)
     }
@@ -71,7 +90,8 @@ async function main (): Promise<void> {
     await stopServer()
   }
   const markdown = ['| rows exported | peak RSS of the export process | time | rows/s |', '|---|---|---|---|',
-    ...results.map((r) => `| ${r.rows} | ${r.peak_rss_mb} MB | ${r.seconds} s | ${r.rows_per_second} |`)].join('\n') + '\n'
+    ...results.map((r) => `| ${r.rows} | ${r.peak_rss_mb} MB | ${r.seconds} s | ${r.rows_per_second} |`),
+  ].join('\n') + '\n'
   process.stdout.write(markdown)
   await mkdir('bench/results', { recursive: true })
   const stamp = new Date().toISOString().replace(/[:.]/g, '-')

@@ -2,30 +2,42 @@
 // event loop): autocannon against one scenario, rotating across tenants and invoices.
 // Usage: tsx scripts/bench-load.ts '<json: {url, scenario, connections, seconds, tenants, invoices}>'
 import autocannon, { type Request } from 'autocannon'
-import { benchKey, customerUuid, FORGED_KEY, hugeBody, invoiceUuid, LINE, type Scenario } from './lib/bench-data.ts'
+import { benchKey, customerUuid, FORGED_KEY, hugeBody, invoiceUuid, LINE } from './lib/bench-data.ts'
+import type { LoadJob } from './lib/bench-runners.ts'
 
-interface Job { url: string, scenario: Scenario, connections: number, seconds: number, tenants: number, invoices: number }
-
-const job = JSON.parse(process.argv[2]!) as Job
+const job = JSON.parse(process.argv[2]!) as LoadJob
 const keys = Array.from({ length: job.tenants }, (_, i) => `Bearer ${benchKey(i + 1).key}`)
 const pick = (n: number): number => 1 + Math.floor(Math.random() * n)
 const huge = job.scenario === 'forged-key-huge-body' ? hugeBody() : ''
-const body = (t: number): string => JSON.stringify({ customer_id: customerUuid(t), currency: 'EUR', lines: [LINE, LINE, LINE] })
+const body = (t: number): string =>
+  JSON.stringify({ customer_id: customerUuid(t), currency: 'EUR', lines: [LINE, LINE, LINE] })
 
 function setup (request: Request): Request {
   const t = pick(job.tenants)
   const headers = { authorization: keys[t - 1]!, 'content-type': 'application/json' }
   switch (job.scenario) {
-    case 'get-invoice': return { ...request, method: 'GET', path: `/v1/invoices/${invoiceUuid(t, pick(job.invoices))}`, headers }
+    case 'get-invoice':
+      return { ...request, method: 'GET', path: `/v1/invoices/${invoiceUuid(t, pick(job.invoices))}`, headers }
     case 'list-invoices': return { ...request, method: 'GET', path: '/v1/invoices?limit=50', headers }
     case 'create-invoice': return { ...request, method: 'POST', path: '/v1/invoices', headers, body: body(t) }
     case 'forged-key-huge-body':
-      return { ...request, method: 'POST', path: '/v1/invoices', headers: { ...headers, authorization: `Bearer ${FORGED_KEY.key}` }, body: huge }
+      return {
+        ...request,
+        method: 'POST',
+        path: '/v1/invoices',
+        headers: { ...headers, authorization: `Bearer ${FORGED_KEY.key}` },
+        body: huge,
+      }
     default: return { ...request, method: 'GET', path: '/healthz' }
   }
 }
 
-const result = await autocannon({ url: job.url, connections: job.connections, duration: job.seconds, requests: [{ setupRequest: setup }] })
+const result = await autocannon({
+  url: job.url,
+  connections: job.connections,
+  duration: job.seconds,
+  requests: [{ setupRequest: setup }],
+})
 process.stdout.write(JSON.stringify({
   requests: result.requests.total,
   rps: result.requests.average,

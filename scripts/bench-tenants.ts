@@ -17,11 +17,13 @@ import { parseArgs } from 'node:util'
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
 import { buildApp } from '../src/app.ts'
+import { loadConfig } from '../src/config.ts'
 import { bootstrapDatabase } from '../src/ops/bootstrap.ts'
 import { startEmbedded } from '../src/ops/embedded.ts'
 import { migrate } from '../src/ops/migrate.ts'
 import type { DB } from '../src/db/schema.ts'
 import { loadTenantTables, TenantScopePlugin } from '../src/db/tenant-scope.ts'
+import { PLAINTEXT } from '../src/db/tls.ts'
 
 const say = (line: string): void => { process.stderr.write(`bench:tenants: ${line}\n`) }
 
@@ -54,7 +56,12 @@ async function rssAnonKb (pid: number): Promise<number | null> {
 interface Tenant { id: string, key: string, invoiceId?: string }
 
 async function main (): Promise<void> {
-  const { values } = parseArgs({ options: { sizes: { type: 'string', default: '10,1000,10000' }, placement: { type: 'string', default: 'pooled' } } })
+  const { values } = parseArgs({
+    options: {
+      sizes: { type: 'string', default: '10,1000,10000' },
+      placement: { type: 'string', default: 'pooled' },
+    },
+  })
   const sizes = values.sizes.split(',').map(Number)
   const placement = values.placement
   if (sizes.some((n) => !Number.isInteger(n) || n < 1) || (placement !== 'pooled' && placement !== 'dedicated')) {
@@ -65,16 +72,27 @@ async function main (): Promise<void> {
   let stopServer = async (): Promise<void> => {}
   if (adminUrl === undefined) {
     const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-bench-'))
-    const embedded = await startEmbedded({ dataDir: dir, port: await freePort(), database: 'unused', persistent: false })
+    const embedded = await startEmbedded({
+      dataDir: dir,
+      port: await freePort(),
+      database: 'unused',
+      persistent: false,
+    })
     adminUrl = embedded.adminUrl
     stopServer = async () => { await embedded.stop(); await rm(dir, { recursive: true, force: true }) }
     say('using an embedded PostgreSQL (set BENCH_DATABASE_URL to use another server)')
   }
   const database = `rowfence_bench_${randomBytes(3).toString('hex')}`
-  const urls = await bootstrapDatabase({ adminUrl, database, ownerPassword: randomBytes(12).toString('hex'), appPassword: randomBytes(12).toString('hex') })
+  const urls = await bootstrapDatabase({
+    adminUrl,
+    database,
+    ownerPassword: randomBytes(12).toString('hex'),
+    appPassword: randomBytes(12).toString('hex'),
+  })
   await migrate(urls.ownerUrl)
   const adminToken = randomBytes(32).toString('base64url')
   const app = await buildApp({
+    ...loadConfig({}), // every other setting at its default
     NODE_ENV: 'production',
     LOG_LEVEL: 'warn',
     DATABASE_URL: urls.ownerUrl,
@@ -87,6 +105,7 @@ async function main (): Promise<void> {
     KEY_USAGE_FLUSH_MS: 60_000,
     CREDENTIAL_CACHE_TTL_MS: 10_000,
     jwt: undefined,
+    databaseTls: PLAINTEXT,
   })
   await app.ready()
   const appPool = new pg.Pool({ connectionString: urls.appUrl, max: 2 })
@@ -102,7 +121,12 @@ async function main (): Promise<void> {
       while (tenants.length < size) {
         const slug = `t${tenants.length}-${randomBytes(3).toString('hex')}`
         const started = performance.now()
-        const res = await app.inject({ method: 'POST', url: '/admin/v1/tenants', headers: { authorization: `Bearer ${adminToken}` }, payload: { name: slug, slug, placement } })
+        const res = await app.inject({
+          method: 'POST',
+          url: '/admin/v1/tenants',
+          headers: { authorization: `Bearer ${adminToken}` },
+          payload: { name: slug, slug, placement },
+        })
         onboarding.push(performance.now() - started)
         if (res.statusCode !== 201) throw new Error(`onboarding failed at ${tenants.length}: ${res.body}`)
         const body = res.json<{ tenant: { id: string }, api_key: { key: string } }>()
@@ -117,16 +141,30 @@ async function main (): Promise<void> {
       for (const t of readers) {
         if (t.invoiceId !== undefined) continue
         const auth = { authorization: `Bearer ${t.key}` }
-        const customer = await app.inject({ method: 'POST', url: '/v1/customers', headers: auth, payload: { name: 'c' } })
+        const customer = await app.inject({
+          method: 'POST',
+          url: '/v1/customers',
+          headers: auth,
+          payload: { name: 'c' },
+        })
         const line = { description: 'item', quantity: 2, unit_amount_cents: 150 }
-        const invoice = await app.inject({ method: 'POST', url: '/v1/invoices', headers: auth, payload: { customer_id: customer.json<{ id: string }>().id, currency: 'EUR', lines: [line, line, line] } })
+        const invoice = await app.inject({
+          method: 'POST',
+          url: '/v1/invoices',
+          headers: auth,
+          payload: { customer_id: customer.json<{ id: string }>().id, currency: 'EUR', lines: [line, line, line] },
+        })
         t.invoiceId = invoice.json<{ id: string }>().id
       }
       const latencies: number[] = []
       for (let i = 0; i < 2000; i++) {
         const t = readers[i % readers.length]!
         const started = performance.now()
-        const res = await app.inject({ method: 'GET', url: `/v1/invoices/${t.invoiceId!}`, headers: { authorization: `Bearer ${t.key}` } })
+        const res = await app.inject({
+          method: 'GET',
+          url: `/v1/invoices/${t.invoiceId!}`,
+          headers: { authorization: `Bearer ${t.key}` },
+        })
         latencies.push(performance.now() - started)
         if (res.statusCode !== 200) throw new Error(`read failed: ${res.body}`)
       }
@@ -138,8 +176,10 @@ async function main (): Promise<void> {
         for (const t of readers.slice(0, 20)) {
           await client.query('BEGIN')
           await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [t.id])
-          const shard = (await client.query<{ shard: number }>('SELECT shard FROM tenants WHERE id = $1', [t.id])).rows[0]!.shard
-          const q = compiler.withPlugin(new TenantScopePlugin(tables, { tenantId: t.id, shard })).selectFrom('invoices').selectAll().where('id', '=', t.invoiceId!).compile()
+          const shard = (await client.query<{ shard: number }>('SELECT shard FROM tenants WHERE id = $1', [t.id]))
+            .rows[0]!.shard
+          const q = compiler.withPlugin(new TenantScopePlugin(tables, { tenantId: t.id, shard }))
+            .selectFrom('invoices').selectAll().where('id', '=', t.invoiceId!).compile()
           const plan = async (text: string, params: readonly unknown[]): Promise<number> => {
             const { rows: [row] } = await client.query(`EXPLAIN (ANALYZE, SUMMARY, FORMAT JSON) ${text}`, [...params])
             return (row['QUERY PLAN'] as Array<{ 'Planning Time': number }>)[0]!['Planning Time']
@@ -164,15 +204,21 @@ async function main (): Promise<void> {
         for (const t of served) {
           await backend.query('BEGIN')
           await backend.query("SELECT set_config('app.current_tenant_id', $1, true)", [t.id])
-          const shard = (await backend.query<{ shard: number }>('SELECT shard FROM tenants WHERE id = $1', [t.id])).rows[0]!.shard
-          await backend.query('SELECT * FROM invoices i JOIN invoice_lines l ON l.tenant_id = i.tenant_id AND l.invoice_id = i.id AND l.shard = i.shard WHERE i.tenant_id = $1 AND i.shard = $2 LIMIT 1', [t.id, shard])
+          const shard = (await backend.query<{ shard: number }>('SELECT shard FROM tenants WHERE id = $1', [t.id]))
+            .rows[0]!.shard
+          await backend.query(
+            'SELECT * FROM invoices i JOIN invoice_lines l ' +
+              'ON l.tenant_id = i.tenant_id AND l.invoice_id = i.id AND l.shard = i.shard ' +
+              'WHERE i.tenant_id = $1 AND i.shard = $2 LIMIT 1',
+            [t.id, shard])
           await backend.query('COMMIT')
         }
         memoryAfter = await rssAnonKb(pid)
       } finally {
         await backend.end()
       }
-      const partitions = (await appPool.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_class WHERE relispartition AND relkind = 'r'")).rows[0]!.n
+      const partitions = (await appPool.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_class WHERE relispartition AND relkind = 'r'")).rows[0]!.n
 
       const row = {
         tenants: size,
@@ -197,10 +243,12 @@ async function main (): Promise<void> {
   }
 
   const base = results[0]!
-  const header = '| tenants | placement | partitions | onboarding mean / p99 (ms) | read p50 / p99 (ms) | read p50 vs first | planning scoped / RLS only (ms) | backend RssAnon fresh → after 1,000 tenants (kB) |'
+  const header = '| tenants | placement | partitions | onboarding mean / p99 (ms) | read p50 / p99 (ms) ' +
+    '| read p50 vs first | planning scoped / RLS only (ms) | backend RssAnon fresh → after 1,000 tenants (kB) |'
   const lines = [header, '|---|---|---|---|---|---|---|---|', ...results.map((r) =>
-    `| ${r.tenants} | ${r.placement} | ${r.partitions} | ${r.onboarding_mean_ms} / ${r.onboarding_p99_ms} | ${r.read_p50_ms} / ${r.read_p99_ms} | ` +
-    `${round(Number(r.read_p50_ms) / Number(base.read_p50_ms))}× | ${r.planning_scoped_ms} / ${r.planning_rls_only_ms} | ` +
+    `| ${r.tenants} | ${r.placement} | ${r.partitions} | ${r.onboarding_mean_ms} / ${r.onboarding_p99_ms} ` +
+    `| ${r.read_p50_ms} / ${r.read_p99_ms} | ${round(Number(r.read_p50_ms) / Number(base.read_p50_ms))}× ` +
+    `| ${r.planning_scoped_ms} / ${r.planning_rls_only_ms} | ` +
     `${r.backend_rss_anon_kb_fresh ?? 'n/a'} → ${r.backend_rss_anon_kb_after_1000_tenants ?? 'n/a'} |`)]
   const markdown = lines.join('\n') + '\n'
   process.stdout.write(markdown)

@@ -9,7 +9,8 @@ import { migrate } from '../src/ops/migrate.ts'
 
 function runCodegen (databaseUrl: string, verify: boolean): number {
   const args = ['--dialect', 'postgres', '--url', databaseUrl, '--exclude-pattern', 'schema_migrations',
-    '--date-parser', 'string', '--out-file', 'src/db/schema.ts', '--log-level', 'error', ...(verify ? ['--verify'] : [])]
+    '--date-parser', 'string', '--out-file', 'src/db/schema.ts', '--log-level', 'error',
+    ...(verify ? ['--verify'] : [])]
   const result = spawnSync(path.resolve('node_modules/.bin/kysely-codegen'), args, { stdio: 'inherit' })
   return result.status ?? 1
 }

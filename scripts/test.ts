@@ -35,7 +35,11 @@ async function dockerServer (): Promise<Server | undefined> {
   const { PostgreSqlContainer } = await import('@testcontainers/postgresql')
   say('starting PostgreSQL 15 with testcontainers')
   const container = await new PostgreSqlContainer('postgres:15-alpine').start()
-  return { adminUrl: container.getConnectionUri(), source: 'testcontainers', stop: async () => { await container.stop() } }
+  return {
+    adminUrl: container.getConnectionUri(),
+    source: 'testcontainers',
+    stop: async () => { await container.stop() },
+  }
 }
 
 async function embeddedServer (): Promise<Server> {
@@ -103,7 +107,8 @@ async function main (): Promise<number> {
     }
     return await runTap(process.argv.slice(2), { ...process.env, ROWFENCE_TEST_DB: JSON.stringify(env) })
   } finally {
-    await dropDatabase(server.adminUrl, template).catch((error: unknown) => { say(`could not drop ${template}: ${String(error)}`) })
+    await dropDatabase(server.adminUrl, template)
+      .catch((error: unknown) => { say(`could not drop ${template}: ${String(error)}`) })
     await server.stop()
   }
 }

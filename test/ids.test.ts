@@ -39,5 +39,6 @@ t.test('two ids taken in the same millisecond do not count the ids taken between
     if (step >= 1n && step <= 2n) consecutive++
   }
   t.ok(sameMs > 100, `enough pairs fall in one millisecond to judge (${sameMs})`)
-  t.ok(consecutive <= sameMs / 100, `the bits after the timestamp are not a counter (${consecutive} of ${sameMs} pairs step by 1 or 2)`)
+  t.ok(consecutive <= sameMs / 100,
+    `the bits after the timestamp are not a counter (${consecutive} of ${sameMs} pairs step by 1 or 2)`)
 })

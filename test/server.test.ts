@@ -12,7 +12,11 @@ interface Run {
   stderr: string
 }
 
-function startServer (env: Record<string, string>): { child: ReturnType<typeof spawn>, output: () => string, exited: Promise<Run> } {
+function startServer (env: Record<string, string>): {
+  child: ReturnType<typeof spawn>,
+  output: () => string,
+  exited: Promise<Run>,
+} {
   const child = spawn(path.resolve('node_modules/.bin/tsx'), ['src/server.ts'], {
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', LOG_LEVEL: 'warn', PORT: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -33,7 +37,11 @@ t.test('a bad environment value stops start-up with one line naming it', async (
 
 t.test('a superuser runtime role is refused at start-up', async (t) => {
   const db = await createTestDatabase(t)
-  const { exited } = startServer({ DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.adminUrl, ADMIN_TOKEN: 'x'.repeat(40) })
+  const { exited } = startServer({
+    DATABASE_URL: db.ownerUrl,
+    APP_DATABASE_URL: db.adminUrl,
+    ADMIN_TOKEN: 'x'.repeat(40),
+  })
   const run = await exited
   t.equal(run.code, 1)
   t.match(run.stderr, /rowfence: refusing to start: runtime role \S+ is a superuser/)
@@ -42,7 +50,11 @@ t.test('a superuser runtime role is refused at start-up', async (t) => {
 t.test('a tenant table without FORCE ROW LEVEL SECURITY is refused at start-up', async (t) => {
   const db = await createTestDatabase(t)
   await query(db.ownerUrl, 'ALTER TABLE customers NO FORCE ROW LEVEL SECURITY')
-  const { exited } = startServer({ DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.appUrl, ADMIN_TOKEN: 'x'.repeat(40) })
+  const { exited } = startServer({
+    DATABASE_URL: db.ownerUrl,
+    APP_DATABASE_URL: db.appUrl,
+    ADMIN_TOKEN: 'x'.repeat(40),
+  })
   const run = await exited
   t.equal(run.code, 1)
   t.match(run.stderr, /refusing to start: table customers does not FORCE ROW LEVEL SECURITY/)
@@ -52,18 +64,28 @@ t.test('a sharded table without a partition for a live dedicated shard is refuse
   const ctx = await buildTestApp(t)
   const tenant = await onboard(ctx, 'lost-partition', 'dedicated')
   const shard = await shardOf(ctx, tenant.id)
-  await query(ctx.db.adminUrl, `ALTER TABLE invoice_lines DETACH PARTITION invoice_lines_s${shard}; DROP TABLE invoice_lines_s${shard}`)
-  const { child, exited } = startServer({ DATABASE_URL: ctx.db.ownerUrl, APP_DATABASE_URL: ctx.db.appUrl, ADMIN_TOKEN: 'x'.repeat(40) })
-  // A server that starts anyway fails the test instead of hanging it (SIGTERM: tsx passes it on to the server).
+  await query(ctx.db.adminUrl,
+    `ALTER TABLE invoice_lines DETACH PARTITION invoice_lines_s${shard}; DROP TABLE invoice_lines_s${shard}`)
+  const { child, exited } = startServer({
+    DATABASE_URL: ctx.db.ownerUrl,
+    APP_DATABASE_URL: ctx.db.appUrl,
+    ADMIN_TOKEN: 'x'.repeat(40),
+  })
+  // A server that starts anyway fails the test instead of hanging it (SIGTERM: tsx passes it on to the
+  // server).
   const serving = setTimeout(() => { child.kill('SIGTERM') }, 30_000)
   const run = await exited
   clearTimeout(serving)
   t.equal(run.code, 1, run.stderr)
-  t.match(run.stderr, new RegExp(`^rowfence: refusing to start: sharded table invoice_lines has no partition for shard ${shard} \\(dedicated to 1 tenant\\): .*create_missing_shard_partitions\\(\\).*\n$`))
+  t.match(run.stderr, new RegExp('^rowfence: refusing to start: sharded table invoice_lines has no partition ' +
+    `for shard ${shard} \\(dedicated to 1 tenant\\): .*create_missing_shard_partitions\\(\\).*\n$`))
 })
 
 /** Waits until the server prints its URL (undefined after 30 s). */
-async function listening (server: ReturnType<typeof startServer>, pattern = /listening on (http:\/\/\S+)/): Promise<string | undefined> {
+async function listening (
+  server: ReturnType<typeof startServer>,
+  pattern = /listening on (http:\/\/\S+)/
+): Promise<string | undefined> {
   const deadline = Date.now() + 30_000
   let url: string | undefined
   while (url === undefined && Date.now() < deadline) {
@@ -76,7 +98,8 @@ async function listening (server: ReturnType<typeof startServer>, pattern = /lis
 t.test('a tenant a crashed move left moving is set back to active when the server starts', async (t) => {
   const db = await createTestDatabase(t)
   const id = '0190a6d2-0000-7000-8000-0000000000dd'
-  await query(db.adminUrl, `INSERT INTO tenants (id, name, slug, shard, status) VALUES ('${id}', 'Stuck', 'stuck-mover', pooled_shard_for('${id}'), 'moving')`)
+  await query(db.adminUrl, `INSERT INTO tenants (id, name, slug, shard, status)
+    VALUES ('${id}', 'Stuck', 'stuck-mover', pooled_shard_for('${id}'), 'moving')`)
   const server = startServer({ DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.appUrl, ADMIN_TOKEN: 'x'.repeat(40) })
   t.teardown(() => { server.child.kill('SIGKILL') })
   t.ok(await listening(server), 'the server printed its URL')
@@ -108,7 +131,12 @@ t.test('a correct setup serves, and SIGTERM stops it cleanly with exit code 0', 
 
 t.test('with WEB_CONCURRENCY=2, workers share the port and SIGTERM stops them all with exit code 0', async (t) => {
   const db = await createTestDatabase(t)
-  const server = startServer({ DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.appUrl, ADMIN_TOKEN: 'x'.repeat(40), WEB_CONCURRENCY: '2' })
+  const server = startServer({
+    DATABASE_URL: db.ownerUrl,
+    APP_DATABASE_URL: db.appUrl,
+    ADMIN_TOKEN: 'x'.repeat(40),
+    WEB_CONCURRENCY: '2',
+  })
   t.teardown(() => { server.child.kill('SIGKILL') })
   const deadline = Date.now() + 30_000
   let url: string | undefined

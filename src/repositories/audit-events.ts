@@ -14,12 +14,18 @@ export interface AppendedAuditEvent {
  * Appends an event. The database decides the time (occurred_at), the chain position and the hashes
  * (sql/0006, 0011: the runtime role may not supply them); they are returned for the head anchor.
  */
-export async function insertAuditEvent (trx: Executor, event: Omit<Insertable<AuditEvents>, 'tenant_id' | 'shard' | 'occurred_at' | 'seq' | 'hash' | 'prev_hash'>): Promise<AppendedAuditEvent> {
+export async function insertAuditEvent (
+  trx: Executor,
+  event: Omit<Insertable<AuditEvents>, 'tenant_id' | 'shard' | 'occurred_at' | 'seq' | 'hash' | 'prev_hash'>
+): Promise<AppendedAuditEvent> {
   const row = await trx.insertInto('audit_events').values(event).returning(['seq', 'hash']).executeTakeFirstOrThrow()
   return { seq: Number(row.seq), hash: row.hash.toString('hex') }
 }
 
-export async function listAuditEvents (trx: Executor, page: { limit: number, before?: string | undefined }): Promise<AuditEventRow[]> {
+export async function listAuditEvents (
+  trx: Executor,
+  page: { limit: number, before?: string | undefined }
+): Promise<AuditEventRow[]> {
   let query = trx.selectFrom('audit_events').selectAll().orderBy('id', 'desc').limit(page.limit)
   if (page.before !== undefined) query = query.where('id', '<', page.before)
   return query.execute()
@@ -197,7 +203,9 @@ export async function checkAuditAnchor (
     const reason = 'the event differs from the anchor kept outside the database: the chain was rewritten'
     return { id: anchored.id, seq: anchor.seq, reason }
   }
-  if (!anchored.ok_hash) return { id: anchored.id, seq: anchor.seq, reason: 'the anchored event was altered after it was written' }
+  if (!anchored.ok_hash) {
+    return { id: anchored.id, seq: anchor.seq, reason: 'the anchored event was altered after it was written' }
+  }
   if (!anchored.ok_prev) return { id: anchored.id, seq: anchor.seq, reason: 'the link to the previous event is broken' }
   return null
 }
@@ -205,7 +213,8 @@ export async function checkAuditAnchor (
 /** Where a walk that starts at `fromSeq` starts: the event before it, as stored (undefined: missing). */
 async function positionBefore (trx: Executor, fromSeq: number): Promise<ChainPosition | undefined> {
   if (fromSeq <= 1) return { seq: 0, hash: null }
-  const row = await trx.selectFrom('audit_events').select(['seq', 'hash']).where('seq', '=', String(fromSeq - 1)).executeTakeFirst()
+  const row = await trx.selectFrom('audit_events').select(['seq', 'hash'])
+    .where('seq', '=', String(fromSeq - 1)).executeTakeFirst()
   return row === undefined ? undefined : { seq: Number(row.seq), hash: row.hash }
 }
 
@@ -246,8 +255,17 @@ export async function verifyAuditChain (
     : await positionBefore(trx, options.fromSeq)
   if (from === undefined) {
     const seq = options.fromSeq! - 1
-    const broken = { id: null, seq, reason: 'this event is missing: the chain was cut short, or it does not reach this far' }
-    return { headSeq: 0, examined: 0, through: { seq: 0, hash: null }, complete: true, from: seq, recorded: null, broken }
+    const reason = 'this event is missing: the chain was cut short, or it does not reach this far'
+    const broken = { id: null, seq, reason }
+    return {
+      headSeq: 0,
+      examined: 0,
+      through: { seq: 0, hash: null },
+      complete: true,
+      from: seq,
+      recorded: null,
+      broken,
+    }
   }
   const step = await verifyChainStep(trx, scope, from, options.maxEvents ?? VERIFY_STEP_MAX)
   const anchor = options.anchor

@@ -7,7 +7,10 @@ export type CustomerRow = Selectable<Customers>
 // tenant_id is never passed in: the column defaults to current_tenant_id() and the policy's
 // WITH CHECK refuses any other value, so a repository cannot write into another tenant.
 
-export async function insertCustomer (trx: Executor, customer: Omit<Insertable<Customers>, 'tenant_id'>): Promise<CustomerRow> {
+export async function insertCustomer (
+  trx: Executor,
+  customer: Omit<Insertable<Customers>, 'tenant_id'>
+): Promise<CustomerRow> {
   return trx.insertInto('customers').values(customer).returningAll().executeTakeFirstOrThrow()
 }
 
@@ -15,13 +18,20 @@ export async function findCustomer (trx: Executor, id: string): Promise<Customer
   return trx.selectFrom('customers').selectAll().where('id', '=', id).executeTakeFirst()
 }
 
-export async function listCustomers (trx: Executor, page: { limit: number, before?: string | undefined }): Promise<CustomerRow[]> {
+export async function listCustomers (
+  trx: Executor,
+  page: { limit: number, before?: string | undefined }
+): Promise<CustomerRow[]> {
   let query = trx.selectFrom('customers').selectAll().orderBy('id', 'desc').limit(page.limit)
   if (page.before !== undefined) query = query.where('id', '<', page.before)
   return query.execute()
 }
 
-export async function updateCustomer (trx: Executor, id: string, changes: Omit<Updateable<Customers>, 'tenant_id' | 'id' | 'created_at'>): Promise<CustomerRow | undefined> {
+export async function updateCustomer (
+  trx: Executor,
+  id: string,
+  changes: Omit<Updateable<Customers>, 'tenant_id' | 'id' | 'created_at'>
+): Promise<CustomerRow | undefined> {
   return trx
     .updateTable('customers')
     .set({ ...changes, updated_at: sql<Date>`now()` })

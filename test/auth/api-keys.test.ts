@@ -1,6 +1,8 @@
 import t from 'tap'
 import { v7 } from 'uuid'
-import { API_KEY_LENGTH, API_KEY_PREFIX, generateApiKey, hashApiKey, parseApiKey, secretMatches } from '../../src/auth/api-keys.ts'
+import {
+  API_KEY_LENGTH, API_KEY_PREFIX, generateApiKey, hashApiKey, parseApiKey, secretMatches,
+} from '../../src/auth/api-keys.ts'
 
 const tenantId = v7()
 
@@ -23,7 +25,11 @@ t.test('keys carry 256 bits of fresh randomness', async (t) => {
 t.test('anything that is not a well-formed key is refused without a lookup', async (t) => {
   const { key } = generateApiKey(tenantId)
   const flipped = (i: number): string => key.slice(0, i) + (key[i] === 'a' ? 'b' : 'a') + key.slice(i + 1)
-  for (const bad of ['', 'rfk_', key.slice(0, -1), `${key}A`, key.replace(API_KEY_PREFIX, 'rfx_'), flipped(10), flipped(60), flipped(key.length - 1), `${key.slice(0, -6)}!!!!!!`]) {
+  const bads = [
+    '', 'rfk_', key.slice(0, -1), `${key}A`, key.replace(API_KEY_PREFIX, 'rfx_'),
+    flipped(10), flipped(60), flipped(key.length - 1), `${key.slice(0, -6)}!!!!!!`,
+  ]
+  for (const bad of bads) {
     t.equal(parseApiKey(bad), undefined, JSON.stringify(bad.slice(0, 20)))
   }
 })

@@ -32,7 +32,11 @@ t.test('every forged, expired or incomplete token is a 401', async (t) => {
   const now = Math.floor(Date.now() / 1000)
   const cases: Array<[string, string, RegExp]> = [
     ['expired', signUserToken({ sub: 'ada', tid: acme.id, exp: now - 60 }), /expired/],
-    ['wrong signature', signUserToken({ sub: 'ada', tid: acme.id, exp: inAnHour() }, { key: 'another-secret-another-secret-12345' }), /invalid/],
+    [
+      'wrong signature',
+      signUserToken({ sub: 'ada', tid: acme.id, exp: inAnHour() }, { key: 'another-secret-another-secret-12345' }),
+      /invalid/,
+    ],
     ['alg none', unsignedToken({ sub: 'ada', tid: acme.id, exp: inAnHour() }), /invalid/],
     ['no exp', signUserToken({ sub: 'ada', tid: acme.id }), /invalid/],
     ['no sub', signUserToken({ tid: acme.id, exp: inAnHour() }), /invalid/],
@@ -47,7 +51,8 @@ t.test('every forged, expired or incomplete token is a 401', async (t) => {
 })
 
 t.test('a token that expired within the clock tolerance still works', async (t) => {
-  const res = await get('/v1/tenant', bearer(signUserToken({ sub: 'ada', tid: acme.id, exp: Math.floor(Date.now() / 1000) - 1 })))
+  const exp = Math.floor(Date.now() / 1000) - 1
+  const res = await get('/v1/tenant', bearer(signUserToken({ sub: 'ada', tid: acme.id, exp })))
   t.equal(res.statusCode, 200)
 })
 
@@ -57,10 +62,15 @@ t.test('a user who is not a member gets 403 before any tenant data is read', asy
   const observed = await buildTestApp(t, {}, ctx.db, { onQuery: (text) => { statements.push(text) } })
   await observed.app.ready()
   const tables = [...observed.app.tenantTables.keys()]
-  const readsTenantData = (sql: string): boolean => tables.some((name) => new RegExp(`"${name}"|\\b${name}\\b`).test(sql))
+  const readsTenantData = (sql: string): boolean =>
+    tables.some((name) => new RegExp(`"${name}"|\\b${name}\\b`).test(sql))
   const send = async (url: string, claims: Record<string, unknown>) => {
     statements.length = 0
-    const res = await observed.app.inject({ method: 'GET', url, headers: bearer(signUserToken({ ...claims, exp: inAnHour() })) })
+    const res = await observed.app.inject({
+      method: 'GET',
+      url,
+      headers: bearer(signUserToken({ ...claims, exp: inAnHour() })),
+    })
     return { res, sent: [...statements] }
   }
 
@@ -85,7 +95,10 @@ t.test('x-tenant-id chooses among the tenants a user belongs to', async (t) => {
   const res = await get('/v1/tenant', { ...bearer(token), 'x-tenant-id': globex.id })
   t.equal(res.statusCode, 200)
   t.equal(res.json<{ id: string }>().id, globex.id, 'the header wins over the tid claim')
-  const notMine = await get('/v1/tenant', { ...bearer(signUserToken({ sub: 'ada', exp: inAnHour() })), 'x-tenant-id': globex.id })
+  const notMine = await get('/v1/tenant', {
+    ...bearer(signUserToken({ sub: 'ada', exp: inAnHour() })),
+    'x-tenant-id': globex.id,
+  })
   t.equal(notMine.statusCode, 403, 'but only for tenants the user is a member of')
 })
 
@@ -100,7 +113,8 @@ t.test('a token that names no tenant works for a user with exactly one', async (
 
 t.test('member roles map to scopes', async (t) => {
   const token = (sub: string): Record<string, string> => bearer(signUserToken({ sub, tid: acme.id, exp: inAnHour() }))
-  const post = (sub: string) => ctx.app.inject({ method: 'POST', url: '/v1/customers', headers: token(sub), payload: { name: `by ${sub}` } })
+  const post = (sub: string) =>
+    ctx.app.inject({ method: 'POST', url: '/v1/customers', headers: token(sub), payload: { name: `by ${sub}` } })
   t.equal((await get('/v1/customers', token('vic'))).statusCode, 200, 'viewer reads')
   t.equal((await post('vic')).statusCode, 403, 'viewer cannot write')
   t.equal((await post('mel')).statusCode, 201, 'member writes')
@@ -137,7 +151,11 @@ t.test('RS256: the algorithm is pinned, so an HS256 token signed with the public
 
 t.test('without JWT configuration, tokens are refused', async (t) => {
   const off = await buildTestApp(t, { jwt: undefined }, ctx.db)
-  const res = await off.app.inject({ method: 'GET', url: '/v1/tenant', headers: bearer(signUserToken({ sub: 'ada', tid: acme.id, exp: inAnHour() })) })
+  const res = await off.app.inject({
+    method: 'GET',
+    url: '/v1/tenant',
+    headers: bearer(signUserToken({ sub: 'ada', tid: acme.id, exp: inAnHour() })),
+  })
   t.equal(res.statusCode, 401)
   t.equal((await off.app.inject(as(acme, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200, 'API keys still work')
 })

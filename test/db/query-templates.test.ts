@@ -7,7 +7,9 @@ import { query } from '../helpers/db.ts'
 // must be filled in afresh on every run. Provision tenants until two share a shard.
 const statements: string[] = []
 const sent: Array<{ sql: string, values: readonly unknown[] }> = []
-const ctx = await buildTestApp(t, {}, undefined, { onQuery: (sql, values) => { statements.push(sql); sent.push({ sql, values }) } })
+const ctx = await buildTestApp(t, {}, undefined, {
+  onQuery: (sql, values) => { statements.push(sql); sent.push({ sql, values }) },
+})
 const byShard = new Map<number, ProvisionedTenant[]>()
 let pair: ProvisionedTenant[] | undefined
 while (pair === undefined) {
@@ -20,8 +22,18 @@ while (pair === undefined) {
 const [first, second] = pair as [ProvisionedTenant, ProvisionedTenant]
 
 async function invoiceOf (tenant: ProvisionedTenant, memo: string): Promise<string> {
-  const customer = (await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: memo } }))).json<{ id: string }>()
-  const invoice = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload: { customer_id: customer.id, currency: 'EUR', memo, lines: [{ description: memo, quantity: 1, unit_amount_cents: 1 }] } }))
+  const customer = (await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: memo } })))
+    .json<{ id: string }>()
+  const invoice = await ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/invoices',
+    payload: {
+      customer_id: customer.id,
+      currency: 'EUR',
+      memo,
+      lines: [{ description: memo, quantity: 1, unit_amount_cents: 1 }],
+    },
+  }))
   return invoice.json<{ id: string }>().id
 }
 
@@ -34,7 +46,8 @@ t.test("a template built for one tenant serves the next tenant of the shard with
   const readB = await ctx.app.inject(as(second, { method: 'GET', url: `/v1/invoices/${b}` })) // reuses it
   t.equal(readB.statusCode, 200)
   t.equal(readB.json<{ memo: string }>().memo, 'second tenant')
-  t.equal((await ctx.app.inject(as(second, { method: 'GET', url: `/v1/invoices/${a}` }))).statusCode, 404, "the other tenant's invoice stays invisible")
+  t.equal((await ctx.app.inject(as(second, { method: 'GET', url: `/v1/invoices/${a}` }))).statusCode, 404,
+    "the other tenant's invoice stays invisible")
   t.equal((await ctx.app.inject(as(first, { method: 'GET', url: `/v1/invoices/${b}` }))).statusCode, 404)
   const select = statements.find((s) => s.startsWith('select "invoices".*'))
   t.ok(select, 'the reused statement was sent')
@@ -42,13 +55,15 @@ t.test("a template built for one tenant serves the next tenant of the shard with
 
 t.test('each shape of a list (which filters are given) has its own template, and filters apply', async (t) => {
   const listed = async (tenant: ProvisionedTenant, qs: string): Promise<string[]> =>
-    (await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/invoices${qs}` }))).json<{ data: Array<{ memo: string }> }>().data.map((i) => i.memo)
+    (await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/invoices${qs}` })))
+      .json<{ data: Array<{ memo: string }> }>().data.map((i) => i.memo)
   const open = await invoiceOf(first, 'to finalize')
   await ctx.app.inject(as(first, { method: 'POST', url: `/v1/invoices/${open}/finalize` }))
   t.same(await listed(first, ''), ['to finalize', 'first tenant'])
   t.same(await listed(first, '?status=open'), ['to finalize'])
   t.same(await listed(first, '?status=draft'), ['first tenant'])
-  t.same(await listed(second, '?status=open'), [], 'the other tenant of the shard, through the same template: none of its invoices are open')
+  t.same(await listed(second, '?status=open'), [],
+    'the other tenant of the shard, through the same template: none of its invoices are open')
   t.same(await listed(second, ''), ['second tenant'])
   const page = await ctx.app.inject(as(first, { method: 'GET', url: '/v1/invoices?limit=1' }))
   const cursor = page.json<{ next_cursor: string }>().next_cursor
@@ -76,10 +91,16 @@ t.test("the invoice list's statement keeps a generic plan: its LIMIT is written 
   await client.query('BEGIN')
   await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [first.id])
   for (let i = 0; i < 8; i++) {
-    const { rows } = await client.query<{ json: string | null }>({ name: 'listed', text: list.sql, values: [...list.values] })
+    const { rows } = await client.query<{ json: string | null }>({
+      name: 'listed',
+      text: list.sql,
+      values: [...list.values],
+    })
     t.equal(rows.filter((r) => r.json !== null).length, 2, 'a page of two rendered, of the rows read')
   }
-  const [plans] = (await client.query<{ generic_plans: string, custom_plans: string }>("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'listed'")).rows
-  t.ok(Number(plans!.generic_plans) >= 3, `the generic plan is kept (generic ${plans!.generic_plans}, custom ${plans!.custom_plans})`)
+  const [plans] = (await client.query<{ generic_plans: string, custom_plans: string }>(
+    "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'listed'")).rows
+  t.ok(Number(plans!.generic_plans) >= 3,
+    `the generic plan is kept (generic ${plans!.generic_plans}, custom ${plans!.custom_plans})`)
   await client.query('ROLLBACK')
 })

@@ -11,7 +11,13 @@ import { as, buildTestApp, provisionTenant, type ProvisionedTenant } from '../he
 
 const ctx = await buildTestApp(t, { DB_POOL_MAX: 4 })
 
-interface Seeded { tenant: ProvisionedTenant, customers: string[], invoices: string[], keys: string[], members: string[] }
+interface Seeded {
+  tenant: ProvisionedTenant
+  customers: string[]
+  invoices: string[]
+  keys: string[]
+  members: string[]
+}
 
 async function seed (name: string): Promise<Seeded> {
   const tenant = await provisionTenant(ctx, name)
@@ -20,7 +26,10 @@ async function seed (name: string): Promise<Seeded> {
     if (res.statusCode >= 300) throw new Error(`seeding ${url}: ${res.statusCode} ${res.body}`)
     return res.json()
   }
-  const customers = [(await post('/v1/customers', { name: `${name} one`, external_ref: `${name}-ref` })).id!, (await post('/v1/customers', { name: `${name} two` })).id!]
+  const customers = [
+    (await post('/v1/customers', { name: `${name} one`, external_ref: `${name}-ref` })).id!,
+    (await post('/v1/customers', { name: `${name} two` })).id!,
+  ]
   const line = { description: 'fuzz', quantity: 2, unit_amount_cents: 150 }
   const invoices = [
     (await post('/v1/invoices', { customer_id: customers[0], currency: 'EUR', lines: [line] })).id!,
@@ -35,13 +44,19 @@ async function seed (name: string): Promise<Seeded> {
 const mine = await seed('fuzz-mine')
 const theirs = await seed('fuzz-theirs')
 // The fuzzer's own credential is not among the ids it throws around (it would revoke itself).
-const fuzzKey = (await ctx.app.inject(as(mine.tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'fuzzer', scopes: ['read', 'write', 'admin'] } }))).json<{ key: string }>().key
+const fuzzKey = (await ctx.app.inject(as(mine.tenant, {
+  method: 'POST',
+  url: '/v1/api-keys',
+  payload: { name: 'fuzzer', scopes: ['read', 'write', 'admin'] },
+}))).json<{ key: string }>().key
 const theirIds = [theirs.tenant.id, ...theirs.customers, ...theirs.invoices, ...theirs.keys, ...theirs.members]
 
 /** Every documented operation, from the OpenAPI document the server itself serves. */
-const spec = (await ctx.app.inject({ method: 'GET', url: '/openapi.json' })).json<{ paths: Record<string, Record<string, unknown>> }>()
+const spec = (await ctx.app.inject({ method: 'GET', url: '/openapi.json' }))
+  .json<{ paths: Record<string, Record<string, unknown>> }>()
 const operations = Object.entries(spec.paths).flatMap(([path, ops]) =>
-  Object.keys(ops).filter((m) => ['get', 'post', 'patch', 'put', 'delete'].includes(m)).map((m) => ({ method: m.toUpperCase() as 'GET', path })))
+  Object.keys(ops).filter((m) => ['get', 'post', 'patch', 'put', 'delete'].includes(m))
+    .map((m) => ({ method: m.toUpperCase() as 'GET', path })))
 t.ok(operations.length >= 20, `${operations.length} operations to fuzz`)
 
 // Path parameters: the caller's ids, the other tenant's, and made-up or malformed ones.
@@ -50,7 +65,8 @@ const foreignId = fc.constantFrom(...theirIds)
 const oddText = fc.oneof(
   fc.string({ maxLength: 40 }),
   fc.string({ unit: 'binary', maxLength: 20 }), // any code point, NUL and lone surrogates included
-  fc.constantFrom('', ' ', '%00', '%zz', '..', '../admin', 'null', '-1', '0'.repeat(300), '🙂', 'x'.repeat(2000), "' OR 1=1 --"),
+  fc.constantFrom('', ' ', '%00', '%zz', '..', '../admin', 'null', '-1', '0'.repeat(300), '🙂', 'x'.repeat(2000),
+    "' OR 1=1 --"),
   fc.uuid()
 )
 const param = fc.oneof(ownId, foreignId, oddText, fc.constantFrom(...mine.members, ...theirs.members))
@@ -63,17 +79,31 @@ const line = fc.record({
 }, { requiredKeys: [] })
 // Valid bodies (so that requests get past validation and into the handlers and the database),
 // bodies of roughly the right shape with values from anywhere, or anything at all.
-const validLine = fc.record({ description: fc.string({ minLength: 1, maxLength: 50 }), quantity: fc.integer({ min: 1, max: 1_000_000 }), unit_amount_cents: fc.integer({ min: 0, max: 100_000_000_000 }) })
+const validLine = fc.record({
+  description: fc.string({ minLength: 1, maxLength: 50 }),
+  quantity: fc.integer({ min: 1, max: 1_000_000 }),
+  unit_amount_cents: fc.integer({ min: 0, max: 100_000_000_000 }),
+})
 const valid = fc.oneof(
-  fc.record({ name: fc.string({ minLength: 1, maxLength: 200 }), email: fc.emailAddress(), external_ref: fc.string({ minLength: 1, maxLength: 50 }) }, { requiredKeys: ['name'] }),
+  fc.record({
+    name: fc.string({ minLength: 1, maxLength: 200 }),
+    email: fc.emailAddress(),
+    external_ref: fc.string({ minLength: 1, maxLength: 50 }),
+  }, { requiredKeys: ['name'] }),
   fc.record({
     customer_id: fc.oneof(ownId, foreignId, fc.constantFrom(...mine.customers)),
     currency: fc.constantFrom('EUR', 'USD', 'JPY'),
     lines: fc.array(validLine, { minLength: 1, maxLength: 5 }),
     memo: fc.string({ maxLength: 100 }),
   }, { requiredKeys: ['customer_id', 'currency', 'lines'] }),
-  fc.record({ name: fc.string({ minLength: 1, maxLength: 50 }), scopes: fc.subarray(['read', 'write', 'admin'], { minLength: 1 }) }),
-  fc.record({ user_id: fc.stringMatching(/^[a-z0-9|@._-]{1,40}$/), role: fc.constantFrom('admin', 'member', 'viewer') }),
+  fc.record({
+    name: fc.string({ minLength: 1, maxLength: 50 }),
+    scopes: fc.subarray(['read', 'write', 'admin'], { minLength: 1 }),
+  }),
+  fc.record({
+    user_id: fc.stringMatching(/^[a-z0-9|@._-]{1,40}$/),
+    role: fc.constantFrom('admin', 'member', 'viewer'),
+  }),
   fc.constant({})
 )
 const body = fc.oneof(
@@ -95,10 +125,16 @@ const body = fc.oneof(
     placement: fc.constantFrom('pooled', 'dedicated', 'elsewhere'),
   }, { requiredKeys: [] })
 )
-const query = fc.dictionary(fc.constantFrom('limit', 'cursor', 'status', 'customer_id', 'anchor_seq', 'anchor_hash', 'x'), fc.oneof(fc.string({ maxLength: 30 }), fc.integer().map(String), fc.constantFrom('0', '201', '-1', 'open', 'draft')), { maxKeys: 3 })
-const contentType = fc.constantFrom('application/json', 'application/json', 'application/json', 'text/plain', 'application/x-www-form-urlencoded', 'application/json; charset=latin1')
+const query = fc.dictionary(
+  fc.constantFrom('limit', 'cursor', 'status', 'customer_id', 'anchor_seq', 'anchor_hash', 'x'),
+  fc.oneof(fc.string({ maxLength: 30 }), fc.integer().map(String), fc.constantFrom('0', '201', '-1', 'open', 'draft')),
+  { maxKeys: 3 }
+)
+const contentType = fc.constantFrom('application/json', 'application/json', 'application/json', 'text/plain',
+  'application/x-www-form-urlencoded', 'application/json; charset=latin1')
 type Credential = 'mine' | 'none' | 'garbage' | 'forged' | 'forged-in-mine' | 'theirs-header'
-const credential = fc.constantFrom<Credential>('mine', 'mine', 'mine', 'mine', 'mine', 'none', 'garbage', 'forged', 'forged-in-mine', 'theirs-header')
+const credential = fc.constantFrom<Credential>('mine', 'mine', 'mine', 'mine', 'mine', 'none', 'garbage', 'forged',
+  'forged-in-mine', 'theirs-header')
 // Well-formed keys (valid checksum) with made-up ids: they pass every check that needs no database.
 const forgedKeys: Record<'forged' | 'forged-in-mine', string> = {
   forged: formatApiKey(newId(), newId(), randomBytes(32)).key,
@@ -121,23 +157,30 @@ const MAX_PROBLEM_BYTES = 4096
 function problemOk (res: { statusCode: number, headers: Record<string, unknown>, body: string }): string | undefined {
   if (res.statusCode >= 500) return `5xx: ${res.statusCode} ${res.body}`
   if (res.statusCode < 400) return undefined
-  if (!/^application\/problem\+json/.test(String(res.headers['content-type']))) return `error without problem+json: ${res.statusCode} ${String(res.headers['content-type'])}`
+  if (!/^application\/problem\+json/.test(String(res.headers['content-type']))) {
+    return `error without problem+json: ${res.statusCode} ${String(res.headers['content-type'])}`
+  }
   let parsed: Record<string, unknown>
   try {
     parsed = JSON.parse(res.body) as Record<string, unknown>
   } catch {
     return `unparseable problem: ${res.body.slice(0, 200)}`
   }
-  if (parsed.status !== res.statusCode || typeof parsed.title !== 'string' || typeof parsed.type !== 'string') return `malformed problem: ${res.body.slice(0, 200)}`
+  if (parsed.status !== res.statusCode || typeof parsed.title !== 'string' || typeof parsed.type !== 'string') {
+    return `malformed problem: ${res.body.slice(0, 200)}`
+  }
   if (res.body.length > MAX_PROBLEM_BYTES) return `a problem of ${res.body.length} bytes`
-  if (/at .*\.ts:\d+|node_modules|SELECT |relation "|constraint|pg_/i.test(res.body)) return `internals in a response: ${res.body.slice(0, 300)}`
+  if (/at .*\.ts:\d+|node_modules|SELECT |relation "|constraint|pg_/i.test(res.body)) {
+    return `internals in a response: ${res.body.slice(0, 300)}`
+  }
   return undefined
 }
 
 const tenantOperations = operations.filter((o) => o.path.startsWith('/v1/'))
 const adminOperations = operations.filter((o) => o.path.startsWith('/admin/'))
 
-t.test('tenant routes: random requests never give a 5xx, errors are problem+json, and no other tenant id leaks', async (t) => {
+t.test('tenant routes: random requests never give a 5xx, errors are problem+json, ' +
+  'and no other tenant id leaks', async (t) => {
   const statuses = new Map<number, number>()
   const byCredential = new Map<Credential, Set<number>>()
   let runs = 0
@@ -148,7 +191,8 @@ t.test('tenant routes: random requests never give a 5xx, errors are problem+json
     async (op, params, payload, qs, type, cred, withIdempotency) => {
       runs++
       let i = 0
-      const url = op.path.replace(/\{[^}]+\}/g, () => encodeURIComponent(params[i++] ?? 'x')) + (Object.keys(qs).length > 0 ? `?${new URLSearchParams(qs).toString()}` : '')
+      const url = op.path.replace(/\{[^}]+\}/g, () => encodeURIComponent(params[i++] ?? 'x')) +
+        (Object.keys(qs).length > 0 ? `?${new URLSearchParams(qs).toString()}` : '')
       const headers: Record<string, string> = {}
       if (cred === 'mine' || cred === 'theirs-header') headers.authorization = `Bearer ${fuzzKey}`
       if (cred === 'garbage') headers.authorization = 'Bearer rfk_' + 'A'.repeat(93)
@@ -163,7 +207,9 @@ t.test('tenant routes: random requests never give a 5xx, errors are problem+json
       const wrong = problemOk(res)
       if (wrong !== undefined) throw new Error(`${op.method} ${url}: ${wrong}`)
       const leaked = theirIds.find((id) => res.body.includes(id) && !url.includes(encodeURIComponent(id)))
-      if (leaked !== undefined) throw new Error(`${op.method} ${url}: another tenant's id ${leaked} in ${res.body.slice(0, 300)}`)
+      if (leaked !== undefined) {
+        throw new Error(`${op.method} ${url}: another tenant's id ${leaked} in ${res.body.slice(0, 300)}`)
+      }
       if ((cred === 'forged' || cred === 'forged-in-mine') && res.statusCode < 400) {
         throw new Error(`${op.method} ${url}: a forged key got ${res.statusCode}`)
       }
@@ -172,7 +218,8 @@ t.test('tenant routes: random requests never give a 5xx, errors are problem+json
   t.equal(runs, 3000, 'every run was made (running out of time fails the test)')
   t.comment(`statuses: ${JSON.stringify(Object.fromEntries([...statuses].sort((a, b) => a[0] - b[0])))}`)
   // The fuzzing must get past validation often enough to exercise the handlers and the database.
-  const handled = [...statuses].filter(([s]) => s < 300 || s === 404 || s === 409 || s === 422).reduce((n, [, c]) => n + c, 0)
+  const handled = [...statuses].filter(([s]) => s < 300 || s === 404 || s === 409 || s === 422)
+    .reduce((n, [, c]) => n + c, 0)
   t.ok(handled >= 300, `${handled} requests reached a handler (2xx, 404, 409, 422)`)
   for (const forged of ['forged', 'forged-in-mine'] as const) {
     t.ok(byCredential.get(forged)?.has(401), `${forged} keys were sent and refused with 401`)
@@ -188,11 +235,17 @@ t.test('operator routes: random requests never give a 5xx and errors are problem
     fc.constantFrom(...adminOperations), safeParam, body, query, contentType, fc.boolean(),
     async (op, param, payload, qs, type, operator) => {
       runs++
-      const url = op.path.replace(/\{[^}]+\}/g, () => encodeURIComponent(param)) + (Object.keys(qs).length > 0 ? `?${new URLSearchParams(qs).toString()}` : '')
+      const url = op.path.replace(/\{[^}]+\}/g, () => encodeURIComponent(param)) +
+        (Object.keys(qs).length > 0 ? `?${new URLSearchParams(qs).toString()}` : '')
       const headers: Record<string, string> = { authorization: `Bearer ${operator ? ctx.adminToken : mine.tenant.key}` }
       const hasBody = op.method !== 'GET' && op.method !== 'DELETE'
       if (hasBody) headers['content-type'] = type
-      const res = await ctx.app.inject({ method: op.method, url, headers, ...(hasBody && { payload: JSON.stringify(payload) ?? 'null' }) })
+      const res = await ctx.app.inject({
+        method: op.method,
+        url,
+        headers,
+        ...(hasBody && { payload: JSON.stringify(payload) ?? 'null' }),
+      })
       const who = operator ? 'operator' : 'tenant key'
       statuses.set(`${who} ${res.statusCode}`, (statuses.get(`${who} ${res.statusCode}`) ?? 0) + 1)
       const wrong = problemOk(res)
@@ -207,7 +260,8 @@ t.test('operator routes: random requests never give a 5xx and errors are problem
   t.equal(runs, 500, 'every run was made (running out of time fails the test)')
   const seen = Object.fromEntries([...statuses].sort())
   t.comment(`statuses: ${JSON.stringify(seen)}`)
-  t.ok(Object.keys(seen).some((s) => /^operator 2\d\d$/.test(s)), 'some operator requests succeeded (the fuzzing reached the handlers)')
+  t.ok(Object.keys(seen).some((s) => /^operator 2\d\d$/.test(s)),
+    'some operator requests succeeded (the fuzzing reached the handlers)')
   t.ok(seen['tenant key 401'] !== undefined, 'tenant keys were sent to operator routes, and refused')
   const still = await ctx.app.inject(as(theirs.tenant, { method: 'GET', url: '/v1/tenant' }))
   t.equal(still.statusCode, 200, 'the seeded tenants survived the fuzzing')

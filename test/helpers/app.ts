@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import type { FastifyInstance, InjectOptions } from 'fastify'
 import { buildApp, type AppConfig, type BuildOptions } from '../../src/app.ts'
+import { loadConfig } from '../../src/config.ts'
+import { PLAINTEXT } from '../../src/db/tls.ts'
 import { createTestDatabase, type TestDatabase } from './db.ts'
 
 interface Teardown {
@@ -23,10 +25,17 @@ export interface TestApp {
  * The production app (same buildApp, same options) on a database of the test's own, connected as
  * the runtime role `app`: RLS applies to every query the tests make through it.
  */
-export async function buildTestApp (t: Teardown, overrides: Partial<AppConfig> = {}, database?: TestDatabase, options: BuildOptions = {}): Promise<TestApp> {
+export async function buildTestApp (
+  t: Teardown,
+  overrides: Partial<AppConfig> = {},
+  database?: TestDatabase,
+  options: BuildOptions = {}
+): Promise<TestApp> {
   const db = database ?? await createTestDatabase(t)
   const adminToken = randomBytes(32).toString('base64url')
   const config: AppConfig = {
+    // Every default as the server resolves it (an empty environment), then the test's own values.
+    ...loadConfig({}),
     NODE_ENV: 'test',
     LOG_LEVEL: (process.env.TEST_LOG_LEVEL as AppConfig['LOG_LEVEL'] | undefined) ?? 'silent',
     DATABASE_URL: db.ownerUrl,
@@ -43,6 +52,7 @@ export async function buildTestApp (t: Teardown, overrides: Partial<AppConfig> =
     // compiling of test modules in the same process, would shed the requests under test.
     MAX_EVENT_LOOP_DELAY_MS: 0,
     jwt: { algorithm: 'HS256', key: TEST_JWT_SECRET },
+    databaseTls: PLAINTEXT,
     EXPORT_SIGNING_KEY: TEST_EXPORT_SIGNING_KEY,
     ...overrides,
   }
@@ -59,7 +69,10 @@ export interface ProvisionedTenant {
 }
 
 /** Creates a tenant through the operator API, exactly as an operator would. */
-export async function provisionTenant (t: TestApp, slug = `t-${randomBytes(4).toString('hex')}`): Promise<ProvisionedTenant> {
+export async function provisionTenant (
+  t: TestApp,
+  slug = `t-${randomBytes(4).toString('hex')}`
+): Promise<ProvisionedTenant> {
   const res = await t.app.inject({
     method: 'POST',
     url: '/admin/v1/tenants',

@@ -18,7 +18,11 @@ export interface TestDatabase {
 }
 
 /** Runs a statement (or a batch) on a fresh connection and returns the rows of its last SELECT. */
-export async function query<R extends pg.QueryResultRow = Record<string, unknown>> (url: string, text: string, values: unknown[] = []): Promise<R[]> {
+export async function query<R extends pg.QueryResultRow = Record<string, unknown>> (
+  url: string,
+  text: string,
+  values: unknown[] = []
+): Promise<R[]> {
   const client = new pg.Client({ connectionString: url })
   await client.connect()
   try {
@@ -43,7 +47,8 @@ export async function createTestDatabase (t: Teardown, options: { empty?: boolea
     const db = admin.escapeIdentifier(name)
     // empty: no migrations applied yet (template0 is a pristine cluster template).
     const template = options.empty === true ? 'template0' : env.template
-    await admin.query(`CREATE DATABASE ${db} TEMPLATE ${admin.escapeIdentifier(template)} OWNER ${admin.escapeIdentifier(env.ownerRole)}`)
+    await admin.query(`CREATE DATABASE ${db} TEMPLATE ${admin.escapeIdentifier(template)} ` +
+      `OWNER ${admin.escapeIdentifier(env.ownerRole)}`)
     // Database-level privileges are not copied from the template: restate them as the bootstrap does.
     await admin.query(`REVOKE ALL ON DATABASE ${db} FROM PUBLIC`)
     await admin.query(`GRANT CONNECT ON DATABASE ${db} TO ${admin.escapeIdentifier(APP_ROLE)}`)
@@ -53,7 +58,9 @@ export async function createTestDatabase (t: Teardown, options: { empty?: boolea
   t.teardown(async () => {
     await query(env.adminUrl, `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`)
   })
-  if (options.empty === true) await query(withDatabase(env.adminUrl, name), `ALTER SCHEMA public OWNER TO ${env.ownerRole}`)
+  if (options.empty === true) {
+    await query(withDatabase(env.adminUrl, name), `ALTER SCHEMA public OWNER TO ${env.ownerRole}`)
+  }
   return {
     name,
     adminUrl: withDatabase(env.adminUrl, name),
@@ -66,7 +73,8 @@ export async function createTestDatabase (t: Teardown, options: { empty?: boolea
 export async function createRole (t: Teardown, database: TestDatabase, attributes: string): Promise<string> {
   const role = `rowfence_test_role_${randomBytes(5).toString('hex')}`
   const password = randomBytes(12).toString('hex')
-  await query(database.adminUrl, `CREATE ROLE ${role} LOGIN PASSWORD '${password}' ${attributes}; GRANT CONNECT ON DATABASE "${database.name}" TO ${role}`)
+  await query(database.adminUrl, `CREATE ROLE ${role} LOGIN PASSWORD '${password}' ${attributes}; ` +
+    `GRANT CONNECT ON DATABASE "${database.name}" TO ${role}`)
   t.teardown(async () => {
     await query(database.adminUrl, `DROP OWNED BY ${role}; DROP ROLE IF EXISTS ${role}`).catch(() => {})
   })

@@ -12,7 +12,8 @@ export interface TestDatabaseEnv {
 export function testDatabaseEnv (): TestDatabaseEnv {
   const raw = process.env.ROWFENCE_TEST_DB
   if (raw === undefined) {
-    throw new Error('ROWFENCE_TEST_DB is not set: run the tests with `npm test` (scripts/test.ts prepares the database)')
+    throw new Error('ROWFENCE_TEST_DB is not set: run the tests with `npm test` ' +
+      '(scripts/test.ts prepares the database)')
   }
   return JSON.parse(raw) as TestDatabaseEnv
 }

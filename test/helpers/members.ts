@@ -8,8 +8,16 @@ import { inAnHour, signUserToken } from './tokens.ts'
  * invitation with the user's own token, as the user does (a membership grants nothing until then).
  * Returns the answer to the addition.
  */
-export async function addMember (ctx: TestApp, by: { key: string }, payload: unknown): Promise<LightMyRequestResponse> {
-  const added = await ctx.app.inject(as(by, { method: 'POST', url: '/v1/members', payload: payload as Record<string, unknown> }))
+export async function addMember (
+  ctx: TestApp,
+  by: { key: string },
+  payload: unknown
+): Promise<LightMyRequestResponse> {
+  const added = await ctx.app.inject(as(by, {
+    method: 'POST',
+    url: '/v1/members',
+    payload: payload as Record<string, unknown>,
+  }))
   if (added.statusCode !== 201) return added
   const tenantId = parseApiKey(by.key)!.tenantId
   const userId = added.json<{ user_id: string }>().user_id
@@ -18,6 +26,8 @@ export async function addMember (ctx: TestApp, by: { key: string }, payload: unk
     url: '/v1/membership/accept',
     headers: { authorization: `Bearer ${signUserToken({ sub: userId, exp: inAnHour() })}`, 'x-tenant-id': tenantId },
   })
-  if (accepted.statusCode !== 200) throw new Error(`accepting the membership failed: ${accepted.statusCode} ${accepted.body}`)
+  if (accepted.statusCode !== 200) {
+    throw new Error(`accepting the membership failed: ${accepted.statusCode} ${accepted.body}`)
+  }
   return added
 }

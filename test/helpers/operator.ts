@@ -6,11 +6,29 @@ import { query } from './db.ts'
 export const operator = (c: TestApp) => ({ authorization: `Bearer ${c.adminToken}` })
 
 /** Onboards a tenant through the operator API, pooled or dedicated. */
-export async function onboard (c: TestApp, slug: string, placement: 'pooled' | 'dedicated' = 'pooled'): Promise<ProvisionedTenant & { placement: string }> {
-  const res = await c.app.inject({ method: 'POST', url: '/admin/v1/tenants', headers: operator(c), payload: { name: slug, slug, placement } })
+export async function onboard (
+  c: TestApp,
+  slug: string,
+  placement: 'pooled' | 'dedicated' = 'pooled'
+): Promise<ProvisionedTenant & { placement: string }> {
+  const res = await c.app.inject({
+    method: 'POST',
+    url: '/admin/v1/tenants',
+    headers: operator(c),
+    payload: { name: slug, slug, placement },
+  })
   if (res.statusCode !== 201) throw new Error(`onboarding failed: ${res.statusCode} ${res.body}`)
-  const body = res.json<{ tenant: { id: string, slug: string, placement: string }, api_key: { id: string, key: string } }>()
-  return { id: body.tenant.id, slug: body.tenant.slug, key: body.api_key.key, keyId: body.api_key.id, placement: body.tenant.placement }
+  const body = res.json<{
+    tenant: { id: string, slug: string, placement: string },
+    api_key: { id: string, key: string },
+  }>()
+  return {
+    id: body.tenant.id,
+    slug: body.tenant.slug,
+    key: body.api_key.key,
+    keyId: body.api_key.id,
+    placement: body.tenant.placement,
+  }
 }
 
 /** The shard a tenant lives in (as the superuser: every tenant is visible). */
@@ -22,7 +40,9 @@ export async function shardOf (c: TestApp, tenantId: string): Promise<number> {
 
 /** Tables named like a partition of shard `shard` (attached or not). */
 export async function partitionsOf (c: TestApp, shard: number): Promise<string[]> {
-  return (await query<{ relname: string }>(c.db.adminUrl, "SELECT relname FROM pg_class WHERE relname ~ ('_s' || $1 || '$') AND relkind = 'r' ORDER BY 1", [shard])).map((r) => r.relname)
+  const rows = await query<{ relname: string }>(c.db.adminUrl,
+    "SELECT relname FROM pg_class WHERE relname ~ ('_s' || $1 || '$') AND relkind = 'r' ORDER BY 1", [shard])
+  return rows.map((r) => r.relname)
 }
 
 export interface HeldTransaction {
@@ -35,7 +55,10 @@ export interface HeldTransaction {
  * An open transaction on a connection of its own that has run `statements` (e.g. taken row locks,
  * or read a table so that a later DETACH ... CONCURRENTLY waits for it), until released.
  */
-export async function holdTransaction (url: string, statements: Array<string | [string, unknown[]]>): Promise<HeldTransaction> {
+export async function holdTransaction (
+  url: string,
+  statements: Array<string | [string, unknown[]]>
+): Promise<HeldTransaction> {
   const client = new pg.Client({ connectionString: url })
   await client.connect()
   await client.query('BEGIN')
@@ -66,7 +89,8 @@ export async function waitUntil (what: string, check: () => Promise<boolean>, ti
 
 /** True while some backend is waiting for a lock with a statement matching `pattern`. */
 export async function someoneWaits (c: TestApp, pattern: RegExp): Promise<boolean> {
-  const rows = await query<{ query: string }>(c.db.adminUrl, "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+  const rows = await query<{ query: string }>(c.db.adminUrl,
+    "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
   return rows.some((r) => pattern.test(r.query))
 }
 

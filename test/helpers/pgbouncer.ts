@@ -40,12 +40,18 @@ export interface Pgbouncer {
  * teardown. PgBouncer refuses to run as root: as root it runs as the `postgres` user (it exists
  * wherever PostgreSQL is installed) and its files are made readable to it.
  */
-export async function startPgbouncer (t: Teardown, binary: string, urls: string[], options: { poolSize: number }): Promise<Pgbouncer> {
+export async function startPgbouncer (
+  t: Teardown,
+  binary: string,
+  urls: string[],
+  options: { poolSize: number }
+): Promise<Pgbouncer> {
   const target = new URL(urls[0]!)
   const database = decodeURIComponent(target.pathname.slice(1))
   const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-pgbouncer-'))
   const port = await freePort()
-  const users = urls.map((u) => new URL(u)).map((u) => `"${decodeURIComponent(u.username)}" "${decodeURIComponent(u.password)}"`)
+  const users = urls.map((u) => new URL(u))
+    .map((u) => `"${decodeURIComponent(u.username)}" "${decodeURIComponent(u.password)}"`)
   await writeFile(path.join(dir, 'userlist.txt'), users.join('\n') + '\n', { mode: 0o644 })
   await writeFile(path.join(dir, 'pgbouncer.ini'), [
     '[databases]',
@@ -69,7 +75,9 @@ export async function startPgbouncer (t: Teardown, binary: string, urls: string[
   ].join('\n'), { mode: 0o644 })
   await chmod(dir, 0o777)
   const asRoot = userInfo().uid === 0
-  const child = spawn(binary, [...(asRoot ? ['-u', 'postgres'] : []), path.join(dir, 'pgbouncer.ini')], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const child = spawn(binary, [...(asRoot ? ['-u', 'postgres'] : []), path.join(dir, 'pgbouncer.ini')], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
   let stderr = ''
   child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
   t.teardown(async () => {

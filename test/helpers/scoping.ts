@@ -16,8 +16,9 @@ export interface TableInfo {
 }
 
 const NOT_AN_ALIAS = new Set([
-  'where', 'join', 'inner', 'left', 'right', 'full', 'cross', 'natural', 'on', 'using', 'set', 'order', 'group', 'limit', 'offset',
-  'for', 'returning', 'union', 'except', 'intersect', 'window', 'having', 'lateral', 'values', 'and', 'or', 'as', 'with', 'select',
+  'where', 'join', 'inner', 'left', 'right', 'full', 'cross', 'natural', 'on', 'using', 'set', 'order', 'group',
+  'limit', 'offset', 'for', 'returning', 'union', 'except', 'intersect', 'window', 'having', 'lateral', 'values',
+  'and', 'or', 'as', 'with', 'select',
 ])
 
 interface Reference { table: string, ref: string, info: TableInfo, partition: boolean }
@@ -74,7 +75,9 @@ export function scopingGaps (sql: string, tables: ReadonlyMap<string, TableInfo>
     // The registry's key is `id`, which every table has: only a qualified predicate counts for it.
     const spare = column === 'id' ? 0 : unqualifiedCount(sql, column)
     if (uncovered.length > spare) {
-      gaps.push(`${uncovered.length - spare} of ${uncovered.map((n) => n.ref.ref).join(', ')} lack${uncovered.length - spare === 1 ? 's' : ''} a ${column} = $n predicate`)
+      const lack = uncovered.length - spare === 1 ? 'lacks' : 'lack'
+      const refs = uncovered.map((n) => n.ref.ref).join(', ')
+      gaps.push(`${uncovered.length - spare} of ${refs} ${lack} a ${column} = $n predicate`)
     }
   }
   return gaps

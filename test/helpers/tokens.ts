@@ -2,7 +2,10 @@ import { createSigner } from 'fast-jwt'
 import { TEST_JWT_SECRET } from './app.ts'
 
 /** A user JWT as an identity provider would issue it (HS256 with the test apps' secret by default). */
-export function signUserToken (claims: Record<string, unknown>, options: { key?: string, expiresInMs?: number, algorithm?: 'HS256' | 'RS256' } = {}): string {
+export function signUserToken (
+  claims: Record<string, unknown>,
+  options: { key?: string, expiresInMs?: number, algorithm?: 'HS256' | 'RS256' } = {}
+): string {
   const sign = createSigner({
     key: options.key ?? TEST_JWT_SECRET,
     algorithm: options.algorithm ?? 'HS256',

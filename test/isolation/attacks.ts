@@ -12,13 +12,18 @@ export async function crossTenantAttacks (t: Test, ctx: TestApp): Promise<void> 
   const alice = await provisionTenant(ctx, 'alice')
   const bob = await provisionTenant(ctx, 'bob')
 
-  async function createCustomer (tenant: { key: string }, name: string, extra: Record<string, unknown> = {}): Promise<{ id: string }> {
+  async function createCustomer (
+    tenant: { key: string },
+    name: string,
+    extra: Record<string, unknown> = {}
+  ): Promise<{ id: string }> {
     const res = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name, ...extra } }))
     if (res.statusCode !== 201) throw new Error(`create failed: ${res.body}`)
     return res.json()
   }
 
-  const aliceCustomer = await createCustomer(alice, 'Alice Customer', { external_ref: 'shared-ref', email: 'a@example.com' })
+  const aliceCustomer = await createCustomer(alice, 'Alice Customer',
+    { external_ref: 'shared-ref', email: 'a@example.com' })
   const bobCustomer = await createCustomer(bob, 'Bob Customer')
 
   t.test("tenant B gets 404, not 403, for tenant A's customer", async (t) => {
@@ -38,9 +43,14 @@ export async function crossTenantAttacks (t: Test, ctx: TestApp): Promise<void> 
   })
 
   t.test("tenant B cannot change tenant A's customer", async (t) => {
-    const res = await ctx.app.inject(as(bob, { method: 'PATCH', url: `/v1/customers/${aliceCustomer.id}`, payload: { name: 'pwned' } }))
+    const res = await ctx.app.inject(as(bob, {
+      method: 'PATCH',
+      url: `/v1/customers/${aliceCustomer.id}`,
+      payload: { name: 'pwned' },
+    }))
     t.equal(res.statusCode, 404)
-    const [row] = await query<{ name: string }>(ctx.db.adminUrl, 'SELECT name FROM customers WHERE id = $1', [aliceCustomer.id])
+    const [row] = await query<{ name: string }>(ctx.db.adminUrl, 'SELECT name FROM customers WHERE id = $1',
+      [aliceCustomer.id])
     t.equal(row?.name, 'Alice Customer', 'the row is unchanged')
   })
 
@@ -52,17 +62,33 @@ export async function crossTenantAttacks (t: Test, ctx: TestApp): Promise<void> 
   })
 
   t.test('unique keys are per tenant: reusing a reference tells nothing about other tenants', async (t) => {
-    const res = await ctx.app.inject(as(bob, { method: 'POST', url: '/v1/customers', payload: { name: 'Copycat', external_ref: 'shared-ref' } }))
+    const res = await ctx.app.inject(as(bob, {
+      method: 'POST',
+      url: '/v1/customers',
+      payload: { name: 'Copycat', external_ref: 'shared-ref' },
+    }))
     t.equal(res.statusCode, 201, "the other tenant's reference does not conflict")
-    const dup = await ctx.app.inject(as(bob, { method: 'POST', url: '/v1/customers', payload: { name: 'Twice', external_ref: 'shared-ref' } }))
+    const dup = await ctx.app.inject(as(bob, {
+      method: 'POST',
+      url: '/v1/customers',
+      payload: { name: 'Twice', external_ref: 'shared-ref' },
+    }))
     t.equal(dup.statusCode, 409, 'a duplicate inside one tenant does')
   })
 
   t.test('a key is never accepted for another tenant, whatever x-tenant-id says', async (t) => {
-    const switched = await ctx.app.inject(as(bob, { method: 'GET', url: `/v1/customers/${aliceCustomer.id}`, headers: { 'x-tenant-id': alice.id } }))
+    const switched = await ctx.app.inject(as(bob, {
+      method: 'GET',
+      url: `/v1/customers/${aliceCustomer.id}`,
+      headers: { 'x-tenant-id': alice.id },
+    }))
     t.equal(switched.statusCode, 403, 'asking for another tenant is refused')
     t.notMatch(switched.body, 'Alice Customer')
-    const listed = await ctx.app.inject(as(bob, { method: 'GET', url: '/v1/customers', headers: { 'x-tenant-id': alice.id } }))
+    const listed = await ctx.app.inject(as(bob, {
+      method: 'GET',
+      url: '/v1/customers',
+      headers: { 'x-tenant-id': alice.id },
+    }))
     t.equal(listed.statusCode, 403)
     const own = await ctx.app.inject(as(bob, { method: 'GET', url: '/v1/tenant', headers: { 'x-tenant-id': bob.id } }))
     t.equal(own.statusCode, 200)
@@ -81,7 +107,11 @@ export async function crossTenantAttacks (t: Test, ctx: TestApp): Promise<void> 
     sum.writeUInt32BE(crc32(API_KEY_PREFIX + forgedBody))
     const forged = API_KEY_PREFIX + forgedBody + sum.toString('base64url')
     t.equal(parseApiKey(forged)?.tenantId, alice.id, 'the forged key parses as an Alice key')
-    const res = await ctx.app.inject({ method: 'GET', url: '/v1/customers', headers: { authorization: `Bearer ${forged}` } })
+    const res = await ctx.app.inject({
+      method: 'GET',
+      url: '/v1/customers',
+      headers: { authorization: `Bearer ${forged}` },
+    })
     t.equal(res.statusCode, 401)
   })
 
@@ -150,7 +180,11 @@ export function interleavedTenants (t: Test, ctx: TestApp, title: string): void 
     for (const tenant of tenants) {
       const ids = new Set<string>()
       for (let i = 0; i < 3; i++) {
-        const res = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: `${tenant.slug} ${i}` } }))
+        const res = await ctx.app.inject(as(tenant, {
+          method: 'POST',
+          url: '/v1/customers',
+          payload: { name: `${tenant.slug} ${i}` },
+        }))
         ids.add(res.json<{ id: string }>().id)
       }
       own.set(tenant.id, ids)
@@ -168,7 +202,11 @@ export function interleavedTenants (t: Test, ctx: TestApp, title: string): void 
           ? await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${[...mine][i % 3]}` }))
           : kind === 2
             ? await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))
-            : await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: `${tenant.slug} extra ${i}` } }))
+            : await ctx.app.inject(as(tenant, {
+              method: 'POST',
+              url: '/v1/customers',
+              payload: { name: `${tenant.slug} extra ${i}` },
+            }))
       if (res.statusCode >= 300) { failures.push(`${res.statusCode} ${res.body}`); return }
       checked++
       const body = res.body

@@ -4,4 +4,8 @@ import t from 'tap'
 import { buildTestApp } from '../helpers/app.ts'
 import { interleavedTenants } from './attacks.ts'
 
-interleavedTenants(t, await buildTestApp(t, { DB_POOL_MAX: 2, DB_POOL_QUEUE_MAX: 1000, DB_CONNECT_TIMEOUT_MS: 10_000 }), 'thousands of interleaved requests of many tenants over a pool of two connections: each sees only its own')
+interleavedTenants(
+  t,
+  await buildTestApp(t, { DB_POOL_MAX: 2, DB_POOL_QUEUE_MAX: 1000, DB_CONNECT_TIMEOUT_MS: 10_000 }),
+  'thousands of interleaved requests of many tenants over a pool of two connections: each sees only its own'
+)

@@ -35,7 +35,8 @@ t.test('a failing migration is rolled back entirely and stops the run', async (t
   const dir = await sqlCopy()
   await writeFile(path.join(dir, '9001_half.sql'), 'CREATE TABLE half_done (x int);\nSELECT 1/0;\n')
   await writeFile(path.join(dir, '9002_later.sql'), 'CREATE TABLE later (x int);\n')
-  await t.rejects(migrate(db.ownerUrl, { dir }), { name: 'MigrationError', message: /9001_half\.sql failed and was rolled back: division by zero/ })
+  await t.rejects(migrate(db.ownerUrl, { dir }),
+    { name: 'MigrationError', message: /9001_half\.sql failed and was rolled back: division by zero/ })
   const tables = await query(db.ownerUrl, "SELECT relname FROM pg_class WHERE relname IN ('half_done', 'later')")
   t.same(tables, [], 'neither the failed file nor the next one left anything behind')
   const ledger = await query(db.ownerUrl, "SELECT 1 FROM schema_migrations WHERE version >= '9001'")
@@ -72,14 +73,19 @@ t.test('0007 turns the large tables into sharded ones and keeps every row and th
     SELECT set_config('app.current_tenant_id', '${tenant}', true);
     INSERT INTO tenants (id, name, slug) VALUES ('${tenant}', 'Old', 'old');
     INSERT INTO customers (id, name) VALUES ('0190a6d2-0000-7000-8000-0000000000c1', 'C');
-    INSERT INTO invoices (id, customer_id, currency, amount_cents) VALUES ('0190a6d2-0000-7000-8000-0000000000e1', '0190a6d2-0000-7000-8000-0000000000c1', 'EUR', 10);
-    INSERT INTO invoice_lines (invoice_id, position, description, quantity, unit_amount_cents, amount_cents) VALUES ('0190a6d2-0000-7000-8000-0000000000e1', 1, 'x', 2, 5, 10);
+    INSERT INTO invoices (id, customer_id, currency, amount_cents)
+      VALUES ('0190a6d2-0000-7000-8000-0000000000e1', '0190a6d2-0000-7000-8000-0000000000c1', 'EUR', 10);
+    INSERT INTO invoice_lines (invoice_id, position, description, quantity, unit_amount_cents, amount_cents)
+      VALUES ('0190a6d2-0000-7000-8000-0000000000e1', 1, 'x', 2, 5, 10);
     INSERT INTO audit_events (id, actor_type, actor_id, action, resource_type, resource_id) VALUES
-      ('0190a6d2-0000-7000-8000-0000000000a1', 'system', 's', 'one', 'x', 'x'), ('0190a6d2-0000-7000-8000-0000000000a2', 'system', 's', 'two', 'x', 'x');
+      ('0190a6d2-0000-7000-8000-0000000000a1', 'system', 's', 'one', 'x', 'x'),
+      ('0190a6d2-0000-7000-8000-0000000000a2', 'system', 's', 'two', 'x', 'x');
     COMMIT`)
   const result = await migrate(db.ownerUrl)
   t.ok(result.applied.includes('0007_placement.sql'))
-  const [after] = await query<{ kind: string, invoices: number, lines: number, events: number, shard: number, broken: number }>(db.ownerUrl, `BEGIN;
+  const [after] = await query<{
+    kind: string, invoices: number, lines: number, events: number, shard: number, broken: number,
+  }>(db.ownerUrl, `BEGIN;
     SELECT set_config('app.current_tenant_id', '${tenant}', true);
     SELECT (SELECT relkind::text FROM pg_class WHERE relname = 'invoices') AS kind,
            (SELECT count(*)::int FROM invoices) AS invoices, (SELECT count(*)::int FROM invoice_lines) AS lines,

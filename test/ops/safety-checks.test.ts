@@ -15,7 +15,11 @@ async function report (url: string): Promise<Awaited<ReturnType<typeof runSafety
 }
 
 /** A runtime role with the same grants as `app`, plus whatever attributes the attack needs. */
-async function roleLikeApp (t: Parameters<typeof createRole>[0], db: TestDatabase, attributes: string): Promise<string> {
+async function roleLikeApp (
+  t: Parameters<typeof createRole>[0],
+  db: TestDatabase,
+  attributes: string
+): Promise<string> {
   const url = await createRole(t, db, attributes)
   const role = decodeURIComponent(new URL(url).username)
   await query(db.adminUrl, `GRANT app TO ${role}`)
@@ -61,7 +65,11 @@ t.test('a runtime role that reaches a CREATEDB or SUPERUSER role through other r
   const db = await createTestDatabase(t)
   const name = (url: string): string => decodeURIComponent(new URL(url).username)
   const url = await roleLikeApp(t, db, '')
-  const [middle, createdb, superuser] = [name(await createRole(t, db, '')), name(await createRole(t, db, 'CREATEDB')), name(await createRole(t, db, 'SUPERUSER'))]
+  const [middle, createdb, superuser] = [
+    name(await createRole(t, db, '')),
+    name(await createRole(t, db, 'CREATEDB')),
+    name(await createRole(t, db, 'SUPERUSER')),
+  ]
   await query(db.adminUrl, `GRANT ${middle} TO ${name(url)}; GRANT ${createdb} TO ${middle}`)
   const problems = (await report(url)).problems.join('\n')
   t.match(problems, `is a member of ${createdb} (through ${middle}), which has CREATEDB`)
@@ -75,14 +83,17 @@ t.test('a runtime role that reaches a CREATEDB or SUPERUSER role through other r
 
 t.test('a table privilege outside the allow-list is refused, however the runtime role holds it', async (t) => {
   const db = await createTestDatabase(t)
-  await query(db.ownerUrl, 'GRANT DELETE ON api_keys TO app; GRANT UPDATE (secret_hash, scopes) ON api_keys TO app; GRANT SELECT ON erasure_receipts TO PUBLIC')
+  await query(db.ownerUrl, 'GRANT DELETE ON api_keys TO app; GRANT UPDATE (secret_hash, scopes) ON api_keys TO app; ' +
+    'GRANT SELECT ON erasure_receipts TO PUBLIC')
   const problems = (await report(db.appUrl)).problems
   t.same(problems.filter((p) => /allow-list/.test(p)).sort(), [
     'runtime role app holds DELETE on api_keys, which is not in its allow-list (RUNTIME_PRIVILEGES)',
     'runtime role app holds SELECT on erasure_receipts, which is not in its allow-list (RUNTIME_PRIVILEGES)',
-    'runtime role app holds UPDATE (secret_hash, scopes) on api_keys, which is not in its allow-list (RUNTIME_PRIVILEGES)',
+    'runtime role app holds UPDATE (secret_hash, scopes) on api_keys, ' +
+      'which is not in its allow-list (RUNTIME_PRIVILEGES)',
   ], 'a direct grant, a column grant and a grant to PUBLIC')
-  await query(db.ownerUrl, 'REVOKE DELETE, UPDATE (secret_hash, scopes) ON api_keys FROM app; REVOKE SELECT ON erasure_receipts FROM PUBLIC')
+  await query(db.ownerUrl, 'REVOKE DELETE, UPDATE (secret_hash, scopes) ON api_keys FROM app; ' +
+    'REVOKE SELECT ON erasure_receipts FROM PUBLIC')
   t.same((await report(db.appUrl)).problems, [], 'once revoked, the schema passes again')
 
   // Through a role the runtime role belongs to.
@@ -91,7 +102,8 @@ t.test('a table privilege outside the allow-list is refused, however the runtime
   const writer = name(await createRole(t, db, ''))
   await query(db.ownerUrl, `GRANT UPDATE ON tenants TO ${writer}`)
   await query(db.adminUrl, `GRANT ${writer} TO ${name(runtime)}`)
-  t.match((await report(runtime)).problems, ['runtime role ' + name(runtime) + ' holds UPDATE on tenants, which is not in its allow-list (RUNTIME_PRIVILEGES)'])
+  t.match((await report(runtime)).problems,
+    ['runtime role ' + name(runtime) + ' holds UPDATE on tenants, which is not in its allow-list (RUNTIME_PRIVILEGES)'])
 })
 
 t.test('the database owner as runtime role is refused (it owns every table)', async (t) => {
@@ -152,7 +164,8 @@ t.test('a view that is not security_invoker is refused', async (t) => {
   await query(db.ownerUrl, 'CREATE VIEW all_customers AS SELECT * FROM customers; GRANT SELECT ON all_customers TO app')
   t.match((await report(db.appUrl)).problems.join('\n'), /view all_customers is not security_invoker/)
   await query(db.ownerUrl, 'ALTER VIEW all_customers SET (security_invoker = true)')
-  t.same((await report(db.appUrl)).problems, ['runtime role app holds SELECT on all_customers, which is not in its allow-list (RUNTIME_PRIVILEGES)'],
+  t.same((await report(db.appUrl)).problems,
+    ['runtime role app holds SELECT on all_customers, which is not in its allow-list (RUNTIME_PRIVILEGES)'],
     'a security_invoker view is accepted (its grant still has to be in the allow-list)')
 })
 
@@ -177,22 +190,28 @@ t.test('a unique key or foreign key of a tenant table without tenant_id is refus
 t.test('a foreign key that matches tenant_id with another column of the referenced table is refused', async (t) => {
   const db = await createTestDatabase(t)
   const notes = (name: string, references: string) => `CREATE TABLE ${name} (
-      tenant_id uuid NOT NULL DEFAULT current_tenant_id() REFERENCES tenants (id), id uuid NOT NULL, customer_id uuid NOT NULL,
-      PRIMARY KEY (tenant_id, id), CONSTRAINT ${name}_customer_fkey FOREIGN KEY (tenant_id, customer_id) REFERENCES customers ${references});
+      tenant_id uuid NOT NULL DEFAULT current_tenant_id() REFERENCES tenants (id), id uuid NOT NULL,
+      customer_id uuid NOT NULL, PRIMARY KEY (tenant_id, id),
+      CONSTRAINT ${name}_customer_fkey FOREIGN KEY (tenant_id, customer_id) REFERENCES customers ${references});
     ALTER TABLE ${name} ENABLE ROW LEVEL SECURITY; ALTER TABLE ${name} FORCE ROW LEVEL SECURITY;
-    CREATE POLICY tenant_isolation ON ${name} USING (tenant_id = current_tenant_id()) WITH CHECK (tenant_id = current_tenant_id())`
-  // Includes tenant_id, yet a note's customer_id is compared with customers.tenant_id: it can name another tenant's customer.
+    CREATE POLICY tenant_isolation ON ${name} USING (tenant_id = current_tenant_id())
+      WITH CHECK (tenant_id = current_tenant_id())`
+  // Includes tenant_id, yet a note's customer_id is compared with customers.tenant_id: it can name
+  // another tenant's customer.
   await query(db.ownerUrl, notes('crossed_notes', '(id, tenant_id)'))
   await query(db.ownerUrl, notes('notes', '(tenant_id, id)'))
   t.same((await report(db.appUrl)).problems, [
-    'table crossed_notes: foreign key crossed_notes_customer_fkey matches tenant_id with customers.id, not with the referenced tenant (a reference could point into another tenant)',
+    'table crossed_notes: foreign key crossed_notes_customer_fkey matches tenant_id with customers.id, ' +
+      'not with the referenced tenant (a reference could point into another tenant)',
   ], 'the same key with the columns in order is accepted')
   // A partitioned referenced table (one constraint row per partition) is reported once, by its own name.
   await query(db.ownerUrl, `DROP TABLE crossed_notes;
     ALTER TABLE notes ADD COLUMN invoice_id uuid, ADD COLUMN shard integer,
-      ADD CONSTRAINT notes_invoice_fkey FOREIGN KEY (tenant_id, invoice_id, shard) REFERENCES invoices (id, tenant_id, shard)`)
+      ADD CONSTRAINT notes_invoice_fkey FOREIGN KEY (tenant_id, invoice_id, shard)
+        REFERENCES invoices (id, tenant_id, shard)`)
   t.same((await report(db.appUrl)).problems, [
-    'table notes: foreign key notes_invoice_fkey matches tenant_id with invoices.id, not with the referenced tenant (a reference could point into another tenant)',
+    'table notes: foreign key notes_invoice_fkey matches tenant_id with invoices.id, ' +
+      'not with the referenced tenant (a reference could point into another tenant)',
   ])
 })
 
@@ -221,8 +240,10 @@ t.test('current_tenant_id() is NULL, not an error, once a transaction-local bind
 t.test('the tenant policy is an index condition on tenant_id', async (t) => {
   const db = await createTestDatabase(t)
   await query(db.adminUrl, `INSERT INTO tenants (id, name, slug, shard)
-    SELECT id, 'T' || i, 'tenant-' || i, pooled_shard_for(id) FROM (SELECT gen_random_uuid() AS id, i FROM generate_series(1, 200) i) g;
-    INSERT INTO customers (tenant_id, id, name) SELECT t.id, gen_random_uuid(), 'c' FROM tenants t, generate_series(1, 50);
+    SELECT id, 'T' || i, 'tenant-' || i, pooled_shard_for(id)
+      FROM (SELECT gen_random_uuid() AS id, i FROM generate_series(1, 200) i) g;
+    INSERT INTO customers (tenant_id, id, name)
+      SELECT t.id, gen_random_uuid(), 'c' FROM tenants t, generate_series(1, 50);
     ANALYZE customers`)
   const [tenant] = await query<{ id: string }>(db.adminUrl, 'SELECT id FROM tenants LIMIT 1')
   const client = new pg.Client({ connectionString: db.appUrl })

@@ -9,9 +9,11 @@ const usageEvents = (name: string) => `CREATE TABLE ${name} (
     tenant_id uuid NOT NULL DEFAULT current_tenant_id() REFERENCES tenants (id), id uuid NOT NULL,
     shard integer NOT NULL DEFAULT tenant_shard(), PRIMARY KEY (tenant_id, id, shard)) PARTITION BY LIST (shard);
   ALTER TABLE ${name} ENABLE ROW LEVEL SECURITY; ALTER TABLE ${name} FORCE ROW LEVEL SECURITY;
-  CREATE POLICY tenant_isolation ON ${name} USING (tenant_id = current_tenant_id()) WITH CHECK (tenant_id = current_tenant_id())`
+  CREATE POLICY tenant_isolation ON ${name} USING (tenant_id = current_tenant_id())
+    WITH CHECK (tenant_id = current_tenant_id())`
 
-t.test('a sharded table added after a dedicated tenant exists is flagged until create_missing_shard_partitions() gives it every partition', async (t) => {
+t.test('a sharded table added after a dedicated tenant exists is flagged until ' +
+  'create_missing_shard_partitions() gives it every partition', async (t) => {
   const ctx = await buildTestApp(t)
   const pool = new pg.Pool({ connectionString: ctx.db.ownerUrl, max: 1 })
   t.teardown(() => pool.end())
@@ -27,14 +29,17 @@ t.test('a sharded table added after a dedicated tenant exists is flagged until c
   await t.rejects(insert(), { code: '23514' }, 'the existing dedicated tenant cannot store a row')
   const problems = await checkShardPartitions(pool)
   t.equal(problems.length, 1)
-  t.match(problems[0], new RegExp(`^sharded table usage_events has no partition for shard ${shard} \\(dedicated to 1 tenant\\): .*create_missing_shard_partitions`))
+  t.match(problems[0], new RegExp(`^sharded table usage_events has no partition for shard ${shard} ` +
+    '\\(dedicated to 1 tenant\\): .*create_missing_shard_partitions'))
   await t.rejects(assertShardPartitions(ctx.db.ownerUrl), { name: 'UnsafeDatabaseError', problems }, 'start-up refuses')
 
   // A table with no partition at all is flagged for every shard.
   await query(ctx.db.ownerUrl, usageEvents('bare_events'))
-  t.match((await checkShardPartitions(pool))[0], /^sharded table bare_events has no partition for shards 0, 1, 2, 3, 4, 5, 6, 7 and 9 more \(dedicated to 1 tenant\)/)
+  t.match((await checkShardPartitions(pool))[0], new RegExp('^sharded table bare_events has no partition ' +
+    'for shards 0, 1, 2, 3, 4, 5, 6, 7 and 9 more \\(dedicated to 1 tenant\\)'))
 
-  const [{ created }] = await query<{ created: number }>(ctx.db.ownerUrl, 'SELECT create_missing_shard_partitions() AS created') as [{ created: number }]
+  const [{ created }] = await query<{ created: number }>(ctx.db.ownerUrl,
+    'SELECT create_missing_shard_partitions() AS created') as [{ created: number }]
   t.equal(created, 1 + 17, "usage_events' partition for the dedicated shard, and all of bare_events'")
   t.same(await checkShardPartitions(pool), [])
   await assertShardPartitions(ctx.db.ownerUrl)
@@ -52,10 +57,13 @@ t.test('a dedicated shard on its way out is not required to be complete', async 
   t.teardown(() => pool.end())
   const tenant = await onboard(ctx, 'leaving', 'dedicated')
   const shard = await shardOf(ctx, tenant.id)
-  // As a release interrupted half-way leaves it: the tenant gone, the shard reserved, one partition dropped.
-  await query(ctx.db.adminUrl, `DELETE FROM api_keys WHERE tenant_id = $1; DELETE FROM audit_events WHERE tenant_id = $1; DELETE FROM audit_heads WHERE tenant_id = $1;
+  // As a release interrupted half-way leaves it: the tenant gone, the shard reserved, one partition
+  // dropped.
+  await query(ctx.db.adminUrl, `DELETE FROM api_keys WHERE tenant_id = $1;
+    DELETE FROM audit_events WHERE tenant_id = $1; DELETE FROM audit_heads WHERE tenant_id = $1;
     DELETE FROM tenants WHERE id = $1`.replaceAll('$1', `'${tenant.id}'`))
-  await query(ctx.db.ownerUrl, `INSERT INTO shard_reservations (shard, subject_tenant_id, purpose) VALUES (${shard}, '${tenant.id}', 'erasure');
+  await query(ctx.db.ownerUrl, `INSERT INTO shard_reservations (shard, subject_tenant_id, purpose)
+    VALUES (${shard}, '${tenant.id}', 'erasure');
     ALTER TABLE invoice_lines DETACH PARTITION invoice_lines_s${shard}; DROP TABLE invoice_lines_s${shard}`)
   t.same(await checkShardPartitions(pool), [])
 })

@@ -37,7 +37,13 @@ async function roundTrips (app: typeof a.app, work: () => Promise<unknown>): Pro
  * Serves a member's requests on `app` until its cache holds the membership. The acceptance's own
  * notification may reach `app` while its first request runs, and that request then caches nothing.
  */
-async function cacheMember (t: Test, app: FastifyInstance, tenantId: string, userId: string, headers: Record<string, string>) {
+async function cacheMember (
+  t: Test,
+  app: FastifyInstance,
+  tenantId: string,
+  userId: string,
+  headers: Record<string, string>
+) {
   for (let i = 0; i < 20; i++) {
     t.equal((await app.inject({ method: 'GET', url: '/v1/tenant', headers })).statusCode, 200)
     const entry = app.credentialCache.getMember(tenantId, userId)
@@ -62,20 +68,24 @@ async function listening (app: typeof a.app): Promise<void> {
 t.test("a recently verified key sends the handler's query in the same write as BEGIN and the binding", async (t) => {
   await listening(a.app)
   const tenant = await provisionTenant(a)
-  const customer = (await a.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'C' } }))).json<{ id: string }>()
+  const customer = (await a.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'C' } })))
+    .json<{ id: string }>()
   const fresh = await buildTestApp(t, {}, a.db)
   await fresh.app.ready()
   await listening(fresh.app)
   const get = () => fresh.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))
   t.equal(await roundTrips(fresh.app, get), 3, 'first: BEGIN + bind_tenant() (the check), then the query, then COMMIT')
-  t.equal(await roundTrips(fresh.app, get), 1, 'then: BEGIN, bind_tenant() (still the fresh check), the query and (a single-query read) COMMIT in one flight')
+  t.equal(await roundTrips(fresh.app, get), 1,
+    'then: BEGIN, bind_tenant() (still the fresh check), the query and (a single-query read) COMMIT in one flight')
   const list = () => fresh.app.inject(as(tenant, { method: 'GET', url: '/v1/audit-events' }))
   await list()
-  t.equal(await roundTrips(fresh.app, list), 2, 'a read not declared single-query: BEGIN + binding + query, then COMMIT')
+  t.equal(await roundTrips(fresh.app, list), 2,
+    'a read not declared single-query: BEGIN + binding + query, then COMMIT')
   const off = await buildTestApp(t, { CREDENTIAL_CACHE_TTL_MS: 0 }, a.db)
   await off.app.ready()
   await off.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))
-  t.equal(await roundTrips(off.app, () => off.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))), 3, 'cache off: every request is checked')
+  const getUncached = () => off.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))
+  t.equal(await roundTrips(off.app, getUncached), 3, 'cache off: every request is checked')
 })
 
 t.test('a key revoked through one instance is dropped by every instance within moments, and refused', async (t) => {
@@ -86,7 +96,11 @@ t.test('a key revoked through one instance is dropped by every instance within m
   await listening(revoker.app)
   await listening(b.app)
   const tenant = await provisionTenant(a)
-  const key = (await a.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'k', scopes: ['read', 'write'] } }))).json<{ id: string, key: string }>()
+  const key = (await a.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/api-keys',
+    payload: { name: 'k', scopes: ['read', 'write'] },
+  }))).json<{ id: string, key: string }>()
   for (const [name, app] of [['the revoking instance', revoker.app], ['b', b.app]] as const) {
     t.equal((await app.inject(as(key, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200, `used on ${name}`)
     t.ok(app.credentialCache.getKey(key.id), `cached on ${name}`)
@@ -120,30 +134,47 @@ t.test('changes made by hand in the database invalidate too (the triggers notify
 
 t.test('a tenant moved by another instance is read correctly by one that had it cached', async (t) => {
   const tenant = await provisionTenant(a)
-  const customer = (await a.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'Moved' } }))).json<{ id: string }>()
+  const customer = (await a.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/customers',
+    payload: { name: 'Moved' },
+  }))).json<{ id: string }>()
   const before = await b.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))
   t.ok(b.app.credentialCache.getKey(tenant.keyId), 'cached on b')
-  const moved = await a.app.inject({ method: 'PUT', url: `/admin/v1/tenants/${tenant.id}/placement`, headers: { authorization: `Bearer ${a.adminToken}` }, payload: { placement: 'dedicated' } })
+  const moved = await a.app.inject({
+    method: 'PUT',
+    url: `/admin/v1/tenants/${tenant.id}/placement`,
+    headers: { authorization: `Bearer ${a.adminToken}` },
+    payload: { placement: 'dedicated' },
+  })
   t.equal(moved.statusCode, 200)
   const after = await b.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))
   t.equal(after.statusCode, 200)
   t.equal(after.body, before.body)
-  t.equal((await b.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'after the move' } }))).statusCode, 201)
+  const written = await b.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/customers',
+    payload: { name: 'after the move' },
+  }))
+  t.equal(written.statusCode, 201)
 })
 
 t.test('when the invalidation listener is lost, the cache is off until it is back', async (t) => {
   const tenant = await provisionTenant(a)
   await b.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))
   t.ok(b.app.credentialCache.getKey(tenant.keyId))
-  await query(a.db.adminUrl, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'rowfence-listen' AND datname = current_database()")
+  await query(a.db.adminUrl, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity ' +
+    "WHERE application_name = 'rowfence-listen' AND datname = current_database()")
   await within(2000, () => !b.app.credentialCache.enabled)
   t.notOk(b.app.credentialCache.getKey(tenant.keyId), 'emptied')
-  t.equal((await b.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200, 'requests are checked in the database meanwhile')
+  t.equal((await b.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200,
+    'requests are checked in the database meanwhile')
   await within(5000, () => b.app.credentialCache.enabled)
   t.pass('the listener reconnected by itself')
 })
 
-t.test('a key revoked a moment ago is refused on its very next request, on an instance that still has it cached', async (t) => {
+t.test('a key revoked a moment ago is refused on its very next request, ' +
+  'on an instance that still has it cached', async (t) => {
   await listening(b.app)
   const tenant = await provisionTenant(a)
   const client = new pg.Client({ connectionString: a.db.adminUrl })
@@ -155,7 +186,11 @@ t.test('a key revoked a moment ago is refused on its very next request, on an in
   let attempts = 0
   while (cachedPath < 10 && attempts < 40) {
     const i = attempts++
-    const key = (await a.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: `race ${i}`, scopes: ['read', 'write'] } }))).json<{ id: string, key: string }>()
+    const key = (await a.app.inject(as(tenant, {
+      method: 'POST',
+      url: '/v1/api-keys',
+      payload: { name: `race ${i}`, scopes: ['read', 'write'] },
+    }))).json<{ id: string, key: string }>()
     t.equal((await b.app.inject(as(key, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)
     t.ok(b.app.credentialCache.getKey(key.id), `race ${i}: cached on b`)
     // Revoked on a connection that stays open, and asked at once: b's listener has (most often)
@@ -171,11 +206,20 @@ t.test('a key revoked a moment ago is refused on its very next request, on an in
     `10 refusals of a key b still had cached (the handler's query had gone out), in ${attempts} attempts`)
 })
 
-t.test('a stale cache entry (a lost notification) authorizes nothing: reads are withheld and writes rolled back', async (t) => {
+t.test('a stale cache entry (a lost notification) authorizes nothing: ' +
+  'reads are withheld and writes rolled back', async (t) => {
   await listening(b.app)
   const tenant = await provisionTenant(a)
-  const key = (await a.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'stale', scopes: ['read', 'write', 'admin'] } }))).json<{ id: string, key: string }>()
-  const customer = (await a.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'Secret Co' } }))).json<{ id: string }>()
+  const key = (await a.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/api-keys',
+    payload: { name: 'stale', scopes: ['read', 'write', 'admin'] },
+  }))).json<{ id: string, key: string }>()
+  const customer = (await a.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/customers',
+    payload: { name: 'Secret Co' },
+  }))).json<{ id: string }>()
   t.equal((await b.app.inject(as(key, { method: 'GET', url: `/v1/customers/${customer.id}` }))).statusCode, 200)
   const entry = b.app.credentialCache.getKey(key.id)
   t.ok(entry, 'cached on b')
@@ -190,7 +234,11 @@ t.test('a stale cache entry (a lost notification) authorizes nothing: reads are 
   t.notOk(b.app.credentialCache.getKey(key.id), 'the refusal evicted the stale entry')
 
   restore()
-  const write = await b.app.inject(as(key, { method: 'POST', url: '/v1/customers', payload: { name: 'Written by a revoked key' } }))
+  const write = await b.app.inject(as(key, {
+    method: 'POST',
+    url: '/v1/customers',
+    payload: { name: 'Written by a revoked key' },
+  }))
   t.equal(write.statusCode, 401)
   const rows = await query(a.db.adminUrl, "SELECT 1 FROM customers WHERE name = 'Written by a revoked key'")
   t.equal(rows.length, 0, 'nothing the revoked key wrote was committed')
@@ -210,6 +258,12 @@ t.test('a stale membership in the cache is refused with 403 once the member is r
   await within(1000, () => b.app.credentialCache.getMember(tenant.id, 'leaver') === undefined)
   b.app.credentialCache.setMember(entry!, b.app.credentialCache.generation)
   t.equal((await b.app.inject({ method: 'GET', url: '/v1/tenant', headers })).statusCode, 403)
-  t.equal((await b.app.inject({ method: 'POST', url: '/v1/customers', headers, payload: { name: 'by a former member' } })).statusCode, 403)
+  const write = await b.app.inject({
+    method: 'POST',
+    url: '/v1/customers',
+    headers,
+    payload: { name: 'by a former member' },
+  })
+  t.equal(write.statusCode, 403)
   t.equal((await query(a.db.adminUrl, "SELECT 1 FROM customers WHERE name = 'by a former member'")).length, 0)
 })

@@ -41,7 +41,8 @@ t.test('CORS is off unless origins are configured, and then only for those origi
   t.notOk(other.headers['access-control-allow-origin'], 'another origin is not allowed')
 })
 
-t.test('when the event loop lags past MAX_EVENT_LOOP_DELAY_MS, requests are shed with 503 at once, and served again after', async (t) => {
+t.test('when the event loop lags past MAX_EVENT_LOOP_DELAY_MS, requests are shed with 503 at once, ' +
+  'and served again after', async (t) => {
   const ctx = await buildTestApp(t, { MAX_EVENT_LOOP_DELAY_MS: 50 })
   const tenant = await provisionTenant(ctx)
   t.equal((await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)

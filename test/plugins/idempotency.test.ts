@@ -9,8 +9,11 @@ const tenant = await provisionTenant(ctx)
 const create = (key: string | undefined, payload: Record<string, unknown>, who = tenant) => ctx.app.inject(as(who, {
   method: 'POST', url: '/v1/customers', payload, headers: key === undefined ? {} : { 'idempotency-key': key },
 }))
-const countNamed = async (name: string): Promise<number> =>
-  (await query<{ n: number }>(ctx.db.adminUrl, 'SELECT count(*)::int AS n FROM customers WHERE name = $1', [name]))[0]!.n
+const countNamed = async (name: string): Promise<number> => {
+  const rows = await query<{ n: number }>(ctx.db.adminUrl,
+    'SELECT count(*)::int AS n FROM customers WHERE name = $1', [name])
+  return rows[0]!.n
+}
 
 t.test('a replay with the same key and body returns the first response without redoing the work', async (t) => {
   const first = await create('key-1', { name: 'Once', email: 'once@example.com' })
@@ -29,7 +32,12 @@ t.test('the same key with another body is a 409', async (t) => {
   t.equal(res.statusCode, 409)
   t.match(res.json(), { type: /idempotency-key-reuse$/ })
   t.equal(await countNamed('Different'), 0)
-  const otherRoute = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/members', payload: { user_id: 'u', role: 'viewer' }, headers: { 'idempotency-key': 'key-2' } }))
+  const otherRoute = await ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/members',
+    payload: { user_id: 'u', role: 'viewer' },
+    headers: { 'idempotency-key': 'key-2' },
+  }))
   t.equal(otherRoute.statusCode, 409, 'another route with the same key is another request')
 })
 
@@ -62,7 +70,8 @@ t.test('a failed request stores nothing, so it can be retried as it is', async (
 
 t.test('keys expire after 24 hours', async (t) => {
   await create('key-5', { name: 'Old' })
-  await query(ctx.db.adminUrl, "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = 'key-5'")
+  await query(ctx.db.adminUrl,
+    "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = 'key-5'")
   const res = await create('key-5', { name: 'Old' })
   t.equal(res.headers['idempotent-replayed'], undefined, 'an expired key does the work again')
   t.equal(await countNamed('Old'), 2)
@@ -70,9 +79,17 @@ t.test('keys expire after 24 hours', async (t) => {
 
 t.test('state transitions and 204s replay too', async (t) => {
   const c = (await create(undefined, { name: 'Payer' })).json<{ id: string }>()
-  const inv = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload: { customer_id: c.id, currency: 'EUR', lines: [{ description: 'x', quantity: 1, unit_amount_cents: 5 }] } }))
+  const inv = await ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/invoices',
+    payload: { customer_id: c.id, currency: 'EUR', lines: [{ description: 'x', quantity: 1, unit_amount_cents: 5 }] },
+  }))
   const id = inv.json<{ id: string }>().id
-  const fin = () => ctx.app.inject(as(tenant, { method: 'POST', url: `/v1/invoices/${id}/finalize`, headers: { 'idempotency-key': 'fin-1' } }))
+  const fin = () => ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: `/v1/invoices/${id}/finalize`,
+    headers: { 'idempotency-key': 'fin-1' },
+  }))
   const a = await fin()
   const b = await fin()
   t.equal(a.statusCode, 200)
@@ -81,12 +98,18 @@ t.test('state transitions and 204s replay too', async (t) => {
 })
 
 t.test('a key whose response held a secret is never replayed', async (t) => {
-  const make = () => ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload: { name: 'ci', scopes: ['read'] }, headers: { 'idempotency-key': 'key-secret' } }))
+  const make = () => ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/api-keys',
+    payload: { name: 'ci', scopes: ['read'] },
+    headers: { 'idempotency-key': 'key-secret' },
+  }))
   t.equal((await make()).statusCode, 201)
   const again = await make()
   t.equal(again.statusCode, 409)
   t.match(again.json(), { type: /idempotency-already-processed$/ })
-  const stored = await query<{ response: string | null }>(ctx.db.adminUrl, "SELECT response FROM idempotency_keys WHERE key = 'key-secret'")
+  const stored = await query<{ response: string | null }>(ctx.db.adminUrl,
+    "SELECT response FROM idempotency_keys WHERE key = 'key-secret'")
   t.equal(stored[0]?.response, null, 'the key was not stored')
 })
 

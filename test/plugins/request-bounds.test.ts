@@ -152,7 +152,8 @@ function unbounded (schema: JsonSchema, at: string): string[] {
   const found: string[] = []
   const types = [schema.type ?? []].flat()
   if (types.includes('array') && schema.maxItems === undefined) found.push(`${at}: an array without maxItems`)
-  if (types.includes('string') && schema.maxLength === undefined && schema.enum === undefined && schema.const === undefined) {
+  if (types.includes('string') && schema.maxLength === undefined && schema.enum === undefined &&
+    schema.const === undefined) {
     found.push(`${at}: a string without maxLength`)
   }
   if (types.includes('object') && schema.additionalProperties !== false && schema.maxProperties === undefined) {
@@ -161,7 +162,9 @@ function unbounded (schema: JsonSchema, at: string): string[] {
   for (const [name, child] of Object.entries(schema.properties ?? {})) found.push(...unbounded(child, `${at}/${name}`))
   if (schema.items !== undefined) found.push(...unbounded(schema.items, `${at}[]`))
   if (typeof schema.additionalProperties === 'object') found.push(...unbounded(schema.additionalProperties, `${at}/*`))
-  for (const branch of [...schema.anyOf ?? [], ...schema.oneOf ?? [], ...schema.allOf ?? []]) found.push(...unbounded(branch, at))
+  for (const branch of [...schema.anyOf ?? [], ...schema.oneOf ?? [], ...schema.allOf ?? []]) {
+    found.push(...unbounded(branch, at))
+  }
   return found
 }
 

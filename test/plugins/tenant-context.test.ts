@@ -50,7 +50,11 @@ t.test('every request releases its connection, whatever its outcome', async (t) 
     ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/customers?cursor=garbage' })),
     ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'dup', external_ref: 'r' } })),
     ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'dup', external_ref: 'r' } })),
-    ctx.app.inject({ method: 'GET', url: '/v1/customers', headers: { authorization: `Bearer ${tenant.key.slice(0, -1)}${tenant.key.endsWith('A') ? 'B' : 'A'}` } }),
+    ctx.app.inject({
+      method: 'GET',
+      url: '/v1/customers',
+      headers: { authorization: `Bearer ${tenant.key.slice(0, -1)}${tenant.key.endsWith('A') ? 'B' : 'A'}` },
+    }),
   ])
   t.same(outcomes.map((r) => r.statusCode).sort(), [201, 201, 400, 401, 404, 409])
   t.equal(ctx.app.dbPool.totalCount, ctx.app.dbPool.idleCount, 'no connection is left checked out')
@@ -66,7 +70,11 @@ t.test('a COMMIT that fails becomes an error response, never a false 2xx', async
     BEGIN IF NEW.name = 'refuse at commit' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NULL; END $$;
     CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON customers
       DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()`)
-  const res = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'refuse at commit' } }))
+  const res = await ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/customers',
+    payload: { name: 'refuse at commit' },
+  }))
   t.equal(res.statusCode, 500)
   t.equal(res.headers['content-type'], 'application/problem+json; charset=utf-8')
   t.notMatch(res.body, /refused|trigger|refuse_at_commit|P0001/, 'nothing internal in the response')
@@ -91,7 +99,8 @@ t.test('an error in the middle of a request leaves no partial write', async (t) 
   })
   t.equal(res.statusCode, 500)
   t.notMatch(res.body, /no keys today|api_keys/)
-  t.same(await query(ctx.db.adminUrl, "SELECT 1 FROM tenants WHERE slug = 'half'"), [], 'the tenant row was rolled back with the key')
+  t.same(await query(ctx.db.adminUrl, "SELECT 1 FROM tenants WHERE slug = 'half'"), [],
+    'the tenant row was rolled back with the key')
 })
 
 t.test('a tenant request whose handler writes and then fails leaves no partial write', async (t) => {
@@ -104,18 +113,27 @@ t.test('a tenant request whose handler writes and then fails leaves no partial w
     CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_audit()`)
   const statements: string[] = []
   const observed = await buildTestApp(t, {}, ctx.db, { onQuery: (text) => { statements.push(text) } })
-  const res = await observed.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'Half written' } }))
+  const res = await observed.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/customers',
+    payload: { name: 'Half written' },
+  }))
   t.equal(res.statusCode, 500)
   t.notMatch(res.body, /no audit today|audit_events|refuse_audit/, 'nothing internal in the response')
   t.ok(statements.some((s) => /insert into "customers"/i.test(s)), 'the customer insert was sent before the failure')
-  t.same(await query(ctx.db.adminUrl, "SELECT 1 FROM customers WHERE name = 'Half written'"), [], 'and rolled back with the failed audit event')
+  t.same(await query(ctx.db.adminUrl, "SELECT 1 FROM customers WHERE name = 'Half written'"), [],
+    'and rolled back with the failed audit event')
   t.equal(observed.app.dbPool.totalCount, observed.app.dbPool.idleCount, 'the connection went back to the pool')
 })
 
 t.test('a client that disconnects mid-request gets its work rolled back and its connection released', async (t) => {
   const ctx = await buildTestApp(t, { DB_POOL_MAX: 2 })
   const tenant = await provisionTenant(ctx)
-  const created = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'Original' } }))
+  const created = await ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/customers',
+    payload: { name: 'Original' },
+  }))
   const customerId = created.json<{ id: string }>().id
   const address = await ctx.app.listen({ host: '127.0.0.1', port: 0 })
 
@@ -129,12 +147,17 @@ t.test('a client that disconnects mid-request gets its work rolled back and its 
   const body = JSON.stringify({ name: 'Changed by a vanished client' })
   const req = httpRequest(`${address}/v1/customers/${customerId}`, {
     method: 'PATCH',
-    headers: { authorization: `Bearer ${tenant.key}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+    headers: {
+      authorization: `Bearer ${tenant.key}`,
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+    },
   })
   req.on('error', () => {})
   req.end(body)
   await waitFor('the PATCH to block on the row lock', async () => {
-    const waiting = await locker.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+    const waiting = await locker.query('SELECT count(*)::int AS n FROM pg_stat_activity ' +
+      "WHERE wait_event_type = 'Lock' AND datname = current_database()")
     return waiting.rows[0].n === 1
   })
   req.destroy()

@@ -21,10 +21,19 @@ t.teardown(async () => {
   await rm(dir, { recursive: true, force: true })
 })
 await migrate(server.ownerUrl)
-const database = { name: 'rowfence', adminUrl: server.adminUrl.replace(/\/postgres$/, '/rowfence'), ownerUrl: server.ownerUrl, appUrl: server.appUrl }
+const database = {
+  name: 'rowfence',
+  adminUrl: server.adminUrl.replace(/\/postgres$/, '/rowfence'),
+  ownerUrl: server.ownerUrl,
+  appUrl: server.appUrl,
+}
 const ctx = await buildTestApp(t, { DB_CONNECT_TIMEOUT_MS: 1000, DB_POOL_MAX: 4, REQUEST_DEADLINE_MS: 5000 }, database)
 const tenant = await provisionTenant(ctx)
-const customer = (await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'Survivor' } }))).json<{ id: string }>()
+const customer = (await ctx.app.inject(as(tenant, {
+  method: 'POST',
+  url: '/v1/customers',
+  payload: { name: 'Survivor' },
+}))).json<{ id: string }>()
 
 t.test('a transaction cut off mid-request leaves nothing half-written, and the client is told it failed', async (t) => {
   const locker = new pg.Client({ connectionString: database.adminUrl })
@@ -37,16 +46,22 @@ t.test('a transaction cut off mid-request leaves nothing half-written, and the c
   const pending = ctx.app.inject(as(tenant, {
     method: 'POST',
     url: '/v1/invoices',
-    payload: { customer_id: customer.id, currency: 'EUR', lines: [{ description: 'cut off', quantity: 1, unit_amount_cents: 100 }] },
+    payload: {
+      customer_id: customer.id,
+      currency: 'EUR',
+      lines: [{ description: 'cut off', quantity: 1, unit_amount_cents: 100 }],
+    },
   }))
   let victim: number | undefined
   for (let i = 0; i < 250 && victim === undefined; i++) {
-    const { rows } = await locker.query<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+    const { rows } = await locker.query<{ pid: number }>(
+      "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
     victim = rows[0]?.pid
     if (victim === undefined) await sleep(20)
   }
   t.ok(victim, 'the create is blocked after its first writes')
-  const written = await locker.query<{ n: number }>('SELECT count(*)::int AS n FROM invoices WHERE tenant_id = $1', [tenant.id])
+  const written = await locker.query<{ n: number }>('SELECT count(*)::int AS n FROM invoices WHERE tenant_id = $1',
+    [tenant.id])
   t.equal(written.rows[0]!.n, 0, 'its uncommitted invoice is invisible to others')
   await locker.query('SELECT pg_terminate_backend($1)', [victim])
   const res = await pending
@@ -54,7 +69,10 @@ t.test('a transaction cut off mid-request leaves nothing half-written, and the c
   t.ok(Number(res.headers['retry-after']) >= 1)
   t.match(res.headers['content-type'], /problem\+json/)
   await locker.query('COMMIT')
-  const after = await locker.query<{ n: number }>('SELECT (SELECT count(*) FROM invoices WHERE tenant_id = $1)::int + (SELECT count(*) FROM invoice_lines WHERE tenant_id = $1)::int AS n', [tenant.id])
+  const after = await locker.query<{ n: number }>(
+    'SELECT (SELECT count(*) FROM invoices WHERE tenant_id = $1)::int + ' +
+      '(SELECT count(*) FROM invoice_lines WHERE tenant_id = $1)::int AS n',
+    [tenant.id])
   t.equal(after.rows[0]!.n, 0, 'no invoice and no line survived')
   const again = await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))
   t.equal(again.statusCode, 200, 'the pool replaced the dead connection')
@@ -87,13 +105,19 @@ t.test('with the database down, requests fail fast with 503 and retry-after; it 
   const back = Date.now()
   let served = false
   while (!served && Date.now() - back < 5000) {
-    served = (await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))).statusCode === 200
+    const res = await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))
+    served = res.statusCode === 200
     if (!served) await sleep(100)
   }
   t.ok(served, `serving again ${Date.now() - back} ms after the database returned, with no restart`)
   t.equal((await ctx.app.inject({ method: 'GET', url: '/readyz' })).statusCode, 200, 'ready again')
-  const write = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'after the outage' } }))
+  const write = await ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/customers',
+    payload: { name: 'after the outage' },
+  }))
   t.equal(write.statusCode, 201)
-  const names = await query<{ name: string }>(database.adminUrl, 'SELECT name FROM customers WHERE tenant_id = $1 ORDER BY name', [tenant.id])
+  const names = await query<{ name: string }>(database.adminUrl,
+    'SELECT name FROM customers WHERE tenant_id = $1 ORDER BY name', [tenant.id])
   t.same(names.map((r) => r.name), ['Survivor', 'after the outage'], 'nothing from the outage was half-applied')
 })

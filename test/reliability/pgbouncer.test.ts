@@ -11,7 +11,9 @@ import { findPgbouncer, startPgbouncer } from '../helpers/pgbouncer.ts'
 const binary = findPgbouncer()
 if (binary === undefined) {
   // .ci/run installs it (Debian package pgbouncer) and sets REQUIRE_PGBOUNCER, so CI never skips.
-  if (process.env.REQUIRE_PGBOUNCER === '1') throw new Error('pgbouncer is required (REQUIRE_PGBOUNCER=1) but not installed')
+  if (process.env.REQUIRE_PGBOUNCER === '1') {
+    throw new Error('pgbouncer is required (REQUIRE_PGBOUNCER=1) but not installed')
+  }
   t.plan(0, 'pgbouncer is not installed (Debian: apt-get install pgbouncer); these tests need it')
 } else {
   const db = await createTestDatabase(t)
@@ -33,5 +35,6 @@ if (binary === undefined) {
     t.equal((await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)
   })
 
-  interleavedTenants(t, ctx, 'thousands of interleaved requests of many tenants over two server connections: each sees only its own')
+  interleavedTenants(t, ctx,
+    'thousands of interleaved requests of many tenants over two server connections: each sees only its own')
 }

@@ -10,9 +10,20 @@ import { createTestDatabase, query } from '../helpers/db.ts'
 
 const ADMIN_TOKEN = 'shutdown-test-operator-token-0123456789'
 
-async function startServer (t: { teardown: (fn: () => unknown) => void }, env: Record<string, string>): Promise<{ url: string, child: ReturnType<typeof spawn>, exited: Promise<{ code: number | null, stderr: string }> }> {
+async function startServer (t: { teardown: (fn: () => unknown) => void }, env: Record<string, string>): Promise<{
+  url: string,
+  child: ReturnType<typeof spawn>,
+  exited: Promise<{ code: number | null, stderr: string }>,
+}> {
   const child = spawn(path.resolve('node_modules/.bin/tsx'), ['src/server.ts'], {
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', LOG_LEVEL: 'info', PORT: '0', ADMIN_TOKEN, ...env },
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '',
+      LOG_LEVEL: 'info',
+      PORT: '0',
+      ADMIN_TOKEN,
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   t.teardown(() => { child.kill('SIGKILL') })
@@ -46,7 +57,12 @@ t.test('SIGTERM under load: in-flight requests finish, exit 0, no 2xx lost and n
   const server = await startServer(t, { DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.appUrl })
   const tenant = await provision(server.url)
   const headers = { authorization: `Bearer ${tenant.key}`, 'content-type': 'application/json' }
-  const seed = await (await fetch(`${server.url}/v1/customers`, { method: 'POST', headers, body: JSON.stringify({ name: 'seed' }) })).json() as { id: string }
+  const seeded = await fetch(`${server.url}/v1/customers`, {
+    method: 'POST',
+    headers,
+    body: JSON.stringify({ name: 'seed' }),
+  })
+  const seed = await seeded.json() as { id: string }
 
   // One request that is inside its transaction when the signal comes: it waits on a row lock.
   const locker = new pg.Client({ connectionString: db.adminUrl })
@@ -54,9 +70,14 @@ t.test('SIGTERM under load: in-flight requests finish, exit 0, no 2xx lost and n
   t.teardown(() => locker.end())
   await locker.query('BEGIN')
   await locker.query('SELECT 1 FROM customers WHERE id = $1 FOR UPDATE', [seed.id])
-  const slow = fetch(`${server.url}/v1/customers/${seed.id}`, { method: 'PATCH', headers, body: JSON.stringify({ name: 'finished during shutdown' }) })
+  const slow = fetch(`${server.url}/v1/customers/${seed.id}`, {
+    method: 'PATCH',
+    headers,
+    body: JSON.stringify({ name: 'finished during shutdown' }),
+  })
   for (let i = 0; i < 250; i++) {
-    const { rows } = await locker.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+    const { rows } = await locker.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_stat_activity ' +
+      "WHERE wait_event_type = 'Lock' AND datname = current_database()")
     if (rows[0]!.n === 1) break
     await sleep(20)
   }
@@ -68,7 +89,11 @@ t.test('SIGTERM under load: in-flight requests finish, exit 0, no 2xx lost and n
     for (let i = 0; !load.stop; i++) {
       const name = `w${w}-${i}`
       try {
-        const res = await fetch(`${server.url}/v1/customers`, { method: 'POST', headers, body: JSON.stringify({ name }) })
+        const res = await fetch(`${server.url}/v1/customers`, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify({ name }),
+        })
         if (res.status === 201) acknowledged.push(name)
         else refused.push(`${res.status} ${res.headers.get('content-type') ?? ''}`)
         await res.arrayBuffer()
@@ -86,19 +111,24 @@ t.test('SIGTERM under load: in-flight requests finish, exit 0, no 2xx lost and n
   t.equal(slowRes.status, 200, 'the request in flight at SIGTERM completed')
   const exitStarted = Date.now()
   const run = await server.exited
-  t.ok(Date.now() - exitStarted < 5000, `exited ${Date.now() - exitStarted} ms after the last in-flight request finished`)
+  t.ok(Date.now() - exitStarted < 5000,
+    `exited ${Date.now() - exitStarted} ms after the last in-flight request finished`)
   load.stop = true
   await Promise.all(workers)
   t.equal(run.code, 0, 'exit code 0')
   t.notMatch(run.stderr, /failed|error/i, 'no errors logged on the way out')
   t.ok(acknowledged.length > 20, `${acknowledged.length} creates were acknowledged under load`)
-  t.same(refused.filter((r) => !/^503 application\/problem\+json/.test(r)), [], 'a request refused while closing is a 503 problem')
+  t.same(refused.filter((r) => !/^503 application\/problem\+json/.test(r)), [],
+    'a request refused while closing is a 503 problem')
 
   const rows = await query<{ name: string, audited: boolean }>(db.adminUrl, `
-    SELECT c.name, EXISTS (SELECT 1 FROM audit_events e WHERE e.tenant_id = c.tenant_id AND e.resource_id = c.id::text AND e.action = 'customer.created') AS audited
+    SELECT c.name, EXISTS (SELECT 1 FROM audit_events e
+                            WHERE e.tenant_id = c.tenant_id AND e.resource_id = c.id::text
+                              AND e.action = 'customer.created') AS audited
       FROM customers c WHERE c.tenant_id = $1`, [tenant.id])
   const stored = new Set(rows.map((r) => r.name))
   t.same(acknowledged.filter((n) => !stored.has(n)), [], 'every acknowledged create is stored')
-  t.same(rows.filter((r) => !r.audited).map((r) => r.name), [], 'every stored create has its audit event (none half-applied)')
+  t.same(rows.filter((r) => !r.audited).map((r) => r.name), [],
+    'every stored create has its audit event (none half-applied)')
   t.ok(stored.has('finished during shutdown'))
 })

@@ -178,7 +178,8 @@ t.test('checkpoints cannot make a broken chain pass', async (t) => {
   t.match(await verify(tenant), { ok: true, from_checkpoint: 6 }, 'before the newest checkpoint: not re-examined')
   // ...by the step from the checkpoint; the tenant can walk from the first event itself, and an anchor
   // on the edited event is recomputed, not only compared.
-  t.match(await verify(tenant, '?from_seq=1&max_events=3'), { ok: true, complete: false, verified_through: 3, checkpoint_recorded: null })
+  t.match(await verify(tenant, '?from_seq=1&max_events=3'),
+    { ok: true, complete: false, verified_through: 3, checkpoint_recorded: null })
   t.match(await verify(tenant, '?from_seq=4&max_events=3'), { ok: false, first_broken: { seq: 5, reason: /altered/ } })
   const [stored] = await query<{ hash: string }>(ctx.db.adminUrl,
     "SELECT encode(hash, 'hex') AS hash FROM audit_events WHERE tenant_id = $1 AND seq = 5", [tenant.id])

@@ -32,7 +32,11 @@ t.test('a valid key id with a wrong secret is refused', async (t) => {
   const wrongSecret = body.slice(0, 44) + 'A'.repeat(43)
   const sum = Buffer.alloc(4)
   sum.writeUInt32BE(crc32(API_KEY_PREFIX + wrongSecret))
-  const res = await ctx.app.inject({ method: 'GET', url: '/v1/customers', headers: { authorization: `Bearer ${API_KEY_PREFIX}${wrongSecret}${sum.toString('base64url')}` } })
+  const res = await ctx.app.inject({
+    method: 'GET',
+    url: '/v1/customers',
+    headers: { authorization: `Bearer ${API_KEY_PREFIX}${wrongSecret}${sum.toString('base64url')}` },
+  })
   t.equal(res.statusCode, 401)
 })
 
@@ -62,10 +66,15 @@ t.test('operator routes take the operator token and nothing else', async (t) => 
   const admin = { authorization: `Bearer ${ctx.adminToken}` }
   const list = await ctx.app.inject({ method: 'GET', url: '/admin/v1/tenants', headers: admin })
   t.equal(list.statusCode, 200)
-  t.ok(list.json<{ data: Array<{ id: string }> }>().data.some((x) => x.id === tenant.id), 'the operator sees every tenant')
+  t.ok(list.json<{ data: Array<{ id: string }> }>().data.some((x) => x.id === tenant.id),
+    'the operator sees every tenant')
   const withKey = await ctx.app.inject(as(tenant, { method: 'GET', url: '/admin/v1/tenants' }))
   t.equal(withKey.statusCode, 401, 'a tenant key (even an admin-scoped one) is refused')
-  const wrong = await ctx.app.inject({ method: 'GET', url: '/admin/v1/tenants', headers: { authorization: `Bearer ${ctx.adminToken}x` } })
+  const wrong = await ctx.app.inject({
+    method: 'GET',
+    url: '/admin/v1/tenants',
+    headers: { authorization: `Bearer ${ctx.adminToken}x` },
+  })
   t.equal(wrong.statusCode, 401)
   const none = await ctx.app.inject({ method: 'GET', url: '/admin/v1/tenants' })
   t.equal(none.statusCode, 401)
@@ -75,11 +84,17 @@ t.test('operator routes take the operator token and nothing else', async (t) => 
 
 t.test('provisioning validates the body and refuses a duplicate slug with 409', async (t) => {
   const admin = { authorization: `Bearer ${ctx.adminToken}` }
-  for (const payload of [{ name: 'x', slug: 'A' }, { name: 'x', slug: '-a' }, { name: '', slug: 'ok-slug' }, { name: 'x' }]) {
+  const invalid = [{ name: 'x', slug: 'A' }, { name: 'x', slug: '-a' }, { name: '', slug: 'ok-slug' }, { name: 'x' }]
+  for (const payload of invalid) {
     const res = await ctx.app.inject({ method: 'POST', url: '/admin/v1/tenants', headers: admin, payload })
     t.equal(res.statusCode, 400, JSON.stringify(payload))
   }
-  const dup = await ctx.app.inject({ method: 'POST', url: '/admin/v1/tenants', headers: admin, payload: { name: 'Again', slug: tenant.slug } })
+  const dup = await ctx.app.inject({
+    method: 'POST',
+    url: '/admin/v1/tenants',
+    headers: admin,
+    payload: { name: 'Again', slug: tenant.slug },
+  })
   t.equal(dup.statusCode, 409)
   t.match(dup.json(), { detail: 'a tenant with this slug already exists' })
   t.notMatch(dup.body, /tenants_slug_key|duplicate key/)
@@ -89,14 +104,25 @@ t.test('keys are stored only as hashes', async (t) => {
   const { createHash } = await import('node:crypto')
   // A second key, created through the API (with an idempotency key) and used, so that every place a
   // request could leave text behind (audit trail, idempotency records, usage) has had its chance.
-  const created = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', headers: { 'idempotency-key': 'hash-only' }, payload: { name: 'second', scopes: ['read', 'write'] } }))
+  const created = await ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/api-keys',
+    headers: { 'idempotency-key': 'hash-only' },
+    payload: { name: 'second', scopes: ['read', 'write'] },
+  }))
   t.equal(created.statusCode, 201)
   const second = created.json<{ id: string, key: string }>()
-  t.equal((await ctx.app.inject(as(second, { method: 'POST', url: '/v1/customers', payload: { name: 'made with the second key' } }))).statusCode, 201)
+  const made = await ctx.app.inject(as(second, {
+    method: 'POST',
+    url: '/v1/customers',
+    payload: { name: 'made with the second key' },
+  }))
+  t.equal(made.statusCode, 201)
   await ctx.app.keyUsage.flush()
 
   for (const [id, key] of [[tenant.keyId, tenant.key], [second.id, second.key]] as const) {
-    const [row] = await query<{ secret_hash: Buffer, prefix: string }>(ctx.db.adminUrl, 'SELECT secret_hash, prefix FROM api_keys WHERE id = $1', [id])
+    const [row] = await query<{ secret_hash: Buffer, prefix: string }>(ctx.db.adminUrl,
+      'SELECT secret_hash, prefix FROM api_keys WHERE id = $1', [id])
     t.same(row?.secret_hash, createHash('sha256').update(key).digest(), 'secret_hash is SHA-256 of the key')
     t.ok(key.startsWith(row!.prefix), 'the stored prefix is the public start of the key')
   }
@@ -107,8 +133,10 @@ t.test('keys are stored only as hashes', async (t) => {
     SELECT c.table_name, c.column_name FROM information_schema.columns c
       JOIN information_schema.tables tb ON tb.table_schema = c.table_schema AND tb.table_name = c.table_name
      WHERE c.table_schema = 'public' AND tb.table_type = 'BASE TABLE'
-       AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb') OR (c.data_type = 'ARRAY' AND c.udt_name IN ('_text', '_varchar')))`)
-  t.ok(columns.some((c) => c.table_name === 'audit_events' && c.column_name === 'data'), 'the search covers the audit trail')
+       AND (c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb')
+            OR (c.data_type = 'ARRAY' AND c.udt_name IN ('_text', '_varchar')))`)
+  t.ok(columns.some((c) => c.table_name === 'audit_events' && c.column_name === 'data'),
+    'the search covers the audit trail')
   t.ok(columns.some((c) => c.table_name === 'idempotency_keys'), 'and idempotency records')
   const secrets = [tenant.key, second.key].map((key) => key.slice(48, 91))
   t.equal(secrets[0]!.length, 43)
@@ -116,11 +144,14 @@ t.test('keys are stored only as hashes', async (t) => {
   for (const secret of secrets) {
     const found: string[] = []
     for (const c of columns) {
-      const rows = await query(ctx.db.adminUrl, `SELECT 1 FROM ${ident(c.table_name)} WHERE position($1 in ${ident(c.column_name)}::text) > 0 LIMIT 1`, [secret])
+      const rows = await query(ctx.db.adminUrl,
+        `SELECT 1 FROM ${ident(c.table_name)} WHERE position($1 in ${ident(c.column_name)}::text) > 0 LIMIT 1`,
+        [secret])
       if (rows.length > 0) found.push(`${c.table_name}.${c.column_name}`)
     }
     t.same(found, [], 'the secret part of the key appears in no text column')
   }
-  const [audited] = await query<{ n: number }>(ctx.db.adminUrl, "SELECT count(*)::int AS n FROM audit_events WHERE action = 'api_key.created' AND resource_id = $1", [second.id])
+  const [audited] = await query<{ n: number }>(ctx.db.adminUrl,
+    "SELECT count(*)::int AS n FROM audit_events WHERE action = 'api_key.created' AND resource_id = $1", [second.id])
   t.equal(audited?.n, 1, 'the key creation itself was recorded (and searched)')
 })

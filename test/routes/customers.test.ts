@@ -4,20 +4,36 @@ import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 const ctx = await buildTestApp(t)
 const tenant = await provisionTenant(ctx)
 
-interface Customer { id: string, name: string, email: string | null, external_ref: string | null, created_at: string, updated_at: string }
+interface Customer {
+  id: string,
+  name: string,
+  email: string | null,
+  external_ref: string | null,
+  created_at: string,
+  updated_at: string,
+}
 
 t.test('create, read, update and delete a customer', async (t) => {
-  const created = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: 'Ada', email: 'ada@example.com' } }))
+  const created = await ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: '/v1/customers',
+    payload: { name: 'Ada', email: 'ada@example.com' },
+  }))
   t.equal(created.statusCode, 201)
   const customer = created.json<Customer>()
   t.match(customer, { name: 'Ada', email: 'ada@example.com', external_ref: null })
   t.match(customer.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-/, 'a UUIDv7 id')
-  t.same(Object.keys(customer).sort(), ['created_at', 'email', 'external_ref', 'id', 'name', 'updated_at'], 'no extra fields (no tenant_id)')
+  t.same(Object.keys(customer).sort(), ['created_at', 'email', 'external_ref', 'id', 'name', 'updated_at'],
+    'no extra fields (no tenant_id)')
 
   const read = await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/customers/${customer.id}` }))
   t.same(read.json(), customer)
 
-  const patched = await ctx.app.inject(as(tenant, { method: 'PATCH', url: `/v1/customers/${customer.id}`, payload: { email: null, external_ref: 'crm-1' } }))
+  const patched = await ctx.app.inject(as(tenant, {
+    method: 'PATCH',
+    url: `/v1/customers/${customer.id}`,
+    payload: { email: null, external_ref: 'crm-1' },
+  }))
   t.equal(patched.statusCode, 200)
   t.match(patched.json<Customer>(), { name: 'Ada', email: null, external_ref: 'crm-1' })
   t.ok(patched.json<Customer>().updated_at >= customer.updated_at)
@@ -56,7 +72,11 @@ t.test('pagination returns every customer exactly once, newest first', async (t)
 })
 
 t.test('list limits and cursors are validated', async (t) => {
-  for (const url of ['/v1/customers?limit=0', '/v1/customers?limit=201', '/v1/customers?limit=abc', '/v1/customers?cursor=bm90LWEtY3Vyc29y', '/v1/customers?cursor=%00%ff', '/v1/customers?color=red']) {
+  const urls = [
+    '/v1/customers?limit=0', '/v1/customers?limit=201', '/v1/customers?limit=abc',
+    '/v1/customers?cursor=bm90LWEtY3Vyc29y', '/v1/customers?cursor=%00%ff', '/v1/customers?color=red',
+  ]
+  for (const url of urls) {
     const res = await ctx.app.inject(as(tenant, { method: 'GET', url }))
     t.equal(res.statusCode, 400, url)
     t.equal(res.headers['content-type'], 'application/problem+json; charset=utf-8', url)
@@ -83,17 +103,40 @@ t.test('bodies are typed strictly and unknown fields are rejected', async (t) =>
     t.equal(problem.status, 400)
     t.ok(problem.errors.some((e) => e.path === path), `${JSON.stringify(payload)} names ${path}`)
   }
-  const empty = await ctx.app.inject(as(tenant, { method: 'PATCH', url: '/v1/customers/0190a6d2-0000-7000-8000-000000000000', payload: {} }))
+  const empty = await ctx.app.inject(as(tenant, {
+    method: 'PATCH',
+    url: '/v1/customers/0190a6d2-0000-7000-8000-000000000000',
+    payload: {},
+  }))
   t.equal(empty.statusCode, 400, 'a PATCH must change something')
 })
 
 t.test('malformed requests get a problem, never a 500', async (t) => {
+  const json = { 'content-type': 'application/json' }
   const cases = [
-    { method: 'POST' as const, url: '/v1/customers', headers: { 'content-type': 'application/json' }, payload: '{"name": ', status: 400 },
-    { method: 'POST' as const, url: '/v1/customers', headers: { 'content-type': 'application/json' }, payload: '', status: 400 },
-    { method: 'POST' as const, url: '/v1/customers', headers: { 'content-type': 'text/plain' }, payload: 'name=x', status: 415 },
-    { method: 'POST' as const, url: '/v1/customers', headers: { 'content-type': 'application/json' }, payload: '{"__proto__": {"x": 1}, "name": "p"}', status: 400 },
-    { method: 'POST' as const, url: '/v1/customers', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ name: 'x'.repeat(1024 * 1024) }), status: 413 },
+    { method: 'POST' as const, url: '/v1/customers', headers: json, payload: '{"name": ', status: 400 },
+    { method: 'POST' as const, url: '/v1/customers', headers: json, payload: '', status: 400 },
+    {
+      method: 'POST' as const,
+      url: '/v1/customers',
+      headers: { 'content-type': 'text/plain' },
+      payload: 'name=x',
+      status: 415,
+    },
+    {
+      method: 'POST' as const,
+      url: '/v1/customers',
+      headers: json,
+      payload: '{"__proto__": {"x": 1}, "name": "p"}',
+      status: 400,
+    },
+    {
+      method: 'POST' as const,
+      url: '/v1/customers',
+      headers: json,
+      payload: JSON.stringify({ name: 'x'.repeat(1024 * 1024) }),
+      status: 413,
+    },
     { method: 'GET' as const, url: '/v1/customers/not-a-uuid', status: 400 },
     { method: 'PUT' as const, url: '/v1/customers', status: 404 },
   ]
@@ -109,7 +152,11 @@ t.test('malformed requests get a problem, never a 500', async (t) => {
 
 t.test('x-tenant-id must be exactly one UUID', async (t) => {
   for (const value of ['', 'nope', `${tenant.id}, ${tenant.id}`]) {
-    const res = await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/customers', headers: { 'x-tenant-id': value } }))
+    const res = await ctx.app.inject(as(tenant, {
+      method: 'GET',
+      url: '/v1/customers',
+      headers: { 'x-tenant-id': value },
+    }))
     t.equal(res.statusCode, 400, JSON.stringify(value))
   }
   const repeated = await ctx.app.inject({
@@ -118,6 +165,10 @@ t.test('x-tenant-id must be exactly one UUID', async (t) => {
     headers: { authorization: `Bearer ${tenant.key}`, 'x-tenant-id': [tenant.id, tenant.id] },
   })
   t.equal(repeated.statusCode, 400, 'a repeated header')
-  const matching = await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/customers', headers: { 'x-tenant-id': tenant.id.toUpperCase() } }))
+  const matching = await ctx.app.inject(as(tenant, {
+    method: 'GET',
+    url: '/v1/customers',
+    headers: { 'x-tenant-id': tenant.id.toUpperCase() },
+  }))
   t.equal(matching.statusCode, 200, 'the own tenant id, in any case, is fine')
 })
