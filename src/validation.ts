@@ -149,17 +149,27 @@ export async function refuseUndeclaredBody (request: FastifyRequest): Promise<vo
 type ParserDone = (error: Error | null, body?: unknown) => void
 
 /**
- * The JSON parser, except that an empty body on an operation that declares none is no body: clients
- * that send `content-type: application/json` on every request (finalize, DELETE, accept) would
- * otherwise get a 400 for a body they never meant to send. An operation that takes a body still
- * gets Fastify's 400 for an empty one. `json` is Fastify's own parser (proto-poisoning checks kept).
+ * The JSON parser, except that an empty body is no body where none is needed: clients that send
+ * `content-type: application/json` on every request (finalize, DELETE, accept) would otherwise get a
+ * 400 for a body they never meant to send. On an operation whose body has no required property an empty
+ * body is `{}`; one that needs a body still gets Fastify's 400 for an empty one. `json` is Fastify's
+ * own parser (proto-poisoning checks kept).
  */
 export function emptyJsonAsNoBody (json: FastifyBodyParser<string>): FastifyBodyParser<string> {
   const parse = json as (request: FastifyRequest, body: string, done: ParserDone) => void
   return (request: FastifyRequest, body: string, done: ParserDone): void => {
-    if (body.length === 0 && request.routeOptions.schema?.body === undefined) {
-      done(null, undefined)
-      return
+    if (body.length === 0) {
+      const declared = request.routeOptions.schema?.body as
+        { type?: unknown, required?: unknown[], minProperties?: number } | undefined
+      if (declared === undefined) {
+        done(null, undefined)
+        return
+      }
+      if (declared.type === 'object' && (declared.required ?? []).length === 0 &&
+        (declared.minProperties ?? 0) === 0) {
+        done(null, {})
+        return
+      }
     }
     parse(request, body, done)
   }

@@ -110,6 +110,14 @@ t.test('an empty JSON body on an operation that takes none is no body; ' +
   }
   assertProblem(t, await send('POST', `/v1/invoices/${paid.id}/pay`), 409,
     'an empty body changes nothing else: paying twice is a 409')
+  // A body whose every property is optional: an empty one is {}.
+  const ownerKey = await ctx.app.inject({
+    method: 'POST',
+    url: `/admin/v1/tenants/${tenant.id}/api-keys`,
+    headers: { authorization: `Bearer ${ctx.adminToken}`, ...json },
+    payload: '',
+  })
+  t.equal(ownerKey.statusCode, 201, `an owner key with an empty body: ${ownerKey.body}`)
 })
 
 t.test('a user_id as long as the schema allows still routes, percent-encoded', async (t) => {

@@ -95,6 +95,14 @@ t.test('state transitions and 204s replay too', async (t) => {
   t.equal(a.statusCode, 200)
   t.equal(b.statusCode, 200, 'a retried finalize replays instead of failing with 409')
   t.equal(b.body, a.body)
+  const withEmptyObject = await ctx.app.inject(as(tenant, {
+    method: 'POST',
+    url: `/v1/invoices/${id}/finalize`,
+    headers: { 'idempotency-key': 'fin-1' },
+    payload: {},
+  }))
+  t.equal(withEmptyObject.statusCode, 200, 'a retry that sends {} where the first sent no body replays too')
+  t.equal(withEmptyObject.headers['idempotent-replayed'], 'true')
 })
 
 t.test('a key whose response held a secret is never replayed', async (t) => {

@@ -40,9 +40,14 @@ export function canonicalJson (value: unknown): string {
   return JSON.stringify(value) ?? 'null'
 }
 
+/** No body and `{}` are the same request: a client may send either on a retry. */
+const isEmptyObject = (value: unknown): boolean =>
+  value !== null && typeof value === 'object' && !Array.isArray(value) && Object.keys(value).length === 0
+
 function fingerprint (request: FastifyRequest): Buffer {
   const path = request.url.split('?')[0]
-  return createHash('sha256').update(`${request.method} ${path}\n${canonicalJson(request.body ?? null)}`).digest()
+  const body = request.body === undefined || isEmptyObject(request.body) ? null : request.body
+  return createHash('sha256').update(`${request.method} ${path}\n${canonicalJson(body)}`).digest()
 }
 
 async function idempotency (fastify: FastifyInstance): Promise<void> {
