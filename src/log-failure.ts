@@ -13,3 +13,17 @@ export function logFailure (
 ): (error: unknown) => void {
   return (error) => { log?.warn({ ...details, err: error }, `${what} failed`) }
 }
+
+/**
+ * A FailureLog for callers that report in lines (start-up's output, a CLI's stderr): the message, the
+ * details as key=value and the error's message on one line.
+ */
+export function lineFailureLog (log: (line: string) => void): FailureLog {
+  return {
+    warn: ({ err, ...details }, message) => {
+      const context = Object.entries(details).map(([key, value]) => `${key}=${String(value)}`).join(' ')
+      const why = err instanceof Error ? err.message : String(err)
+      log(`${message}${context === '' ? '' : ` (${context})`}: ${why}`)
+    },
+  }
+}

@@ -10,6 +10,7 @@ import { runSafetyChecks, UnsafeDatabaseError } from './ops/safety-checks.ts'
 import { assertShardPartitions } from './ops/shard-checks.ts'
 import { resolveExportSigningKey } from './tenancy/export-signature.ts'
 import { connectionOptions, databaseTls, PLAINTEXT, tlsFailure, type DatabaseTls } from './db/tls.ts'
+import { lineFailureLog, type FailureLog } from './log-failure.ts'
 
 /**
  * Start-up, in order: find the database (the configured one, or an embedded cluster), migrate it,
@@ -35,11 +36,13 @@ export interface StartOptions {
 }
 
 /** Runs the safety checks as the runtime role and throws UnsafeDatabaseError listing every problem. */
-export async function assertSafeDatabase (appDatabaseUrl: string, tls: DatabaseTls = PLAINTEXT): Promise<void> {
+export async function assertSafeDatabase (
+  appDatabaseUrl: string, tls: DatabaseTls = PLAINTEXT, log?: FailureLog
+): Promise<void> {
   const client = new pg.Client({ ...connectionOptions(appDatabaseUrl, tls), application_name: 'rowfence-check' })
   await client.connect()
   try {
-    const report = await runSafetyChecks(client)
+    const report = await runSafetyChecks(client, log)
     if (!report.ok) throw new UnsafeDatabaseError(report.problems)
   } finally {
     await client.end()
@@ -57,7 +60,7 @@ async function sweepAtStartUp (ownerUrl: string, tls: DatabaseTls, log: (line: s
   // An idle connection lost: said here; the sweep's next query opens another (or reports why not).
   pool.on('error', (error) => { log(`start-up sweep: an idle database connection failed: ${error.message}`) })
   try {
-    const swept = await sweepShards(pool)
+    const swept = await sweepShards(pool, { log: lineFailureLog((line) => { log(`start-up sweep: ${line}`) }) })
     const done: string[] = []
     const { tenantsReset: reset, shardsReleased: released } = swept
     if (reset.length > 0) done.push(`set ${reset.length} tenant(s) left moving back to active (${reset.join(', ')})`)
@@ -113,7 +116,7 @@ export async function prepare (config: Config, options: StartOptions = {}): Prom
       const result = await migrate(ownerUrl, { log, tls })
       if (result.applied.length > 0) log(`applied ${result.applied.length} migration(s)`)
     }
-    await assertSafeDatabase(appUrl, tls)
+    await assertSafeDatabase(appUrl, tls, lineFailureLog(log))
     // A sharded table without a partition for a live shard would fail that shard's tenants' writes
     // (and the export, move or erasure of them) at run time: refuse now instead.
     await assertShardPartitions(ownerUrl, tls)

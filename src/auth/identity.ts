@@ -3,7 +3,6 @@ import type { DB } from '../db/schema.ts'
 import type { Scope } from './api-keys.ts'
 
 export type MemberRole = 'owner' | 'admin' | 'member' | 'viewer'
-export const MEMBER_ROLES: readonly MemberRole[] = ['owner', 'admin', 'member', 'viewer']
 
 /** docs/api.md: viewer → read; member → read, write; admin and owner → read, write, admin. */
 export const ROLE_SCOPES: Record<MemberRole, readonly Scope[]> = {

@@ -1,7 +1,8 @@
 import { X509Certificate } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import type { ConnectionOptions } from 'node:tls'
-import { ConfigError, sslParameterIn, type Config } from '../config.ts'
+import { ConfigError, type Config } from '../config.ts'
+import { sslParameterIn } from '../config/database-url.ts'
 
 /**
  * TLS to PostgreSQL. Every pool and client in src/ and scripts/ takes its options from

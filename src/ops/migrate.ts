@@ -4,6 +4,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { connectionOptions, PLAINTEXT, type DatabaseTls } from '../db/tls.ts'
+import { lineFailureLog, logFailure } from '../log-failure.ts'
 
 export const SQL_DIR = fileURLToPath(new URL('../../sql/', import.meta.url))
 
@@ -57,6 +58,7 @@ export async function migrate (
   options: { dir?: string, log?: (line: string) => void, tls?: DatabaseTls } = {}
 ): Promise<MigrationResult> {
   const log = options.log ?? (() => {})
+  const failures = lineFailureLog(log)
   const files = await readMigrations(options.dir)
   const client = new pg.Client({
     ...connectionOptions(databaseUrl, options.tls ?? PLAINTEXT), application_name: 'rowfence-migrate',
@@ -111,7 +113,7 @@ export async function migrate (
           await client.query('COMMIT')
         } catch (error) {
           // The migration's own error is the one thrown; the server rolls back when the session ends.
-          await client.query('ROLLBACK').catch(() => {})
+          await client.query('ROLLBACK').catch(logFailure(failures, `rolling back sql/${file.name}`))
           const detail = error instanceof Error ? error.message : String(error)
           throw new MigrationError(`sql/${file.name} failed and was rolled back: ${detail}`)
         }
@@ -121,7 +123,8 @@ export async function migrate (
       return { applied, alreadyApplied: rows.length }
     } finally {
       // A session lock: it ends with the session, which ends right below whatever happens here.
-      await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_ID]).catch(() => {})
+      await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_ID])
+        .catch(logFailure(failures, 'releasing the migration lock'))
     }
   } finally {
     await client.end()

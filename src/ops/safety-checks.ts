@@ -1,4 +1,5 @@
 import pg from 'pg'
+import { logFailure, type FailureLog } from '../log-failure.ts'
 import { checkDistributionKeys } from './distribution-keys.ts'
 import { checkDefinerFunctions, checkPrivileges, USER_SCHEMAS } from './runtime-privileges.ts'
 
@@ -161,7 +162,9 @@ async function checkViews (client: pg.ClientBase, problems: string[]): Promise<v
   }
 }
 
-async function checkTenantFunction (client: pg.ClientBase, tables: TableRow[], problems: string[]): Promise<void> {
+async function checkTenantFunction (
+  client: pg.ClientBase, tables: TableRow[], problems: string[], log: FailureLog | undefined
+): Promise<void> {
   const fn = await client.query<{ provolatile: string, prosecdef: boolean, runtime_owns: boolean }>(`
     SELECT p.provolatile::text AS provolatile, p.prosecdef,
            pg_has_role(current_user, p.proowner, 'MEMBER') AS runtime_owns
@@ -195,13 +198,13 @@ async function checkTenantFunction (client: pg.ClientBase, tables: TableRow[], p
     const raised = (error as Error).message
     problems.push(`current_tenant_id() is not fail-closed: with an empty setting it raised "${raised}"`)
   } finally {
-    // READ ONLY: nothing to undo. A connection that cannot roll back fails its next statement,
-    // which reports it.
-    await client.query('ROLLBACK').catch(() => {})
+    // READ ONLY: nothing to undo, so a failed rollback is logged, not a finding; the connection's next
+    // statement fails as well.
+    await client.query('ROLLBACK').catch(logFailure(log, 'rolling back the fail-closed check'))
   }
 }
 
-export async function runSafetyChecks (runtime: pg.Pool | pg.ClientBase): Promise<SafetyReport> {
+export async function runSafetyChecks (runtime: pg.Pool | pg.ClientBase, log?: FailureLog): Promise<SafetyReport> {
   const client = runtime instanceof pg.Pool ? await runtime.connect() : runtime
   const problems: string[] = []
   try {
@@ -226,7 +229,7 @@ export async function runSafetyChecks (runtime: pg.Pool | pg.ClientBase): Promis
     await checkViews(client, problems)
     await checkDefinerFunctions(client, problems)
     await checkDistributionKeys(client, problems)
-    await checkTenantFunction(client, tables, problems)
+    await checkTenantFunction(client, tables, problems, log)
     return { ok: problems.length === 0, role, tenantTables: tables.length, problems }
   } finally {
     if (runtime instanceof pg.Pool) (client as pg.PoolClient).release()

@@ -77,17 +77,6 @@ async function rowsLeft (client: pg.ClientBase, tenantId: string): Promise<Recor
   return left
 }
 
-/** Rows of the tenant left in any table, the tenants registry included. */
-export async function remainingRows (pool: pg.Pool, tenantId: string): Promise<Record<string, number>> {
-  return inTenantTransaction(pool, tenantId, async (client) => {
-    const left = await rowsLeft(client, tenantId)
-    const { rows: [r] } = await client.query<{ n: string }>(
-      'SELECT count(*) AS n FROM tenants WHERE id = $1', [tenantId])
-    if (Number(r!.n) > 0) left.tenants = Number(r!.n)
-    return left
-  })
-}
-
 export interface EraseOptions {
   requestedBy: string
   requestId?: string
@@ -172,16 +161,17 @@ export async function eraseTenant (
           'the partitions of an erased tenant are left for the next sweep')
         return false
       }
-      receipt.partitions_dropped = await releaseShard(lock.client, tenant.shard, ddl).then(() => true, left)
+      receipt.partitions_dropped = await releaseShard(lock.client, tenant.shard, ddl, options.log)
+        .then(() => true, left)
     }
     // Best effort: the erasure is complete; what is left is the next sweep's.
-    await releaseOwnReservations(lock, ddl)
+    await releaseOwnReservations(lock, ddl, options.log)
       .catch(logFailure(options.log, 'releasing the leftovers of earlier operations', { tenantId }))
     return receipt
-  })
+  }, options.log)
   if (receipt !== undefined) {
     // Whatever earlier operations left behind (a crash, a release that gave up): the retry path.
-    const swept = await sweepShards(pool, { ddl }).catch((error: unknown) => {
+    const swept = await sweepShards(pool, { ddl, log: options.log }).catch((error: unknown) => {
       options.log?.warn({ err: error }, 'the sweep after an erasure failed')
       return undefined
     })

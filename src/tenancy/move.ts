@@ -87,7 +87,7 @@ export async function movePlacement<T> (
   const log = options.log
   return withOperationLock(pool, tenantId, async (lock) => {
     // Leftovers of an earlier move of this tenant that died (best effort: the sweep retries).
-    await releaseOwnReservations(lock, ddl)
+    await releaseOwnReservations(lock, ddl, log)
       .catch(logFailure(log, 'releasing the leftovers of an earlier operation', { tenantId }))
     const marked = await markMoving(pool, tenantId, placement)
     if (marked === undefined) return undefined
@@ -103,7 +103,7 @@ export async function movePlacement<T> (
     let moved: { change: PlacementChange, result: T }
     try {
       const to = placement === 'dedicated'
-        ? { placement, shard: newShard = await createShard(lock.client, tenantId, 'move', ddl) }
+        ? { placement, shard: newShard = await createShard(lock.client, tenantId, 'move', ddl, log) }
         : { placement, shard: await pooledShardFor(lock.client, tenantId) }
       moved = await withTenantTransaction(pool, tenantId, async ({ db }) => {
         await sql`SELECT pg_advisory_xact_lock(${tenantLockKey(tenantId)})`.execute(db)
@@ -119,7 +119,7 @@ export async function movePlacement<T> (
           .where('id', '=', tenantId).where('status', '=', 'moving').execute()
       }).catch(logFailure(log, 'setting a tenant whose move failed back to active', { tenantId }))
       if (newShard !== undefined) {
-        await releaseShard(lock.client, newShard, ddl)
+        await releaseShard(lock.client, newShard, ddl, log)
           .catch(logFailure(log, 'removing the partitions of a failed move', { tenantId, shard: newShard }))
       }
       throw error
@@ -127,14 +127,14 @@ export async function movePlacement<T> (
 
     let partitionsReleased = true
     if (from.placement === 'dedicated') {
-      partitionsReleased = await releaseShard(lock.client, from.shard, ddl).then(() => true, (error: unknown) => {
+      partitionsReleased = await releaseShard(lock.client, from.shard, ddl, log).then(() => true, (error: unknown) => {
         log?.warn({ tenantId, shard: from.shard, err: error },
           'the old partitions of a moved tenant are left for the next sweep')
         return false
       })
     }
     return { ...moved, partitionsReleased }
-  })
+  }, log)
 }
 
 export interface PlacementChanged {

@@ -116,16 +116,16 @@ export async function createTenant (
     if (placement === 'pooled') return await provision()
     const ddl = options.ddl ?? DEFAULT_DDL
     return await withOperationLock(db.ownerPool, id, async (lock) => {
-      const shard = await createShard(lock.client, id, 'onboarding', ddl)
+      const shard = await createShard(lock.client, id, 'onboarding', ddl, options.log)
       try {
         return await provision(shard)
       } catch (error) {
         // Best effort: partitions left reserved are removed by the next sweep.
-        await releaseShard(lock.client, shard, ddl)
+        await releaseShard(lock.client, shard, ddl, options.log)
           .catch(logFailure(options.log, 'removing the partitions of a failed onboarding', { tenantId: id, shard }))
         throw error
       }
-    })
+    }, options.log)
   } catch (error) {
     // Two at once with one idempotency key: the unique keys (slug, key) made this one wait for the
     // other to commit, and it repeats that one.

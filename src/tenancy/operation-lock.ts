@@ -1,6 +1,7 @@
 import { sql } from 'kysely'
 import pg from 'pg'
 import { TENANT_LOCK_SALT } from '../db/tenant-transaction.ts'
+import { logFailure, type FailureLog } from '../log-failure.ts'
 
 /**
  * A transaction-level advisory lock per tenant: every tenant transaction holds it shared from its
@@ -30,26 +31,28 @@ export class PlacementBusy extends Error {
 export class OperationLock {
   readonly client: pg.Client
   readonly tenantId: string
+  readonly #log: FailureLog | undefined
   #released = false
 
-  private constructor (client: pg.Client, tenantId: string) {
+  private constructor (client: pg.Client, tenantId: string, log: FailureLog | undefined) {
     this.client = client
     this.tenantId = tenantId
+    this.#log = log
   }
 
-  /** The lock, or undefined when another operation on the tenant holds it. */
-  static async tryAcquire (pool: pg.Pool, tenantId: string): Promise<OperationLock | undefined> {
+  /** The lock, or undefined when another operation on the tenant holds it. `log`: where ending fails. */
+  static async tryAcquire (pool: pg.Pool, tenantId: string, log?: FailureLog): Promise<OperationLock | undefined> {
     const client = operationClient(pool)
     await client.connect()
     try {
       const { rows: [row] } = await client.query<{ ok: boolean }>(
         'SELECT pg_try_advisory_lock(hashtextextended($1::text, $2)) AS ok', [tenantId, OPERATION_LOCK_SALT])
-      if (row!.ok) return new OperationLock(client, tenantId)
+      if (row!.ok) return new OperationLock(client, tenantId, log)
     } catch (error) {
-      await endQuietly(client)
+      await endOperationClient(client, log)
       throw error
     }
-    await endQuietly(client)
+    await endOperationClient(client, log)
     return undefined
   }
 
@@ -57,7 +60,7 @@ export class OperationLock {
   async release (): Promise<void> {
     if (this.#released) return
     this.#released = true
-    await endQuietly(this.client)
+    await endOperationClient(this.client, this.#log, { tenantId: this.tenantId })
   }
 }
 
@@ -69,18 +72,20 @@ export function operationClient (pool: pg.Pool): pg.Client {
 }
 
 /**
- * Ends an operation's connection. Nothing to report if that fails: the connection is gone either
- * way, and the server releases its session locks when it goes.
+ * Ends an operation's connection. A failure is logged and goes no further: the connection is gone
+ * either way, and the server releases its session locks when it goes.
  */
-export async function endQuietly (client: pg.Client): Promise<void> {
-  await client.end().catch(() => {})
+export async function endOperationClient (
+  client: pg.Client, log: FailureLog | undefined, details: Record<string, unknown> = {}
+): Promise<void> {
+  await client.end().catch(logFailure(log, 'closing an operation connection', details))
 }
 
 /** Runs `work` holding the tenant's operation lock; PlacementBusy when another operation holds it. */
 export async function withOperationLock<T> (
-  pool: pg.Pool, tenantId: string, work: (lock: OperationLock) => Promise<T>
+  pool: pg.Pool, tenantId: string, work: (lock: OperationLock) => Promise<T>, log?: FailureLog
 ): Promise<T> {
-  const lock = await OperationLock.tryAcquire(pool, tenantId)
+  const lock = await OperationLock.tryAcquire(pool, tenantId, log)
   if (lock === undefined) {
     throw new PlacementBusy('another operation on this tenant (a placement move or an erasure) is in progress')
   }

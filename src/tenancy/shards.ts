@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { CompiledQuery, Kysely } from 'kysely'
 import type pg from 'pg'
 import type { DB } from '../db/schema.ts'
+import { logFailure, type FailureLog } from '../log-failure.ts'
 import { ident } from './tenant-tables.ts'
 
 /**
@@ -114,10 +115,12 @@ export type ReservationPurpose = 'onboarding' | 'import' | 'move' | 'release' | 
  * Creates a new dedicated shard's partitions in a short transaction of its own on `client` (which
  * must not be inside a transaction), reserved for `tenantId` until the transaction that gives the
  * shard to the tenant calls claimShard. Waits for the parents' locks at most ddl.lockTimeoutMs per
- * attempt, so other tenants' queries never queue behind it for longer.
+ * attempt, so other tenants' queries never queue behind it for longer. `log`: where a failed
+ * rollback of an attempt is reported.
  */
 export async function createShard (
-  client: pg.ClientBase, tenantId: string, purpose: 'onboarding' | 'import' | 'move', ddl: DdlOptions = DEFAULT_DDL
+  client: pg.ClientBase, tenantId: string, purpose: 'onboarding' | 'import' | 'move', ddl: DdlOptions = DEFAULT_DDL,
+  log?: FailureLog
 ): Promise<number> {
   const { rows: [row] } = await client.query<{ shard: number }>("SELECT nextval('dedicated_shards')::integer AS shard")
   const shard = row!.shard
@@ -132,7 +135,7 @@ export async function createShard (
     } catch (error) {
       // The attempt's own error is the one that counts; a connection that cannot even roll back
       // fails the next attempt too, and the server rolls back when the connection goes.
-      await client.query('ROLLBACK').catch(() => {})
+      await client.query('ROLLBACK').catch(logFailure(log, 'rolling back a partition creation', { tenantId, shard }))
       throw error
     }
   })
@@ -163,10 +166,10 @@ export async function reserveForRelease (
  * of the parent locks: PostgreSQL removes the table's foreign-key triggers from the tables it
  * references (tenants, customers, invoices), which takes ACCESS EXCLUSIVE on those briefly; every
  * such lock is waited for at most ddl.lockTimeoutMs per attempt. Referencing tables go first.
- * Idempotent: a retry continues where a failed run stopped.
+ * Idempotent: a retry continues where a failed run stopped. `log`: where a failed reset is reported.
  */
 export async function releaseShard (
-  client: pg.ClientBase, shard: number, ddl: DdlOptions = DEFAULT_DDL
+  client: pg.ClientBase, shard: number, ddl: DdlOptions = DEFAULT_DDL, log?: FailureLog
 ): Promise<void> {
   const { rows: [guard] } = await client.query<{ pooled: boolean, tenant: boolean }>(
     `SELECT $1::integer < pooled_shards() AS pooled,
@@ -178,7 +181,7 @@ export async function releaseShard (
     for (const table of tables) await releasePartition(client, table, `${table}_s${shard}`, ddl)
   } finally {
     // A connection that cannot reset fails its next statement as well, which reports it.
-    await client.query('RESET lock_timeout').catch(() => {})
+    await client.query('RESET lock_timeout').catch(logFailure(log, 'resetting lock_timeout after a release', { shard }))
   }
   await client.query('DELETE FROM shard_reservations WHERE shard = $1', [shard])
   await client.query(`UPDATE erasure_receipts SET partitions_dropped = true, partitions_dropped_at = now()

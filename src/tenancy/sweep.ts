@@ -1,18 +1,21 @@
 import type pg from 'pg'
 import { withTenantTransaction } from '../db/tenant-transaction.ts'
-import { endQuietly, OperationLock, operationClient } from './operation-lock.ts'
+import type { FailureLog } from '../log-failure.ts'
+import { endOperationClient, OperationLock, operationClient } from './operation-lock.ts'
 import { DEFAULT_DDL, releaseShard, type DdlOptions } from './shards.ts'
 
 /**
  * Removes the shards reserved for the lock's tenant by earlier operations that died: the caller
  * holds the tenant's operation lock, so none of them is in use. Returns the shards released.
  */
-export async function releaseOwnReservations (lock: OperationLock, ddl: DdlOptions = DEFAULT_DDL): Promise<number[]> {
+export async function releaseOwnReservations (
+  lock: OperationLock, ddl: DdlOptions = DEFAULT_DDL, log?: FailureLog
+): Promise<number[]> {
   const { rows } = await lock.client.query<{ shard: number }>(`
     SELECT r.shard FROM shard_reservations r
      WHERE r.subject_tenant_id = $1 AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.shard = r.shard)
      ORDER BY r.shard`, [lock.tenantId])
-  for (const { shard } of rows) await releaseShard(lock.client, shard, ddl)
+  for (const { shard } of rows) await releaseShard(lock.client, shard, ddl, log)
   return rows.map((r) => r.shard)
 }
 
@@ -31,17 +34,19 @@ export interface SweepResult {
  * no tenant — reserved by an operation that is no longer running, or not reserved at all — noting
  * it in the erasure receipt when the shard was an erased tenant's. Safe at any time and from any
  * instance: it skips whatever a live operation holds. `skipTenant`: an operation calling it while
- * holding that tenant's lock (its own shards are its business).
+ * holding that tenant's lock (its own shards are its business). `log`: where a failed cleanup step
+ * (a connection that would not close) is reported.
  */
 export async function sweepShards (
-  pool: pg.Pool, options: { ddl?: DdlOptions, skipTenant?: string } = {}
+  pool: pg.Pool, options: { ddl?: DdlOptions, skipTenant?: string, log?: FailureLog } = {}
 ): Promise<SweepResult> {
+  const log = options.log
   const result: SweepResult = { tenantsReset: [], shardsReleased: [], shardsLeft: [] }
   const { rows: moving } = await pool.query<{ id: string }>(
     "SELECT id FROM tenants WHERE status = 'moving' ORDER BY id")
   for (const { id } of moving) {
     if (id === options.skipTenant) continue
-    const lock = await OperationLock.tryAcquire(pool, id)
+    const lock = await OperationLock.tryAcquire(pool, id, log)
     if (lock === undefined) continue
     try {
       if (await resetStuckMove(pool, id)) result.tenantsReset.push(id)
@@ -52,18 +57,18 @@ export async function sweepShards (
   for (const candidate of await unusedShards(pool)) {
     if (candidate.subject !== null && candidate.subject === options.skipTenant) continue
     // An unreserved shard was orphaned before reservations existed (or by hand): nobody's operation.
-    const lock = candidate.subject === null ? undefined : await OperationLock.tryAcquire(pool, candidate.subject)
+    const lock = candidate.subject === null ? undefined : await OperationLock.tryAcquire(pool, candidate.subject, log)
     if (candidate.subject !== null && lock === undefined) { result.shardsLeft.push(candidate.shard); continue }
     const client = lock?.client ?? operationClient(pool)
     try {
       if (lock === undefined) await client.connect()
-      await releaseShard(client, candidate.shard, options.ddl)
+      await releaseShard(client, candidate.shard, options.ddl, log)
       result.shardsReleased.push(candidate.shard)
     } catch {
       result.shardsLeft.push(candidate.shard) // reported in the result, for a later sweep
     } finally {
       if (lock !== undefined) await lock.release()
-      else await endQuietly(client)
+      else await endOperationClient(client, log, { shard: candidate.shard })
     }
   }
   return result

@@ -129,14 +129,14 @@ export interface paths {
         post?: never;
         /**
          * Remove a member
-         * @description The last owner cannot be removed (409). Only a credential with owner rights (an owner, or an API key with owner rights) may remove an owner.
+         * @description The last owner cannot be removed (409). Only a credential with owner rights (an owner, or an API key with owner rights) may remove an owner. API keys survive their creator: owner-rights keys a removed owner created keep their rights, so revoke those you no longer trust (the key list shows `owner_rights`).
          */
         delete: operations["removeMember"];
         options?: never;
         head?: never;
         /**
          * Change a member's role
-         * @description The same rules as adding and removing: a credential may give only a role whose scopes it holds itself (403 otherwise); only a credential with owner rights may promote to or demote from owner (403); the last accepted owner cannot be demoted (409, last-owner). A pending member stays pending. The new role applies from the member's next request, on every server instance.
+         * @description The same rules as adding and removing: a credential may give only a role whose scopes it holds itself (403 otherwise); only a credential with owner rights may promote to or demote from owner (403); the last accepted owner cannot be demoted (409, last-owner). A pending member stays pending. The new role applies from the member's next request, on every server instance. API keys survive their creator: owner-rights keys a demoted owner created keep their rights, so revoke those you no longer trust (the key list shows `owner_rights`).
          */
         patch: operations["changeMemberRole"];
         trace?: never;

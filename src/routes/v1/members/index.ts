@@ -70,7 +70,9 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
       description: 'The same rules as adding and removing: a credential may give only a role whose scopes it holds ' +
         'itself (403 otherwise); only a credential with owner rights may promote to or demote from owner (403); the ' +
         'last accepted owner cannot be demoted (409, last-owner). A pending member stays pending. The new role ' +
-        'applies from the member\'s next request, on every server instance.',
+        'applies from the member\'s next request, on every server instance. API keys survive their creator: ' +
+        'owner-rights keys a demoted owner created keep their rights, so revoke those you no longer trust (the ' +
+        'key list shows `owner_rights`).',
       tags,
       params: UserIdParamsSchema,
       body: UpdateMemberSchema,
@@ -107,7 +109,9 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'Remove a member',
       operationId: 'removeMember',
       description: 'The last owner cannot be removed (409). Only a credential with owner rights (an owner, or an ' +
-        'API key with owner rights) may remove an owner.',
+        'API key with owner rights) may remove an owner. API keys survive their creator: owner-rights keys a ' +
+        'removed owner created keep their rights, so revoke those you no longer trust (the key list shows ' +
+        '`owner_rights`).',
       tags,
       params: UserIdParamsSchema,
       response: { 204: { type: 'null', description: 'removed' }, ...problems(...errors, 404, 409) },

@@ -21,7 +21,7 @@ const maintenance: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: Ref(SafetyReportSchema, 'whether every check holds, and what does not'), ...problems(401, 503) },
     },
   }, async (request) => {
-    const report = await runSafetyChecks(fastify.dbPool)
+    const report = await runSafetyChecks(fastify.dbPool, request.log)
     if (!report.ok) request.log.error({ problems: report.problems }, 'the isolation safety checks do not hold')
     return { ok: report.ok, problems: report.problems }
   })
@@ -38,7 +38,7 @@ const maintenance: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: Ref(SweepResultSchema, 'what the sweep recovered, and what it left'), ...problems(401, 503) },
     },
   }, async (request) => {
-    const swept = await sweepShards(fastify.ownerPool)
+    const swept = await sweepShards(fastify.ownerPool, { log: request.log })
     request.log.info({ ...swept }, 'maintenance sweep')
     return { tenants_reset: swept.tenantsReset, shards_released: swept.shardsReleased, shards_left: swept.shardsLeft }
   })
