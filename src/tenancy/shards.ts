@@ -8,7 +8,7 @@ import { ident } from './tenant-tables.ts'
 /**
  * Where a tenant's rows of the sharded tables (invoices, invoice_lines, audit_events, ...) live:
  * - pooled: one of 16 shared shards chosen by hashing the tenant id; onboarding needs no DDL, so it
- *   costs the same at 10 or 100,000 tenants;
+ *   does not slow down as tenants are added;
  * - dedicated: partitions of its own in every sharded table, for a tenant that needs physical
  *   separation (maintenance, size, erasure by DROP).
  * Decided at onboarding and changeable later (move.ts: movePlacement). See sql/0007_placement.sql.
