@@ -17,7 +17,11 @@ async function tsx () {
   }
 }
 
-const exists = (url) => access(url).then(() => true, () => false)
+// Only a missing file means "not there": any other error (a permission) is reported as it is.
+const exists = (url) => access(url).then(() => true, (error) => {
+  if (error.code === 'ENOENT') return false
+  throw error
+})
 const loader = await exists(sources) ? await tsx() : undefined
 if (loader !== undefined) {
   loader.register()

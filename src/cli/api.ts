@@ -36,9 +36,15 @@ export class OperatorApi {
           ...(body !== undefined && { 'content-type': 'application/json' }),
         },
         ...(body !== undefined && { body: JSON.stringify(body) }),
+        // A redirect would carry the token to wherever it points: refused, never followed.
+        redirect: 'error',
       })
     } catch (error) {
       const cause = (error as { cause?: { code?: string, message?: string } }).cause
+      if (cause?.message === 'unexpected redirect') {
+        throw failureError(`the server at ${this.base} answered with a redirect, which the CLI does not follow ` +
+          '(it would take the operator token along): pass the final URL with --url')
+      }
       const why = cause?.code ?? cause?.message ?? (error as Error).message
       throw failureError(`cannot reach the server at ${this.base} (${why}): is it running? ` +
         '(start it with npm start, or pass --url)')

@@ -21,10 +21,29 @@ export const GLOBAL_OPTIONS = {
     type: 'string',
     value: 'TOKEN',
     description: 'the operator token (default: ROWFENCE_ADMIN_TOKEN, ADMIN_TOKEN, else the generated ' +
-      'DATA_DIR/admin-token of the recorded server)',
+      'DATA_DIR/admin-token of the recorded server, sent to a loopback URL only). On a command line it shows in ' +
+      '`ps` and shell history: prefer ROWFENCE_ADMIN_TOKEN or --token-file',
+  },
+  'token-file': { type: 'string', value: 'FILE', description: 'read the operator token from FILE' },
+  'insecure-http': {
+    type: 'boolean',
+    description: 'allow sending the operator token over plain http:// to a host other than this machine ' +
+      '(refused otherwise: it would cross the network in cleartext)',
   },
   help: { type: 'boolean', short: 'h', description: 'show this help' },
 } satisfies Record<string, OptionSpec>
+
+/** What every API command's help says of how it reaches the server. */
+export const API_HELP = 'Works over the operator API: --url and ROWFENCE_ADMIN_TOKEN (or --token-file), ' +
+  'ROWFENCE_URL, or the running `npm start` recorded in DATA_DIR/server.json.'
+
+/** What every database command's help says of how it reaches the database. */
+export const DATABASE_HELP = 'Works on the database: DATABASE_URL (the owner) and APP_DATABASE_URL (the runtime ' +
+  'role) when set; else the embedded PostgreSQL in DATA_DIR — the one a running `npm start` uses, or one started ' +
+  'for this command alone.'
+
+/** The global options of the operator API, refused by the other commands rather than ignored. */
+const API_OPTIONS = ['url', 'token', 'token-file', 'insecure-http']
 
 export interface RunContext {
   /** Positional arguments, after the command's name. */
@@ -47,7 +66,7 @@ export interface Command {
   args: { min: number, max: number }
   /**
    * What it works on: the operator API (--url, --token), the database (DATABASE_URL, or the embedded
-   * one), or neither. Database commands refuse --url and --token rather than ignore them.
+   * one), or neither. The others refuse the API's options rather than ignore them.
    */
   target: 'api' | 'database' | 'local'
   run: (context: RunContext) => Promise<void>
@@ -131,8 +150,9 @@ export function parseCommand (command: Command, argv: string[], output: (json: b
     throw usageError(`expected ${expected} argument(s), got ${args.length}: ` +
       `rowfence ${command.name} ${command.usage} (see --help)`)
   }
-  if (!help && command.target !== 'api' && (values.url !== undefined || values.token !== undefined)) {
-    throw usageError(`--url and --token are for the operator API; ${command.name} works on ` +
+  const apiOption = API_OPTIONS.find((name) => values[name] !== undefined)
+  if (!help && command.target !== 'api' && apiOption !== undefined) {
+    throw usageError(`--${apiOption} is for the operator API; ${command.name} works on ` +
       (command.target === 'database'
         ? 'the database (DATABASE_URL and APP_DATABASE_URL, else the embedded one in DATA_DIR)'
         : 'this machine only'))

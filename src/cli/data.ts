@@ -5,7 +5,7 @@ import type pg from 'pg'
 import type { OperationLock } from '../tenancy/operation-lock.ts'
 import type { Placement } from '../tenancy/shards.ts'
 import type { ImportResult } from '../tenancy/tenant-import.ts'
-import { uuidArgument, type Command } from './command.ts'
+import { DATABASE_HELP, isUuid, type Command } from './command.ts'
 import { failureError, notFoundError, refusedError, usageError } from './output.ts'
 import type { DatabaseTarget } from './target.ts'
 
@@ -14,11 +14,12 @@ async function load () {
   const [
     { default: pg }, { connectionOptions, tlsFailure }, { migrate }, { MISSING_KEY, resolveExportSigningKey },
     { OperationLock }, shards, { exportTenant, TenantNotFound }, { ImportError, importTenant }, { rowProgress },
-    { openDatabase },
+    { openDatabase }, { createDatabase }, { findTenantBySlug },
   ] = await Promise.all([
     import('pg'), import('../db/tls.ts'), import('../ops/migrate.ts'), import('../tenancy/export-signature.ts'),
     import('../tenancy/operation-lock.ts'), import('../tenancy/shards.ts'), import('../tenancy/tenant-export.ts'),
-    import('../tenancy/tenant-import.ts'), import('./progress.ts'), import('./target.ts'),
+    import('../tenancy/tenant-import.ts'), import('./progress.ts'), import('./target.ts'), import('../db/database.ts'),
+    import('../repositories/tenants.ts'),
   ])
   return {
     pg,
@@ -35,12 +36,11 @@ async function load () {
     importTenant,
     rowProgress,
     openDatabase,
+    createDatabase,
+    findTenantBySlug,
   }
 }
 type Loaded = Awaited<ReturnType<typeof load>>
-
-const DATABASE_HELP = 'Works on the database: DATABASE_URL (the owner) when set; else the embedded PostgreSQL in ' +
-  'DATA_DIR — the one a running `npm start` uses, or one started for this command alone.'
 
 /** Runs work with the database, mapping a TLS handshake failure to its one-line reason. */
 async function withDatabase<T> (lib: Loaded, target: DatabaseTarget, work: () => Promise<T>): Promise<T> {
@@ -69,7 +69,10 @@ interface ExportOutput {
  */
 async function openOutput (file: string | undefined): Promise<ExportOutput> {
   if (file === undefined) return { sink: process.stdout, finish: async () => {}, abandon: async () => {} }
-  const existing = await stat(file).catch(() => undefined)
+  const existing = await stat(file).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined // a new file: written under a temporary name
+    throw usageError(`cannot write ${file}: ${error.code ?? error.message}`)
+  })
   const partial = existing !== undefined && !existing.isFile() ? undefined : `${file}.partial`
   const target = partial ?? file
   const sink = createWriteStream(target, { mode: 0o600 })
@@ -93,7 +96,7 @@ async function openOutput (file: string | undefined): Promise<ExportOutput> {
 const exportCommand: Command = {
   name: 'export',
   summary: 'Export every row of a tenant as signed NDJSON (stdout, or --out FILE), with a progress bar on stderr.',
-  usage: '<tenant-id> [--out FILE]',
+  usage: '<tenant-id|slug> [--out FILE]',
   help: 'One consistent snapshot, constant memory, signed with EXPORT_SIGNING_KEY (generated into DATA_DIR ' +
     'outside production) so that `rowfence import` can verify it. With --out the file is written under a ' +
     'temporary name (mode 0600) and renamed once complete. The summary goes to stderr; --json (which needs --out: ' +
@@ -101,15 +104,27 @@ const exportCommand: Command = {
     DATABASE_HELP,
   options: {
     out: { type: 'string', value: 'FILE', description: 'write the export to FILE instead of stdout' },
-    tenant: { type: 'string', value: 'ID', description: 'the tenant, as an option (as `npm run export` took it)' },
+    tenant: {
+      type: 'string', value: 'ID', description: 'the tenant (id or slug), as an option (as `npm run export` took it)',
+    },
   },
   args: { min: 0, max: 1 },
   target: 'database',
   run: async ({ args, string, out }) => {
     if (args[0] !== undefined && string('tenant') !== undefined) throw usageError('name the tenant once')
     const given = args[0] ?? string('tenant')
-    if (given === undefined) throw usageError('the tenant id is required: rowfence export <tenant-id> [--out FILE]')
-    const tenantId = uuidArgument(given, 'the tenant id')
+    if (given === undefined) {
+      throw usageError('the tenant is required: rowfence export <tenant-id|slug> [--out FILE]')
+    }
+    // Checked before anything is opened: a typo must not start a database. A slug is looked up there.
+    const [{ CreateTenantSchema }, { Value }] = await Promise.all([
+      import('../schemas/tenants.ts'), import('@sinclair/typebox/value'),
+    ])
+    const slug = isUuid(given) ? undefined : given
+    if (slug !== undefined && !Value.Check(CreateTenantSchema.properties.slug, slug)) {
+      throw usageError(`the tenant must be an id (a UUID) or a slug, got ${JSON.stringify(given)}`)
+    }
+    let tenantId = given.toLowerCase()
     const file = string('out')
     if (out.json && file === undefined) throw usageError('--json needs --out FILE: stdout carries the export')
     const output = await openOutput(file)
@@ -126,6 +141,11 @@ const exportCommand: Command = {
           ...lib.connectionOptions(database.ownerUrl, database.tls), max: 1, application_name: 'rowfence-export',
         })
         try {
+          if (slug !== undefined) {
+            const tenant = await lib.findTenantBySlug(lib.createDatabase(pool), slug)
+            if (tenant === undefined) throw notFoundError(`no tenant with slug ${slug}`)
+            tenantId = tenant.id
+          }
           const stream = lib.exportTenant(pool, tenantId, key, (plan) => {
             tables = Object.fromEntries(plan.tables.map((t) => [t.name, t.rows]))
             progress.start(plan.total)

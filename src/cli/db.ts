@@ -1,4 +1,4 @@
-import type { Command } from './command.ts'
+import { DATABASE_HELP, type Command } from './command.ts'
 import { CliError, EXIT, failureError } from './output.ts'
 
 /** The database side, loaded when a command runs: --help and usage errors answer without it. */
@@ -12,9 +12,6 @@ async function load () {
     pg, connectionOptions, tlsFailure, MigrationError, migrate, runSafetyChecks, checkShardPartitions, openDatabase,
   }
 }
-
-const DATABASE_HELP = 'Works on the database: DATABASE_URL and APP_DATABASE_URL when set; else the embedded ' +
-  'PostgreSQL in DATA_DIR — the one a running `npm start` uses, or one started for this command alone.'
 
 const check: Command = {
   name: 'check',

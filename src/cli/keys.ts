@@ -1,11 +1,19 @@
-import { uuidArgument, type Command } from './command.ts'
+import { API_HELP, uuidArgument, type Command } from './command.ts'
 import { fields, usageError } from './output.ts'
 import { connect, tenantIdOf } from './tenants.ts'
 
 const SCOPES = ['read', 'write', 'admin']
 
-const API_HELP = 'Works over the operator API: --url/--token, ROWFENCE_URL/ROWFENCE_ADMIN_TOKEN, or the running ' +
-  '`npm start` recorded in DATA_DIR/server.json.'
+/** A key as the operator API issues it (CreatedApiKey). */
+interface IssuedKey {
+  id: string
+  name: string
+  scopes: string[]
+  prefix: string
+  owner_rights: boolean
+  key: string
+  created_at: string
+}
 
 const issue: Command = {
   name: 'keys issue',
@@ -33,11 +41,13 @@ const issue: Command = {
     const name = context.string('name')
     const api = await connect(context)
     const tenantId = await tenantIdOf(api, context.args[0]!)
-    const key = await api.request<{ id: string, name: string, scopes: string[], prefix: string, key: string }>(
-      'POST', `/admin/v1/tenants/${tenantId}/api-keys`,
+    const key = await api.request<IssuedKey>('POST', `/admin/v1/tenants/${tenantId}/api-keys`,
       { ...(name !== undefined && { name }), ...(scopes !== undefined && { scopes: [...new Set(scopes)] }) })
     context.out.result([
-      ...fields([['key id', key.id], ['tenant', tenantId], ['name', key.name], ['scopes', key.scopes.join(', ')]]),
+      ...fields([
+        ['key id', key.id], ['tenant', tenantId], ['name', key.name], ['scopes', key.scopes.join(', ')],
+        ['owner rights', key.owner_rights ? 'yes (adds and removes owners, revokes keys with owner rights)' : 'no'],
+      ]),
       '',
       'the key, shown this once:',
       key.key,

@@ -22,7 +22,7 @@ function mainHelp (): string {
     'Usage: rowfence <command> [arguments] [options]',
     '',
     wrap('The rowfence operator CLI. Tenant and key commands go over the operator API (the running ' +
-      '`npm start`, or --url and --token); export, import, check and migrate work on the database (DATABASE_URL, ' +
+      '`npm start`, or --url and a token); export, import, check and migrate work on the database (DATABASE_URL, ' +
       'or the embedded one: the running `npm start`\'s, else one started for the command).'),
     '',
     'Commands:',
@@ -33,6 +33,11 @@ function mainHelp (): string {
     '',
     wrap('Environment: ROWFENCE_URL, ROWFENCE_ADMIN_TOKEN (the operator API); DATABASE_URL, APP_DATABASE_URL ' +
       '(the database); DATA_DIR (default .data in the package, as for npm start), EXPORT_SIGNING_KEY, JWT_SECRET.'),
+    '',
+    wrap('The operator token: prefer ROWFENCE_ADMIN_TOKEN or --token-file FILE to --token, which other users see ' +
+      'in `ps` and your shell keeps in its history. It is not sent over plain http:// to another machine without ' +
+      '--insecure-http, nor after a redirect; the token `npm start` generated goes to a loopback URL only, and ' +
+      'only when DATA_DIR/server.json is this user\'s own file, writable by no one else.'),
     '',
     wrap('Results go to stdout (with --json, one JSON document); progress and errors go to stderr, an error as ' +
       'one line.'),
@@ -52,7 +57,7 @@ function groupHelp (group: string): string {
   ].join('\n') + '\n'
 }
 
-const GLOBAL_WITH_VALUE = new Set(['--url', '--token'])
+const GLOBAL_WITH_VALUE = new Set(['--url', '--token', '--token-file'])
 /** The command being run, for the prefix of its error line. */
 let currentCommand: string | undefined
 

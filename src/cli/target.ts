@@ -3,7 +3,9 @@ import path from 'node:path'
 import { ConfigError, loadConfig, type Config } from '../config.ts'
 import { databaseTls, type DatabaseTls } from '../db/tls.ts'
 import { attachEmbedded, EmbeddedInUse, startEmbedded } from '../ops/embedded.ts'
-import { readServerRecord, serverRecordFile } from '../ops/server-record.ts'
+import {
+  readOwnFile, readServerRecord, serverRecordFile, UntrustedFile, type ServerRecord,
+} from '../ops/server-record.ts'
 import { OperatorApi } from './api.ts'
 import type { RunContext } from './command.ts'
 import { failureError, usageError, type Output } from './output.ts'
@@ -12,8 +14,13 @@ import { failureError, usageError, type Output } from './output.ts'
  * How the CLI reaches what it works on.
  *
  * The operator API (tenants, keys): --url, else ROWFENCE_URL, else the server that `npm start` recorded
- * in DATA_DIR/server.json (while its process lives); the token from --token, ROWFENCE_ADMIN_TOKEN or
- * ADMIN_TOKEN, else — for the recorded server only, never for a URL given by hand — its generated token file.
+ * in DATA_DIR/server.json (while its process lives); the token from --token, --token-file,
+ * ROWFENCE_ADMIN_TOKEN or ADMIN_TOKEN, else — for the recorded server only, never for a URL given by hand —
+ * its generated token file.
+ *
+ * The token is what an attacker wants, so: a record this user did not write, or one that names another
+ * token file, is refused (readServerRecord); the generated token goes only to a loopback URL; no token
+ * goes over plain http:// to another host without --insecure-http; and redirects are never followed (api.ts).
  *
  * The database (export, import, check, migrate): DATABASE_URL and APP_DATABASE_URL when set; else the
  * embedded cluster in DATA_DIR — the running one when a PostgreSQL holds the folder (a running `npm start`,
@@ -31,6 +38,56 @@ export function environment (): Config {
   }
 }
 
+/** This machine only: what reaches these never crosses a network. */
+export function isLoopback (url: URL): boolean {
+  const host = url.hostname
+  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+}
+
+function parseUrl (url: string): URL {
+  let parsed: URL | undefined
+  try {
+    parsed = new URL(url)
+  } catch {
+    parsed = undefined // reported below, as any other URL that is not http(s)
+  }
+  if (parsed === undefined || !['http:', 'https:'].includes(parsed.protocol) || parsed.hostname === '') {
+    throw usageError(`the server URL must be an http:// or https:// URL, got ${JSON.stringify(url)}`)
+  }
+  return parsed
+}
+
+/** The token the operator gave (an option or the environment), and where it came from. */
+async function givenToken (context: RunContext): Promise<{ token: string, source: string } | undefined> {
+  const inline = context.string('token')
+  const file = context.string('token-file')
+  if (inline !== undefined && file !== undefined) throw usageError('give --token or --token-file, not both')
+  if (file !== undefined) {
+    const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+      throw usageError(`cannot read --token-file ${file}: ${error.code ?? error.message}`)
+    })
+    if (text.trim() === '') throw usageError(`--token-file ${file} is empty`)
+    return { token: text.trim(), source: `from ${file}` }
+  }
+  const explicit: Array<[string, string | undefined]> = [
+    ['--token', inline],
+    ['ROWFENCE_ADMIN_TOKEN', nonEmpty(process.env.ROWFENCE_ADMIN_TOKEN)],
+    ['ADMIN_TOKEN', nonEmpty(process.env.ADMIN_TOKEN)],
+  ]
+  const found = explicit.find(([, value]) => value !== undefined)
+  return found === undefined ? undefined : { token: found[1]!, source: `from ${found[0]}` }
+}
+
+/** The recorded server; a record this user cannot vouch for is refused, in one line, rather than used. */
+async function recordedServer (dataDir: string): Promise<ServerRecord | undefined> {
+  try {
+    return await readServerRecord(dataDir)
+  } catch (error) {
+    if (!(error instanceof UntrustedFile)) throw error
+    throw failureError(`${error.message}: remove it (npm start writes it anew) or pass --url`)
+  }
+}
+
 /**
  * The operator API. Only DATA_DIR is read of the server's configuration (not validated as a whole: an
  * operator's shell need not hold the server's production settings to call its API).
@@ -38,32 +95,41 @@ export function environment (): Config {
 export async function operatorApi (context: RunContext): Promise<OperatorApi> {
   const dataDir = path.resolve(nonEmpty(process.env.DATA_DIR) ?? '.data')
   const given = context.string('url') ?? nonEmpty(process.env.ROWFENCE_URL)
-  const record = given === undefined ? await readServerRecord(dataDir) : undefined
+  const record = given === undefined ? await recordedServer(dataDir) : undefined
   const url = given ?? record?.url
   if (url === undefined) {
     throw failureError(`no server to talk to: no running server is recorded in ${serverRecordFile(dataDir)} ` +
       '(start one with npm start), and neither --url nor ROWFENCE_URL is set')
   }
-  if (!/^https?:\/\/[^/]/.test(url)) {
-    throw usageError(`--url must be an http:// or https:// URL, got ${JSON.stringify(url)}`)
+  const parsed = parseUrl(url)
+  let credential = await givenToken(context)
+  if (credential === undefined) {
+    if (record === undefined) {
+      throw usageError(`no operator token for ${url}: set ROWFENCE_ADMIN_TOKEN, or pass --token-file or --token`)
+    }
+    if (record.admin_token_file === null) {
+      throw usageError(`the server at ${url} uses a configured ADMIN_TOKEN: set ROWFENCE_ADMIN_TOKEN, ` +
+        'or pass --token-file or --token')
+    }
+    // The generated token is for the server on this machine: a record naming another host is not followed.
+    if (!isLoopback(parsed)) {
+      throw usageError(`the recorded server ${url} is not on this machine (loopback): its generated token is ` +
+        'sent only to 127.0.0.1, ::1 or localhost; pass --url with ROWFENCE_ADMIN_TOKEN or --token-file')
+    }
+    const file = record.admin_token_file
+    const text = await readOwnFile(file).catch((error: unknown) => {
+      if (error instanceof UntrustedFile) throw failureError(error.message)
+      const { code, message } = error as NodeJS.ErrnoException
+      throw failureError(`cannot read the operator token ${file}: ${code ?? message}`)
+    })
+    if (text === undefined || text.trim() === '') throw failureError(`the operator token ${file} is missing or empty`)
+    credential = { token: text.trim(), source: `from ${file}` }
   }
-  const explicit: Array<[string, string | undefined]> = [
-    ['--token', context.string('token')],
-    ['ROWFENCE_ADMIN_TOKEN', nonEmpty(process.env.ROWFENCE_ADMIN_TOKEN)],
-    ['ADMIN_TOKEN', nonEmpty(process.env.ADMIN_TOKEN)],
-  ]
-  const found = explicit.find(([, value]) => value !== undefined)
-  if (found !== undefined) return new OperatorApi(url, found[1]!, `from ${found[0]}`)
-  if (record === undefined) {
-    throw usageError(`no operator token for ${url}: pass --token or set ROWFENCE_ADMIN_TOKEN`)
+  if (parsed.protocol === 'http:' && !isLoopback(parsed) && !context.flag('insecure-http')) {
+    throw usageError(`refusing to send the operator token in cleartext to ${url}: use https://, or pass ` +
+      '--insecure-http if the network between is trusted')
   }
-  if (record.admin_token_file === null) {
-    throw usageError(`the server at ${url} uses a configured ADMIN_TOKEN: pass --token or set ROWFENCE_ADMIN_TOKEN`)
-  }
-  const token = (await readFile(record.admin_token_file, 'utf8').catch((error: NodeJS.ErrnoException) => {
-    throw failureError(`cannot read the operator token ${record.admin_token_file}: ${error.code ?? error.message}`)
-  })).trim()
-  return new OperatorApi(url, token, `from ${record.admin_token_file}`)
+  return new OperatorApi(url, credential.token, credential.source)
 }
 
 function nonEmpty (value: string | undefined): string | undefined {

@@ -1,5 +1,5 @@
 import type { OperatorApi } from './api.ts'
-import { isUuid, uuidArgument, type Command, type RunContext } from './command.ts'
+import { API_HELP, isUuid, uuidArgument, type Command, type RunContext } from './command.ts'
 import { fields, table, usageError } from './output.ts'
 
 /** The operator API, its module loaded when a command runs: --help and usage errors answer without it. */
@@ -28,9 +28,6 @@ interface Receipt {
   partitions_dropped: boolean
   verified: boolean
 }
-
-const API_HELP = 'Works over the operator API: --url/--token, ROWFENCE_URL/ROWFENCE_ADMIN_TOKEN, or the running ' +
-  '`npm start` recorded in DATA_DIR/server.json.'
 
 const placementArgument = (value: string | undefined): string => {
   if (value !== 'pooled' && value !== 'dedicated') {

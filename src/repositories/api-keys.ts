@@ -31,6 +31,15 @@ export async function lockLiveAdminKeys (trx: Executor): Promise<string[]> {
   return rows.map((r) => r.id)
 }
 
+/** A live key's public fields (never its secret hash); its id is the database's spelling. */
+export type LiveApiKey = Pick<ApiKeyRow, 'id' | 'name' | 'prefix' | 'scopes' | 'owner_rights'>
+
+/** The live (unrevoked) key with this id in the transaction's tenant; undefined when there is none. */
+export async function findLiveApiKey (trx: Executor, id: string): Promise<LiveApiKey | undefined> {
+  return trx.selectFrom('api_keys').select(['id', 'name', 'prefix', 'scopes', 'owner_rights'])
+    .where('id', '=', id).where('revoked_at', 'is', null).executeTakeFirst()
+}
+
 /** Revokes a live key; false when there is no such live key in this tenant. */
 export async function revokeApiKey (trx: Executor, id: string): Promise<boolean> {
   const result = await trx.updateTable('api_keys')

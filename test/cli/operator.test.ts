@@ -1,8 +1,8 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { chmod, chown, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
-import { runCli, runProgram, startServer } from '../helpers/cli.ts'
+import { listenRecorder, runCli, runProgram, startServer } from '../helpers/cli.ts'
 import { createTestDatabase } from '../helpers/db.ts'
 import { freePort } from '../helpers/net.ts'
 
@@ -100,6 +100,17 @@ t.test('keys issue prints a working key once; keys revoke makes it fail with 401
     badScope.stderr)
 })
 
+t.test('keys issue says whether the key has owner rights, in both outputs', async (t) => {
+  await createTenant('rights')
+  const owner = await cli('keys', 'issue', 'rights')
+  t.equal(owner.code, 0, owner.stderr)
+  t.match(owner.stdout, /^owner rights: +yes \(/m, 'the default scopes include admin: an owner key')
+  const reader = await cli('keys', 'issue', 'rights', '--scopes', 'read')
+  t.match(reader.stdout, /^owner rights: +no$/m)
+  const json = await cli('keys', 'issue', 'rights', '--scopes', 'read', '--json')
+  t.match(JSON.parse(json.stdout), { scopes: ['read'], owner_rights: false })
+})
+
 t.test('tenants erase refuses without --yes, then erases and prints the receipt, listed afterwards', async (t) => {
   const created = await createTenant('erased')
   const refused = await cli('tenants', 'erase', created.tenant.id)
@@ -121,8 +132,8 @@ t.test('tenants erase refuses without --yes, then erases and prints the receipt,
 
 t.test('usage errors exit 2 with one line; a wrong token or no server exits 1', async (t) => {
   for (const args of [['tenants', 'frobnicate'], ['nonsense'], ['tenants', 'list', '--bogus'], ['tenants', 'show'],
-    ['keys', 'revoke', 'acme', 'not-a-uuid'], ['export', 'not-a-uuid'], ['token', '--ttl', '1y', '--user', 'u'],
-    ['check', '--url', url]]) {
+    ['keys', 'revoke', 'acme', 'not-a-uuid'], ['export', 'Not A Slug'], ['token', '--ttl', '1y', '--user', 'u'],
+    ['check', '--url', url], ['migrate', '--token-file', 'token'], ['check', '--insecure-http']]) {
     const run = await cli(...args)
     t.equal(run.code, 2, `${args.join(' ')}: ${run.stderr}`)
     t.match(run.stderr, /^rowfence[^\n]*: [^\n]+\n$/, 'one line on stderr')
@@ -143,6 +154,140 @@ t.test('usage errors exit 2 with one line; a wrong token or no server exits 1', 
   const commandHelp = await cli('tenants', 'erase', '--help')
   t.equal(commandHelp.code, 0)
   t.match(commandHelp.stdout, /^Usage: rowfence tenants erase <id\|slug> --yes\n/)
+})
+
+/** Writes DATA_DIR/server.json as `npm start` would (naming this live process), with `mode`. */
+async function recordServer (dir: string, record: { url: string, admin_token_file: string | null }, mode = 0o600) {
+  const file = path.join(dir, 'server.json')
+  await rm(file, { force: true })
+  await writeFile(file, JSON.stringify({ pid: process.pid, started_at: new Date().toISOString(), ...record }))
+  await chmod(file, mode) // explicitly: the umask would take the group's write bit off
+  return file
+}
+
+t.test('a server record someone else could have written is refused, and its token reaches nobody', async (t) => {
+  const attacker = await listenRecorder()
+  t.teardown(attacker.close)
+  const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-record-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const tokenFile = path.join(dir, 'admin-token')
+  await writeFile(tokenFile, 'generated-token\n', { mode: 0o600 })
+  const list = async () => runCli(['tenants', 'list'], { DATA_DIR: dir })
+
+  // First a record as npm start writes it: followed, token and all, so that the silence below means something.
+  await recordServer(dir, { url: attacker.url, admin_token_file: tokenFile })
+  const followed = await list()
+  t.equal(followed.code, 0, followed.stderr)
+  t.same(attacker.received.map((r) => r.authorization), ['Bearer generated-token'])
+  attacker.received.length = 0
+
+  const other = path.join(dir, 'other-token')
+  await writeFile(other, 'another secret\n', { mode: 0o600 })
+  await recordServer(dir, { url: attacker.url, admin_token_file: other })
+  const otherFile = await list()
+  t.equal(otherFile.code, 1, 'a record naming another token file')
+  t.ok(oneErrorLine(otherFile,
+    /^rowfence tenants list: refusing \S+\/server\.json: it names "\S+\/other-token" as the operator token/),
+  otherFile.stderr)
+
+  await recordServer(dir, { url: attacker.url, admin_token_file: tokenFile }, 0o620)
+  const groupWritable = await list()
+  t.equal(groupWritable.code, 1, 'a group-writable record')
+  t.ok(oneErrorLine(groupWritable,
+    /^rowfence tenants list: refusing \S+: it is writable by group or others \(mode 0620\): remove it .*--url\n$/),
+  groupWritable.stderr)
+
+  const real = await recordServer(dir, { url: attacker.url, admin_token_file: tokenFile })
+  const elsewhere = path.join(dir, 'elsewhere.json')
+  await writeFile(elsewhere, await readFile(real, 'utf8'), { mode: 0o600 })
+  await rm(real)
+  await symlink(elsewhere, real)
+  const linked = await list()
+  t.equal(linked.code, 1, 'a symbolic link')
+  t.ok(oneErrorLine(linked, /^rowfence tenants list: refusing \S+: it is a symbolic link/), linked.stderr)
+
+  // 0.0.0.0 is no loopback address, yet a connection to it reaches this machine's listeners (Linux,
+  // macOS): a request the CLI sent there would be in attacker.received.
+  await recordServer(dir, { url: `http://0.0.0.0:${attacker.port}`, admin_token_file: tokenFile })
+  const remote = await list()
+  t.equal(remote.code, 2, 'a record naming a host other than this machine')
+  t.ok(oneErrorLine(remote, new RegExp('^rowfence tenants list: the recorded server http://0\\.0\\.0\\.0:\\d+ is not on ' +
+    'this machine \\(loopback\\): its generated token is sent only to 127\\.0\\.0\\.1, ::1 or localhost')),
+  remote.stderr)
+  t.same(attacker.received, [], 'none of the refused records sent anything to the attacker')
+})
+
+t.test('a server record owned by another user is refused', {
+  skip: process.getuid?.() === 0 ? false : 'giving a file to another user needs root',
+}, async (t) => {
+  const attacker = await listenRecorder()
+  t.teardown(attacker.close)
+  const dir = await mkdtemp(path.join(tmpdir(), 'rowfence-record-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const tokenFile = path.join(dir, 'admin-token')
+  await writeFile(tokenFile, 'generated-token\n', { mode: 0o600 })
+  await chown(await recordServer(dir, { url: attacker.url, admin_token_file: tokenFile }), 65534, 65534)
+  const run = await runCli(['tenants', 'list'], { DATA_DIR: dir })
+  t.equal(run.code, 1)
+  t.ok(oneErrorLine(run, /^rowfence tenants list: refusing \S+: it belongs to uid 65534, not to this user \(uid 0\)/),
+    run.stderr)
+  t.same(attacker.received, [])
+})
+
+t.test('the token crosses no network in cleartext, follows no redirect, and comes from --token-file', async (t) => {
+  const attacker = await listenRecorder()
+  t.teardown(attacker.close)
+  const redirector = await listenRecorder(attacker.url)
+  t.teardown(redirector.close)
+  const remote = `http://0.0.0.0:${attacker.port}` // reaches the attacker, though not a loopback address
+  const plain = await cli('tenants', 'list', '--url', remote, '--token', 'secret')
+  t.equal(plain.code, 2)
+  t.ok(oneErrorLine(plain, new RegExp('^rowfence tenants list: refusing to send the operator token in cleartext to ' +
+    'http://0\\.0\\.0\\.0:\\d+: use https://, or pass --insecure-http')), plain.stderr)
+  const fromEnv = await runCli(['tenants', 'list'],
+    { DATA_DIR: dataDir, ROWFENCE_URL: remote, ROWFENCE_ADMIN_TOKEN: 's' })
+  t.equal(fromEnv.code, 2, 'ROWFENCE_URL as well')
+  const redirected = await cli('tenants', 'list', '--url', redirector.url, '--token', 'secret')
+  t.equal(redirected.code, 1)
+  t.ok(oneErrorLine(redirected, /^rowfence tenants list: the server at \S+ answered with a redirect, which the CLI /),
+    redirected.stderr)
+  t.equal(redirector.received.length, 1)
+  t.same(attacker.received, [], 'nothing reached the host redirected to')
+  const insecure = await cli('tenants', 'list', '--url', remote, '--token', 'secret', '--insecure-http')
+  t.equal(insecure.code, 0, insecure.stderr)
+  t.same(attacker.received.map((r) => r.authorization), ['Bearer secret'], 'with --insecure-http, as told')
+
+  const tokenFile = path.join(dataDir, 'admin-token')
+  const fromFile = await cli('tenants', 'show', 'acme', '--url', url, '--token-file', tokenFile)
+  t.equal(fromFile.code, 0, fromFile.stderr)
+  t.match(fromFile.stdout, /^slug: +acme$/m)
+  const wrong = path.join(dataDir, 'wrong-token')
+  await writeFile(wrong, 'x'.repeat(40), { mode: 0o600 })
+  const refused = await cli('tenants', 'list', '--url', url, '--token-file', wrong)
+  t.equal(refused.code, 1)
+  t.match(refused.stderr, /refused the operator token \(from \S+wrong-token\)\n$/)
+  t.equal((await cli('tenants', 'list', '--url', url, '--token', 'x', '--token-file', wrong)).code, 2, 'not both')
+  t.equal((await cli('tenants', 'list', '--url', url, '--token-file', path.join(dataDir, 'none'))).code, 2)
+  const help = await cli('tenants', 'list', '--help')
+  t.match(help.stdout, /--token-file FILE/)
+  t.match(help.stdout, /--insecure-http/)
+  t.match(help.stdout.replace(/\s+/g, ' '),
+    /shows in `ps` and shell history: prefer ROWFENCE_ADMIN_TOKEN or --token-file/)
+})
+
+t.test('export takes a tenant\'s slug as well as its id, looked up in the database', async (t) => {
+  const created = await createTenant('exported')
+  const env = { DATA_DIR: dataDir, DATABASE_URL: db.ownerUrl, APP_DATABASE_URL: db.appUrl, NODE_ENV: 'development' }
+  const file = path.join(dataDir, 'exported.ndjson')
+  const bySlug = await runCli(['export', 'exported', '--out', file, '--json'], env)
+  t.equal(bySlug.code, 0, bySlug.stderr)
+  t.match(JSON.parse(bySlug.stdout), { tenant_id: created.tenant.id, file, rows: Number, tables: { tenants: 1 } })
+  const byId = await runCli(['export', created.tenant.id], env)
+  t.equal(byId.code, 0, byId.stderr)
+  t.equal(byId.stdout, await readFile(file, 'utf8'), 'the same export as by its id')
+  const missing = await runCli(['export', 'no-such-tenant'], env)
+  t.equal(missing.code, 3)
+  t.ok(oneErrorLine(missing, /^rowfence export: no tenant with slug no-such-tenant\n$/), missing.stderr)
 })
 
 t.test('token prints only a JWT, which the server accepts for a member', async (t) => {

@@ -1,5 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import path from 'node:path'
 
 const ROOT = path.resolve(import.meta.dirname, '../..')
@@ -72,4 +74,38 @@ export function startServer (env: Record<string, string>): RunningServer {
     return exited
   }
   return { child, output: () => stderr, listening, exited, stop }
+}
+
+export interface Recorder {
+  url: string
+  port: number
+  /** Every request it received, in order. */
+  received: Array<{ method: string, url: string, authorization: string | undefined }>
+  close: () => Promise<void>
+}
+
+/**
+ * A host the operator token must not reach, on 127.0.0.1: it records what it receives and answers as an
+ * operator API with no tenants would, or with a redirect to `redirectTo`.
+ */
+export async function listenRecorder (redirectTo?: string): Promise<Recorder> {
+  const received: Recorder['received'] = []
+  const server = createServer((request, response) => {
+    const { method = '', url = '', headers: { authorization } } = request
+    received.push({ method, url, authorization })
+    request.resume()
+    if (redirectTo !== undefined) {
+      response.writeHead(307, { location: `${redirectTo}${request.url ?? '/'}` }).end()
+      return
+    }
+    response.writeHead(200, { 'content-type': 'application/json' }).end('{"data":[],"next_cursor":null}')
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as AddressInfo
+  const close = async (): Promise<void> => {
+    server.closeAllConnections()
+    await new Promise<void>((resolve, reject) => server.close((error) => (error ? reject(error) : resolve())))
+  }
+  return { url: `http://127.0.0.1:${port}`, port, received, close }
 }

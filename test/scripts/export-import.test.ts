@@ -52,9 +52,9 @@ t.test('npm run export --out writes the file; a bad tenant is a non-zero exit wi
   const missing = await runNpmScript('export', ['--tenant', '0190a6d2-0000-7000-8000-000000000000'], source.db)
   t.equal(missing.code, 3, 'not found')
   t.match(missing.stderr, /^rowfence export: tenant 0190a6d2-0000-7000-8000-000000000000 not found$/m)
-  const malformed = await runNpmScript('export', ['--tenant', 'nope'], source.db)
-  t.equal(malformed.code, 2, 'a usage error')
-  t.match(malformed.stderr, /^rowfence export: the tenant id must be a UUID, got "nope"$/m)
+  const unknownSlug = await runNpmScript('export', ['--tenant', 'nope'], source.db)
+  t.equal(unknownSlug.code, 3, 'a slug that names no tenant: not found')
+  t.match(unknownSlug.stderr, /^rowfence export: no tenant with slug nope$/m)
 })
 
 t.test('npm run import loads an export into another deployment, and refuses where the tenant exists', async (t) => {

@@ -5,9 +5,10 @@ import { generateApiKey } from '../../../auth/api-keys.ts'
 import { hasOwnerRights, scopesBeyond } from '../../../auth/identity.ts'
 import { conflict, forbidden, notFound, unprocessable } from '../../../errors.ts'
 import { toApiKey } from '../../../mappers/identity.ts'
-import { insertApiKey, listLiveApiKeys, lockLiveAdminKeys, revokeApiKey } from '../../../repositories/api-keys.ts'
+import { insertApiKey, listLiveApiKeys } from '../../../repositories/api-keys.ts'
 import { IdParamsSchema, PageQuerySchema, paginate, problems, Ref } from '../../../schemas/common.ts'
 import { ApiKeyPage, CreateApiKeySchema, CreatedApiKeySchema } from '../../../schemas/identity.ts'
+import { LastAdminKey, revokeLiveKey } from '../../../tenancy/key-revocation.ts'
 
 const tags = ['api-keys']
 const errors = [400, 401, 403, 503]
@@ -91,21 +92,24 @@ const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 204: { type: 'null', description: 'revoked' }, ...problems(...errors, 404, 409) },
     },
   }, async (request, reply) => {
-    const adminKeys = await lockLiveAdminKeys(request.db)
-    // From here on the id is the database's value, not the client's spelling of it.
-    const target = await request.db.selectFrom('api_keys').select(['id', 'owner_rights'])
-      .where('id', '=', request.params.id).where('revoked_at', 'is', null).executeTakeFirst()
+    let target
+    try {
+      target = await revokeLiveKey(request.db, request.params.id, async (key) => {
+        if (key.owner_rights && !await hasOwnerRights(request.tenant!, request.db)) {
+          throw accessDenied(request,
+            forbidden('only a credential with owner rights can revoke a key with owner rights'),
+            'revoking an owner key needs owner rights', { apiKey: key.id })
+        }
+      })
+    } catch (error) {
+      if (error instanceof LastAdminKey) {
+        throw conflict('this is the last API key with the admin scope; create another one before revoking it',
+          'last-admin-key')
+      }
+      throw error
+    }
     if (target === undefined) throw notFound('API key')
-    if (target.owner_rights && !await hasOwnerRights(request.tenant!, request.db)) {
-      throw accessDenied(request,
-        forbidden('only a credential with owner rights can revoke a key with owner rights'),
-        'revoking an owner key needs owner rights', { apiKey: target.id })
-    }
-    if (adminKeys.length === 1 && adminKeys[0] === target.id) {
-      throw conflict('this is the last API key with the admin scope; create another one before revoking it',
-        'last-admin-key')
-    }
-    if (!await revokeApiKey(request.db, target.id)) throw notFound('API key')
+    // target.id is the database's spelling of the id, not the client's: the trail keeps one spelling.
     await audit(request, 'api_key.revoked', { type: 'api_key', id: target.id })
     // Answer once the invalidation has gone round, so no instance's cache still holds the key.
     request.afterCommit!.push(() => fastify.awaitAuthNotification(`key:${target.id}`))
