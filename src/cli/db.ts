@@ -23,9 +23,10 @@ const check: Command = {
   target: 'database',
   run: async ({ out }) => {
     const { pg, connectionOptions, tlsFailure, runSafetyChecks, checkShardPartitions, openDatabase } = await load()
-    const database = await openDatabase(out)
+    // The checks run as the runtime role: DATABASE_URL alone is not enough here.
+    const database = await openDatabase(out, { runtimeRole: true })
     const client = new pg.Client({
-      ...connectionOptions(database.appUrl, database.tls), application_name: 'rowfence-check',
+      ...connectionOptions(database.appUrl!, database.tls), application_name: 'rowfence-check',
     })
     // The shard check runs as the owner: only the owner's registry policy shows every tenant's shard.
     const owner = new pg.Client({

@@ -28,10 +28,19 @@ import { failureError, usageError, type Output } from './output.ts'
  * Never a second PostgreSQL on a locked folder.
  */
 
-/** The configuration from the environment; a bad value is a usage error. */
-export function environment (): Config {
+/**
+ * The configuration from the environment; a bad value is a usage error. With `ownerAlone`, DATABASE_URL
+ * without APP_DATABASE_URL is enough: export, import and migrate act as the owner only.
+ */
+export function environment (options: { ownerAlone?: boolean } = {}): Config {
+  const env = { ...process.env }
+  const ownerAlone = options.ownerAlone === true && nonEmpty(env.DATABASE_URL) !== undefined &&
+    nonEmpty(env.APP_DATABASE_URL) === undefined
+  // Validated as the pair the server needs, then the stand-in runtime URL is dropped again.
+  if (ownerAlone) env.APP_DATABASE_URL = env.DATABASE_URL
   try {
-    return loadConfig()
+    const config = loadConfig(env)
+    return ownerAlone ? { ...config, APP_DATABASE_URL: undefined } : config
   } catch (error) {
     if (error instanceof ConfigError) throw usageError(error.message)
     throw error
@@ -140,19 +149,19 @@ export interface DatabaseTarget {
   config: Config
   /** DATABASE_URL: the owner. */
   ownerUrl: string
-  /** APP_DATABASE_URL: the runtime role. */
-  appUrl: string
+  /** APP_DATABASE_URL: the runtime role (undefined when only the owner was asked for and given). */
+  appUrl: string | undefined
   tls: DatabaseTls
   /** Stops the embedded PostgreSQL when this command started it; nothing otherwise. */
   close: () => Promise<void>
 }
 
-export async function openDatabase (out: Output): Promise<DatabaseTarget> {
-  const config = environment()
+export async function openDatabase (out: Output, options: { runtimeRole?: boolean } = {}): Promise<DatabaseTarget> {
+  const config = environment({ ownerAlone: options.runtimeRole !== true })
   const tls = databaseTls(config)
   const nothing = async (): Promise<void> => {}
   if (config.DATABASE_URL !== undefined) {
-    return { config, ownerUrl: config.DATABASE_URL, appUrl: config.APP_DATABASE_URL!, tls, close: nothing }
+    return { config, ownerUrl: config.DATABASE_URL, appUrl: config.APP_DATABASE_URL, tls, close: nothing }
   }
   const dataDir = path.resolve(config.DATA_DIR)
   const attach = async (): Promise<DatabaseTarget | undefined> => {

@@ -40,6 +40,10 @@ t.test('npm run export writes the NDJSON to stdout and its progress to stderr', 
   t.match(run.stderr, /export .*100% \| (\d+)\/\1 rows \| 0s left/, 'a progress bar, on stderr, ending full')
   t.notMatch(run.stderr, /\{eta/, 'with a real ETA')
   t.match(run.stderr, new RegExp(`exported \\d+ rows of tenant ${tenant.id}`))
+  // The export acts as the owner only: DATABASE_URL alone is enough.
+  const ownerOnly = await runNpmScript('export', ['--tenant', tenant.id], source.db, { APP_DATABASE_URL: '' })
+  t.equal(ownerOnly.code, 0, ownerOnly.stderr)
+  t.equal(ownerOnly.stdout, viaHttp, 'the same export with DATABASE_URL alone')
 })
 
 t.test('npm run export --out writes the file; a bad tenant is a non-zero exit with a clear message', async (t) => {
