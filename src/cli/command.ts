@@ -38,9 +38,9 @@ export const API_HELP = 'Works over the operator API: --url and ROWFENCE_ADMIN_T
   'ROWFENCE_URL, or the running `npm start` recorded in DATA_DIR/server.json.'
 
 /** What every database command's help says of how it reaches the database. */
-export const DATABASE_HELP = 'Works on the database: DATABASE_URL (the owner) and APP_DATABASE_URL (the runtime ' +
-  'role) when set; else the embedded PostgreSQL in DATA_DIR — the one a running `npm start` uses, or one started ' +
-  'for this command alone.'
+export const DATABASE_HELP = 'Works on the database: DATABASE_URL (the owner; `check` also needs APP_DATABASE_URL, ' +
+  'the runtime role) when set; else the embedded PostgreSQL in DATA_DIR — the one a running `npm start` uses, or ' +
+  'one started for this command alone.'
 
 /** The global options of the operator API, refused by the other commands rather than ignored. */
 const API_OPTIONS = ['url', 'token', 'token-file', 'insecure-http']
@@ -154,7 +154,7 @@ export function parseCommand (command: Command, argv: string[], output: (json: b
   if (!help && command.target !== 'api' && apiOption !== undefined) {
     throw usageError(`--${apiOption} is for the operator API; ${command.name} works on ` +
       (command.target === 'database'
-        ? 'the database (DATABASE_URL and APP_DATABASE_URL, else the embedded one in DATA_DIR)'
+        ? 'the database (DATABASE_URL, else the embedded one in DATA_DIR)'
         : 'this machine only'))
   }
   const string = (name: string): string | undefined => {
