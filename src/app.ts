@@ -140,6 +140,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
     adminToken: config.ADMIN_TOKEN,
     cacheGraceMs: config.CACHE_GRACE_MS,
     exportSigningKey: config.EXPORT_SIGNING_KEY,
+    eventRetentionDays: config.EVENT_RETENTION_DAYS,
   })
   return app
 }

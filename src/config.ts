@@ -96,6 +96,8 @@ export const ConfigSchema = Type.Object({
   DATA_DIR: Type.String({ minLength: 1, default: '.data' }),
   EMBEDDED_PG_PORT: Type.Integer({ minimum: 1, maximum: 65535, default: 54329 }),
   /** Apply pending migrations at start-up (under the migration lock, so several instances may start at once). */
+  // How long events (GET /v1/events) are kept; the maintenance sweep deletes older ones.
+  EVENT_RETENTION_DAYS: Type.Integer({ minimum: 1, maximum: 3650, default: 30 }),
   MIGRATE_ON_START: Type.Boolean({ default: true }),
   /** Worker processes serving requests (node:cluster); 1 serves from the main process. */
   WEB_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),

@@ -94,6 +94,20 @@ export interface ErasureReceipts {
   verified: boolean;
 }
 
+export interface Events {
+  actor_id: string;
+  actor_type: string;
+  created_at: Generated<Timestamp>;
+  data: Json;
+  id: string;
+  request_id: string | null;
+  resource_id: string;
+  resource_type: string;
+  shard: Generated<number>;
+  tenant_id: Generated<string>;
+  type: string;
+}
+
 export interface IdempotencyKeys {
   created_at: Generated<Timestamp>;
   expires_at: Generated<Timestamp>;
@@ -174,6 +188,7 @@ export interface DB {
   audit_heads: AuditHeads;
   customers: Customers;
   erasure_receipts: ErasureReceipts;
+  events: Events;
   idempotency_keys: IdempotencyKeys;
   invoice_counters: InvoiceCounters;
   invoice_lines: InvoiceLines;

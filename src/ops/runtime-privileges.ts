@@ -42,6 +42,11 @@ export const RUNTIME_PRIVILEGES: Readonly<Record<string, Allowed>> = {
   audit_heads: { SELECT: true },
   // The tenant's verification records how far it got; never created_at (sql/0015_audit_checkpoints.sql).
   audit_checkpoints: { SELECT: true, INSERT: ['tenant_id', 'seq', 'hash'] },
+  // Not shard nor created_at: the database decides them. Retention deletes as the owner (sql/0018_events.sql).
+  events: {
+    SELECT: true,
+    INSERT: ['tenant_id', 'id', 'type', 'resource_type', 'resource_id', 'data', 'request_id', 'actor_type', 'actor_id'],
+  },
 }
 
 export async function checkPrivileges (client: pg.ClientBase, role: string, problems: string[]): Promise<void> {

@@ -1,4 +1,4 @@
-import { sql, type Insertable, type Kysely, type Selectable, type Updateable } from 'kysely'
+import { sql, type Insertable, type Kysely, type RawBuilder, type Selectable, type Updateable } from 'kysely'
 import { jsonArrayFrom } from 'kysely/helpers/postgres'
 import type { DB, Invoices } from '../db/schema.ts'
 import { queryTemplate } from '../db/query-templates.ts'
@@ -187,4 +187,14 @@ export async function nextInvoiceNumber (trx: Executor): Promise<number> {
     .returning('last_number')
     .executeTakeFirstOrThrow()
   return Number(row.last_number)
+}
+
+/**
+ * The invoice as the API shows it (toInvoice's mapping, INVOICE_SQL_FIELDS), rendered by the database:
+ * for an event recorded in the same pipeline as the statement that writes the invoice, whose row the
+ * server does not have yet. Raw SQL, so the tenant and shard predicates are written here.
+ */
+export function invoiceStateSql (scope: { tenantId: string, shard: number }, id: string): RawBuilder<unknown> {
+  return sql`SELECT ${invoiceJsonSql('i')} FROM invoices i
+              WHERE i.tenant_id = ${scope.tenantId} AND i.shard = ${scope.shard} AND i.id = ${id}`
 }

@@ -13,6 +13,7 @@ export const SweepResultSchema = Type.Object({
     description: 'such shards that could not be released now (an operation still running, or the tables busy): ' +
       'sweep again later',
   }),
+  events_deleted: Type.Integer({ description: 'events older than EVENT_RETENTION_DAYS deleted (all tenants)' }),
 }, { $id: 'SweepResult', title: 'SweepResult' })
 
 export const SafetyReportSchema = Type.Object({

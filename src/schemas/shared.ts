@@ -3,6 +3,7 @@ import {
   AuditChainBreakSchema, AuditEventPage, AuditEventSchema, AuditVerificationSchema, FullAuditVerificationSchema,
 } from './audit.ts'
 import { ProblemSchema } from './common.ts'
+import { EventPage, EventSchema } from './events.ts'
 import { CustomerPage, CustomerSchema } from './customers.ts'
 import { ApiKeyPage, ApiKeySchema, CreatedApiKeySchema, MemberPage, MemberSchema } from './identity.ts'
 import { InvoicePage, InvoiceSchema, LineSchema } from './invoices.ts'
@@ -24,6 +25,7 @@ export const SHARED_SCHEMAS: readonly TSchema[] = [
   LineSchema, InvoiceSchema, InvoicePage,
   ApiKeySchema, CreatedApiKeySchema, ApiKeyPage,
   MemberSchema, MemberPage,
+  EventSchema, EventPage,
   AuditEventSchema, AuditEventPage, AuditChainBreakSchema, AuditVerificationSchema, FullAuditVerificationSchema,
   OperatorTenantSchema, TenantPage, CreatedTenantSchema, PlacementResultSchema, ErasureReceiptSchema,
   SweepResultSchema, SafetyReportSchema,

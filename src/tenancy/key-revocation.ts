@@ -7,6 +7,11 @@ import type { AppendedAuditEvent } from '../repositories/audit-events.ts'
 import { lockTenant } from '../repositories/tenants.ts'
 import { withTenantTransaction } from '../db/tenant-transaction.ts'
 
+/** A revoked key's event data: what the key list showed of it, its id first (never a secret). */
+export function revokedKeyState (key: LiveApiKey): Record<string, unknown> {
+  return { id: key.id, name: key.name, prefix: key.prefix, scopes: key.scopes, owner_rights: key.owner_rights }
+}
+
 /** The key is the tenant's last live key with the admin scope: revoking it would lock the tenant out. */
 export class LastAdminKey extends Error {
   override name = 'LastAdminKey'
@@ -54,7 +59,7 @@ export async function revokeKeyAsOperator (
     if (target === undefined) return { outcome: 'no-key' }
     const appended = await auditOperator(db, requestId, 'api_key.revoked', { type: 'api_key', id: target.id }, {
       name: target.name, prefix: target.prefix, scopes: target.scopes, owner_rights: target.owner_rights,
-    })
+    }, revokedKeyState(target))
     return { outcome: 'revoked', appended }
   })
 }

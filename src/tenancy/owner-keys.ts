@@ -4,6 +4,7 @@ import type pg from 'pg'
 import { generateApiKey, type Scope } from '../auth/api-keys.ts'
 import { insertApiKey, type ApiKeyRow } from '../repositories/api-keys.ts'
 import { auditOperator } from '../audit.ts'
+import { toApiKey } from '../mappers/identity.ts'
 import type { AppendedAuditEvent } from '../repositories/audit-events.ts'
 import { canonicalJson } from '../plugins/app/idempotency.ts'
 import { findTenantByCreationKey, forgetCreationKey, lockTenant } from '../repositories/tenants.ts'
@@ -98,7 +99,7 @@ export async function issueOwnerKey (
     })
     const appended = await auditOperator(db, request.requestId, 'api_key.created', { type: 'api_key', id: row.id }, {
       name: row.name, scopes: row.scopes, prefix: row.prefix, owner_rights: row.owner_rights, ...request.auditData,
-    })
+    }, toApiKey(row))
     return { tenant, row, key: key.key, appended }
   })
 }

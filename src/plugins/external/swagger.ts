@@ -32,6 +32,7 @@ const TAGS = [
   { name: 'invoices', description: 'Invoices: drafts, then open (numbered), then paid or void' },
   { name: 'api-keys', description: "The tenant's API keys (admin scope)" },
   { name: 'members', description: "Users' memberships of the tenant, and accepting one" },
+  { name: 'events', description: "Changes to the tenant's resources, in the order they were made" },
   { name: 'audit', description: "The tenant's hash-chained audit trail (admin scope)" },
   { name: 'operator', description: 'Provisioning, placement, export, erasure and maintenance (operator token)' },
   { name: 'service', description: 'Liveness and readiness, without credentials' },

@@ -4,6 +4,7 @@ import tenantContext from '../../plugins/app/tenant-context.ts'
 import apiKeys from './api-keys/index.ts'
 import auditEvents from './audit-events/index.ts'
 import customers from './customers/index.ts'
+import events from './events/index.ts'
 import invoices from './invoices/index.ts'
 import members from './members/index.ts'
 import membership from './membership/index.ts'
@@ -22,5 +23,6 @@ export default async function v1 (fastify: FastifyInstance): Promise<void> {
   await fastify.register(membership, { prefix: '/membership' })
   await fastify.register(customers, { prefix: '/customers' })
   await fastify.register(invoices, { prefix: '/invoices' })
+  await fastify.register(events, { prefix: '/events' })
   await fastify.register(auditEvents, { prefix: '/audit-events' })
 }

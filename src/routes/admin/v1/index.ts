@@ -12,6 +12,8 @@ export interface AdminOptions {
   cacheGraceMs: number
   /** Signs tenant exports; undefined: exports are refused. */
   exportSigningKey: string | undefined
+  /** Events older than this are deleted by the maintenance sweep (EVENT_RETENTION_DAYS). */
+  eventRetentionDays: number
 }
 
 /** Operator routes: the operator token only, and the owner connection, never a tenant transaction. */
@@ -24,5 +26,5 @@ export default async function adminV1 (fastify: FastifyInstance, options: AdminO
   await fastify.register(tenantKeys, { prefix: '/tenants' })
   await fastify.register(tenantSlugs, { prefix: '/tenant-slugs' })
   await fastify.register(erasureReceipts, { prefix: '/erasure-receipts' })
-  await fastify.register(maintenance, { prefix: '/maintenance' })
+  await fastify.register(maintenance, { prefix: '/maintenance', eventRetentionDays: options.eventRetentionDays })
 }

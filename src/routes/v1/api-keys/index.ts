@@ -8,7 +8,7 @@ import { toApiKey } from '../../../mappers/identity.ts'
 import { insertApiKey, listLiveApiKeys } from '../../../repositories/api-keys.ts'
 import { IdParamsSchema, PageQuerySchema, paginate, problems, Ref } from '../../../schemas/common.ts'
 import { ApiKeyPage, CreateApiKeySchema, CreatedApiKeySchema } from '../../../schemas/identity.ts'
-import { LastAdminKey, revokeLiveKey } from '../../../tenancy/key-revocation.ts'
+import { LastAdminKey, revokedKeyState, revokeLiveKey } from '../../../tenancy/key-revocation.ts'
 
 const tags = ['api-keys']
 const errors = [400, 401, 403, 503]
@@ -64,7 +64,7 @@ const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
       owner_rights: ownerRights,
     })
     await audit(request, 'api_key.created', { type: 'api_key', id: row.id },
-      { name: row.name, scopes: row.scopes, prefix: row.prefix, owner_rights: row.owner_rights })
+      { name: row.name, scopes: row.scopes, prefix: row.prefix, owner_rights: row.owner_rights }, toApiKey(row))
     return reply.code(201).send({ ...toApiKey(row), key: key.key })
   })
 
@@ -110,7 +110,7 @@ const apiKeys: FastifyPluginAsyncTypebox = async (fastify) => {
     }
     if (target === undefined) throw notFound('API key')
     // target.id is the database's spelling of the id, not the client's: the trail keeps one spelling.
-    await audit(request, 'api_key.revoked', { type: 'api_key', id: target.id })
+    await audit(request, 'api_key.revoked', { type: 'api_key', id: target.id }, {}, revokedKeyState(target))
     // Answer once the invalidation has gone round, so no instance's cache still holds the key.
     request.afterCommit!.push(() => fastify.awaitAuthNotification(`key:${target.id}`))
     return reply.code(204).send()

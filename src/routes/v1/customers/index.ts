@@ -28,8 +28,9 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
       email: request.body.email ?? null,
       external_ref: request.body.external_ref ?? null,
     })
-    await audit(request, 'customer.created', { type: 'customer', id: row.id })
-    return reply.code(201).send(toCustomer(row))
+    const customer = toCustomer(row)
+    await audit(request, 'customer.created', { type: 'customer', id: row.id }, {}, customer)
+    return reply.code(201).send(customer)
   })
 
   fastify.get('/', {
@@ -70,9 +71,10 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const row = await updateCustomer(request.db, request.params.id, request.body)
     if (row === undefined) throw notFound('customer')
+    const customer = toCustomer(row)
     await audit(request, 'customer.updated', { type: 'customer', id: row.id },
-      { fields: Object.keys(request.body).sort() })
-    return toCustomer(row)
+      { fields: Object.keys(request.body).sort() }, customer)
+    return customer
   })
 
   fastify.delete('/:id', {
@@ -86,7 +88,7 @@ const customers: FastifyPluginAsyncTypebox = async (fastify) => {
     },
   }, async (request, reply) => {
     if (!await deleteCustomer(request.db, request.params.id)) throw notFound('customer')
-    await audit(request, 'customer.deleted', { type: 'customer', id: request.params.id })
+    await audit(request, 'customer.deleted', { type: 'customer', id: request.params.id }, {}, { id: request.params.id })
     return reply.code(204).send()
   })
 }

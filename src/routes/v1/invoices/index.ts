@@ -6,7 +6,8 @@ import { conflict, notFound } from '../../../errors.ts'
 import { formatInvoiceNumber, toInvoice } from '../../../mappers/invoices.ts'
 import { priceLines } from '../../../money.ts'
 import {
-  findInvoice, insertInvoice, listInvoicePage, lockInvoiceStatus, nextInvoiceNumber, updateInvoice, type InvoiceRow,
+  findInvoice, insertInvoice, invoiceStateSql, listInvoicePage, lockInvoiceStatus, nextInvoiceNumber, updateInvoice,
+  type InvoiceRow,
 } from '../../../repositories/invoices.ts'
 import { decodeCursor, encodeCursor, IdParamsSchema, problems, Ref } from '../../../schemas/common.ts'
 import {
@@ -44,9 +45,10 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const priced = priceLines(request.body.lines)
     const id = newId()
-    // Both statements leave at once (the connection pipelines them); the invoice's goes first, so
-    // its failure (an unknown customer: 422) is the one reported, and the audit insert behind it
-    // fails with the aborted transaction.
+    // The statements leave at once (the connection pipelines them); the invoice's goes first, so
+    // its failure (an unknown customer: 422) is the one reported, and the audit and event inserts
+    // behind it fail with the aborted transaction. The event's state is rendered by the database
+    // from the invoice row written just before it (invoiceStateSql, the mapping toInvoice makes).
     const [row] = await Promise.all([
       insertInvoice(request.db, {
         id,
@@ -57,7 +59,7 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
         memo: request.body.memo ?? null,
       }, priced.lines),
       audit(request, 'invoice.created', { type: 'invoice', id },
-        { amount_cents: priced.amount_cents, currency: request.body.currency }),
+        { amount_cents: priced.amount_cents, currency: request.body.currency }, invoiceStateSql(request.tenant!, id)),
     ])
     return reply.code(201).send(toInvoice(row))
   })
@@ -120,8 +122,10 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
       ...fields,
       ...(priced !== undefined && { amount_cents: priced.amount_cents }),
     }, { lines: priced?.lines })
-    await audit(request, 'invoice.updated', { type: 'invoice', id }, { fields: Object.keys(request.body).sort() })
-    return toInvoice(row)
+    const invoice = toInvoice(row)
+    await audit(request, 'invoice.updated', { type: 'invoice', id }, { fields: Object.keys(request.body).sort() },
+      invoice)
+    return invoice
   })
 
   const transition = (
@@ -140,9 +144,10 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
       const { id } = request.params
       await requireStatus(request, id, from, verb)
       const row = await apply(request, id)
+      const invoice = toInvoice(row)
       await audit(request, `invoice.${verb}`, { type: 'invoice', id },
-        { status: row.status, ...(row.number !== null && { number: row.number }) })
-      return toInvoice(row)
+        { status: row.status, ...(row.number !== null && { number: row.number }) }, invoice)
+      return invoice
     })
   }
 

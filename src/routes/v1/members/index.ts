@@ -47,8 +47,9 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
         { role: 'owner' })
     }
     const row = await insertMembership(request.db, { id: newId(), user_id: userId, role })
-    await audit(request, 'member.added', { type: 'member', id: row.user_id }, { role: row.role })
-    return reply.code(201).send(toMember(row))
+    const member = toMember(row)
+    await audit(request, 'member.added', { type: 'member', id: row.user_id }, { role: row.role }, member)
+    return reply.code(201).send(member)
   })
 
   fastify.get('/', {
@@ -97,7 +98,7 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
     const row = await updateMembershipRole(request.db, target.user_id, role)
     if (row === undefined) throw notFound('member')
     await audit(request, 'member.role_changed', { type: 'member', id: row.user_id },
-      { old_role: target.role, new_role: row.role })
+      { old_role: target.role, new_role: row.role }, toMember(row))
     // Answer once the change has gone round, so no instance's credential cache still holds the old role.
     request.afterCommit!.push(() => fastify.awaitAuthNotification(`member:${caller.tenantId}:${row.user_id}`))
     return toMember(row)
@@ -131,7 +132,8 @@ const members: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
     await deleteMembership(request.db, target.user_id)
-    await audit(request, 'member.removed', { type: 'member', id: target.user_id }, { role: target.role })
+    await audit(request, 'member.removed', { type: 'member', id: target.user_id }, { role: target.role },
+      toMember(target))
     const notification = `member:${request.tenant!.tenantId}:${target.user_id}`
     request.afterCommit!.push(() => fastify.awaitAuthNotification(notification))
     return reply.code(204).send()

@@ -29,7 +29,9 @@ const membership: FastifyPluginAsyncTypebox = async (fastify) => {
     const result = await acceptMembership(request.db, caller.actorId)
     if (result === undefined) throw notFound('membership')
     const { row, acceptedNow } = result
-    if (acceptedNow) await audit(request, 'member.accepted', { type: 'member', id: row.user_id }, { role: row.role })
+    if (acceptedNow) {
+      await audit(request, 'member.accepted', { type: 'member', id: row.user_id }, { role: row.role }, toMember(row))
+    }
     return toMember(row)
   })
 }

@@ -1,4 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { deleteExpiredEvents } from '../../../../tenancy/event-retention.ts'
 import { sweepShards } from '../../../../tenancy/sweep.ts'
 import { runSafetyChecks } from '../../../../ops/safety-checks.ts'
 import { problems, Ref } from '../../../../schemas/common.ts'
@@ -8,7 +9,7 @@ import { SafetyReportSchema, SweepResultSchema } from '../../../../schemas/maint
  * Operator maintenance: recovery after a crash or a partition release that gave up, and the full
  * isolation safety checks on demand (start-up runs them too; /readyz does not, it is public and cheap).
  */
-const maintenance: FastifyPluginAsyncTypebox = async (fastify) => {
+const maintenance: FastifyPluginAsyncTypebox<{ eventRetentionDays: number }> = async (fastify, options) => {
   fastify.get('/checks', {
     schema: {
       summary: 'Run the isolation safety checks',
@@ -28,19 +29,26 @@ const maintenance: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/sweep', {
     schema: {
-      summary: 'Recover from interrupted placement moves and erasures',
+      summary: 'Recover from interrupted placement moves and erasures; delete expired events',
       operationId: 'adminSweep',
       description: 'Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of ' +
         'dedicated shards that belong to no tenant (left by a crash, or by an erasure or move whose partition drop ' +
-        'gave up), recording it on the erasure receipt. Safe to run at any time; every erasure also runs it when it ' +
-        'finishes.',
+        'gave up), recording it on the erasure receipt. Then deletes every tenant\'s events older than ' +
+        'EVENT_RETENTION_DAYS. Safe to run at any time; every erasure also runs the recovery part when it finishes. ' +
+        'Run it regularly (e.g. daily from cron) until the job queue schedules retention.',
       tags: ['operator'],
       response: { 200: Ref(SweepResultSchema, 'what the sweep recovered, and what it left'), ...problems(401, 503) },
     },
   }, async (request) => {
     const swept = await sweepShards(fastify.ownerPool, { log: request.log })
-    request.log.info({ ...swept }, 'maintenance sweep')
-    return { tenants_reset: swept.tenantsReset, shards_released: swept.shardsReleased, shards_left: swept.shardsLeft }
+    const eventsDeleted = await deleteExpiredEvents(fastify.ownerPool, options.eventRetentionDays)
+    request.log.info({ ...swept, eventsDeleted }, 'maintenance sweep')
+    return {
+      tenants_reset: swept.tenantsReset,
+      shards_released: swept.shardsReleased,
+      shards_left: swept.shardsLeft,
+      events_deleted: eventsDeleted,
+    }
   })
 }
 
