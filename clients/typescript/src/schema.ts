@@ -294,6 +294,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the tenant's events, newest first
+         * @description Every change to your customers, invoices, API keys and members, written in the same transaction as the change, kept for the retention period (30 days by default). Events about API keys and members (api_key.*, member.*) are shown only to credentials with the admin scope, as /v1/api-keys and /v1/members are.
+         */
+        get: operations["listEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/events/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Retrieve an event
+         * @description Events about API keys and members (api_key.*, member.*) are shown only to credentials with the admin scope, as /v1/api-keys and /v1/members are.
+         */
+        get: operations["getEvent"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/audit-events": {
         parameters: {
             query?: never;
@@ -543,8 +583,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Recover from interrupted placement moves and erasures
-         * @description Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of dedicated shards that belong to no tenant (left by a crash, or by an erasure or move whose partition drop gave up), recording it on the erasure receipt. Safe to run at any time; every erasure also runs it when it finishes.
+         * Recover from interrupted placement moves and erasures; delete expired events
+         * @description Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of dedicated shards that belong to no tenant (left by a crash, or by an erasure or move whose partition drop gave up), recording it on the erasure receipt. Then deletes every tenant's events older than EVENT_RETENTION_DAYS. Safe to run at any time; every erasure also runs the recovery part when it finishes. Run it regularly (e.g. daily from cron) until the job queue schedules retention.
          */
         post: operations["adminSweep"];
         delete?: never;
@@ -742,6 +782,48 @@ export interface components {
             /** @description pass as ?cursor= for the next page; null on the last page */
             next_cursor: string | null;
         };
+        /**
+         * Event
+         * @description a change to one of the tenant's resources
+         */
+        Event: {
+            /**
+             * Format: uuid
+             * @description UUID (time-ordered v7 for ids the server assigns)
+             */
+            id: string;
+            /** @description what happened, e.g. invoice.finalized */
+            type: string;
+            resource: {
+                type: string;
+                id: string;
+            };
+            /** @description the resource's state after the change, exactly as the API returns it (never a secret); for a deletion, its id */
+            data: {
+                [key: string]: unknown;
+            };
+            /** @description the request that made the change */
+            request_id: string | null;
+            actor: {
+                /** @description api_key, user or operator */
+                type: string;
+                id: string;
+            };
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            created_at: string;
+        };
+        /**
+         * EventPage
+         * @description a page of Event objects, newest first
+         */
+        EventPage: {
+            data: components["schemas"]["Event"][];
+            /** @description pass as ?cursor= for the next page; null on the last page */
+            next_cursor: string | null;
+        };
         /** AuditEvent */
         AuditEvent: {
             /**
@@ -920,6 +1002,8 @@ export interface components {
             shards_released: number[];
             /** @description such shards that could not be released now (an operation still running, or the tables busy): sweep again later */
             shards_left: number[];
+            /** @description events older than EVENT_RETENTION_DAYS deleted (all tenants) */
+            events_deleted: number;
         };
         /** SafetyReport */
         SafetyReport: {
@@ -2785,6 +2869,147 @@ export interface operations {
             };
             /** @description the request conflicts with the current state */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    listEvents: {
+        parameters: {
+            query?: {
+                /** @description page size */
+                limit?: number;
+                /** @description opaque cursor from next_cursor */
+                cursor?: string;
+                /** @description an event type (invoice.finalized), or a prefix ending in a dot (invoice.) for all of a resource's */
+                type?: string;
+                /** @description only events created after this */
+                created_after?: string;
+                /** @description only events created before this */
+                created_before?: string;
+            };
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description a page of events, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventPage"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getEvent: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the event */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Event"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
