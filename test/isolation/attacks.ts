@@ -61,6 +61,21 @@ export async function crossTenantAttacks (t: Test, ctx: TestApp): Promise<void> 
     t.equal(rows.length, 1, 'the row still exists')
   })
 
+  t.test("tenant B cannot list, get or guess tenant A's events", async (t) => {
+    const own = await ctx.app.inject(as(alice, { method: 'GET', url: '/v1/events?limit=200' }))
+    const aliceEvents = own.json<{ data: Array<{ id: string }> }>().data
+    t.ok(aliceEvents.length > 0, 'A has events')
+    const listed = await ctx.app.inject(as(bob, { method: 'GET', url: '/v1/events?limit=200' }))
+    t.equal(listed.statusCode, 200)
+    const ids = listed.json<{ data: Array<{ id: string }> }>().data.map((e) => e.id)
+    t.notOk(ids.some((id) => aliceEvents.some((e) => e.id === id)), "none of A's events in B's list")
+    for (const id of [aliceEvents[0]!.id, aliceEvents[0]!.id.replace(/.$/, '0')]) {
+      const res = await ctx.app.inject(as(bob, { method: 'GET', url: `/v1/events/${id}` }))
+      t.equal(res.statusCode, 404, id)
+      t.notMatch(res.body, 'Alice Customer')
+    }
+  })
+
   t.test('unique keys are per tenant: reusing a reference tells nothing about other tenants', async (t) => {
     const res = await ctx.app.inject(as(bob, {
       method: 'POST',
@@ -135,6 +150,9 @@ export async function crossTenantAttacks (t: Test, ctx: TestApp): Promise<void> 
     t.same(tenants.rows.map((r: { id: string }) => r.id), [bob.id], 'the tenant registry shows only B')
     const keys = await client.query('SELECT tenant_id FROM api_keys')
     t.ok(keys.rows.length > 0 && keys.rows.every((r: { tenant_id: string }) => r.tenant_id === bob.id))
+    const events = await client.query('SELECT tenant_id FROM events')
+    t.ok(events.rows.length > 0 && events.rows.every((r: { tenant_id: string }) => r.tenant_id === bob.id),
+      'events: only B rows')
     const updated = await client.query("UPDATE customers SET name = 'x' WHERE id = $1", [aliceCustomer.id])
     t.equal(updated.rowCount, 0, 'UPDATE of an A row touches nothing')
     const deleted = await client.query('DELETE FROM customers WHERE id = $1', [aliceCustomer.id])

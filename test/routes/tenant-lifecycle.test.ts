@@ -96,6 +96,7 @@ t.test('an export holds every row the tenant owns, one JSON object a line with i
     audit_heads: 1,
   })
   t.ok(counts.audit_events! >= 9)
+  t.equal(counts.events, counts.audit_events! - 1, 'an event for every change (not the tenant\'s creation)')
   for (const l of lines) {
     t.equal(l.table === 'tenants' ? l.row.id : l.row.tenant_id, tenant.id, `${l.table} row belongs to the tenant`)
     t.notOk('shard' in l.row, 'no placement columns')
@@ -276,7 +277,7 @@ t.test('erasure revokes first, removes every row, verifies, and keeps a receipt 
       verified: true,
       placement,
       requested_by: 'operator',
-      rows_removed: { tenants: 1, invoices: 3, invoice_lines: 6, customers: 2 },
+      rows_removed: { tenants: 1, invoices: 3, invoice_lines: 6, customers: 2, events: 9 },
     })
     t.equal((await ctx.app.inject(as(doomed, { method: 'GET', url: '/v1/tenant' }))).statusCode, 401,
       "the erased tenant's key is refused")
@@ -286,7 +287,7 @@ t.test('erasure revokes first, removes every row, verifies, and keeps a receipt 
       UNION ALL SELECT tenant_id FROM invoice_lines UNION ALL SELECT tenant_id FROM audit_events
       UNION ALL SELECT tenant_id FROM api_keys UNION ALL SELECT tenant_id FROM memberships
       UNION ALL SELECT tenant_id FROM idempotency_keys UNION ALL SELECT tenant_id FROM invoice_counters
-      UNION ALL SELECT tenant_id FROM audit_heads
+      UNION ALL SELECT tenant_id FROM audit_heads UNION ALL SELECT tenant_id FROM events
       UNION ALL SELECT id FROM tenants) x WHERE tenant_id = $1`, [doomed.id])
     t.equal(left[0]!.n, 0, 'no row of the tenant anywhere')
     if (placement === 'dedicated') {
@@ -352,7 +353,8 @@ t.test('an erasure whose partition drop gives up says so on its receipt, ' +
   const shard = await shardOf(ctx, first.id)
   // A long transaction that has read the sharded tables: DETACH ... CONCURRENTLY waits for it.
   const reader = await holdTransaction(ctx.db.adminUrl,
-    ['SELECT count(*) FROM invoice_lines', 'SELECT count(*) FROM invoices', 'SELECT count(*) FROM audit_events'])
+    ['SELECT count(*) FROM invoice_lines', 'SELECT count(*) FROM invoices', 'SELECT count(*) FROM audit_events',
+      'SELECT count(*) FROM events'])
   t.teardown(reader.release)
   const pool = new pg.Pool({ connectionString: ctx.db.ownerUrl, max: 2 })
   t.teardown(() => pool.end())
@@ -364,7 +366,7 @@ t.test('an erasure whose partition drop gives up says so on its receipt, ' +
   const recorded = await query(ctx.db.adminUrl,
     'SELECT partitions_dropped, shard FROM erasure_receipts WHERE subject_tenant_id = $1', [first.id])
   t.match(recorded, [{ partitions_dropped: false, shard }])
-  t.equal((await partitionsOf(ctx, shard)).length, 3, 'the emptied partitions are still there')
+  t.equal((await partitionsOf(ctx, shard)).length, 4, 'the emptied partitions are still there')
   t.match(await query(ctx.db.adminUrl, 'SELECT purpose FROM shard_reservations WHERE shard = $1', [shard]),
     [{ purpose: 'erasure' }], 'reserved for release')
   const gone = await ctx.app.inject({ method: 'DELETE', url: `/admin/v1/tenants/${first.id}`, headers: operator(ctx) })

@@ -74,7 +74,8 @@ t.test('dedicated onboarding creates the tenant\'s partitions of every sharded t
   const tenant = await onboard(ctx, 'dedicated-one', 'dedicated')
   const shard = await shardOf(ctx, tenant.id)
   t.ok(shard >= 1000)
-  t.same(await partitionsOf(shard), [`audit_events_s${shard}`, `invoice_lines_s${shard}`, `invoices_s${shard}`])
+  t.same(await partitionsOf(shard),
+    [`audit_events_s${shard}`, `events_s${shard}`, `invoice_lines_s${shard}`, `invoices_s${shard}`])
   for (const partition of await partitionsOf(shard)) {
     const parent = partition.replace(/_s\d+$/, '')
     t.same(await protectionOf(partition), await protectionOf(parent),
@@ -363,7 +364,7 @@ t.test('partitions reserved by an operation that died are removed by the sweep, 
   const sweep = await own.app.inject({ method: 'POST', url: '/admin/v1/maintenance/sweep', headers: admin(own) })
   t.match(sweep.json(), { shards_released: [dead], shards_left: [alive] })
   t.same(await partitionsIn(own, dead), [], 'the dead operation\'s partitions are gone')
-  t.equal((await partitionsIn(own, alive)).length, 3, 'the live one\'s are kept')
+  t.equal((await partitionsIn(own, alive)).length, 4, 'the live one\'s are kept')
   await running.release()
   t.match((await own.app.inject({ method: 'POST', url: '/admin/v1/maintenance/sweep', headers: admin(own) })).json(),
     { shards_released: [alive], shards_left: [] })
