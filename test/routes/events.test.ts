@@ -275,3 +275,19 @@ t.test('export → erase → import keeps the events; the receipt counts them', 
   { signingKey: TEST_EXPORT_SIGNING_KEY })
   t.same(await events(moved), before, 'the same events after the round trip')
 })
+
+t.test("an invoice's event costs no round trip of its own: it leaves with the invoice and audit inserts", async (t) => {
+  const buyer = (await ctx.app.inject(as(tenant, {
+    method: 'POST', url: '/v1/customers', payload: { name: 'Trips' },
+  }))).json<{ id: string }>()
+  const lines = [{ description: 'z', quantity: 1, unit_amount_cents: 5 }]
+  const payload = { customer_id: buyer.id, currency: 'EUR', lines }
+  await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload })) // warm the credential cache
+  const before = ctx.app.dbTraffic.roundTrips
+  const res = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload }))
+  t.equal(res.statusCode, 201)
+  t.equal(ctx.app.dbTraffic.roundTrips - before, 2,
+    'BEGIN, the binding and the invoice, audit and event inserts in one write; then COMMIT')
+  const [event] = await events(tenant, 'type=invoice.created&limit=1')
+  t.same(event!.data, res.json(), 'with the state the response shows')
+})
