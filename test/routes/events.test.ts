@@ -291,3 +291,20 @@ t.test("an invoice's event costs no round trip of its own: it leaves with the in
   const [event] = await events(tenant, 'type=invoice.created&limit=1')
   t.same(event!.data, res.json(), 'with the state the response shows')
 })
+
+t.test("the operator's key issue and revocation write events, by the operator", async (t) => {
+  const served = await provisionTenant(ctx)
+  const issued = await ctx.app.inject({
+    method: 'POST', url: `/admin/v1/tenants/${served.id}/api-keys`, headers: admin, payload: { name: 'rescue' },
+  })
+  t.equal(issued.statusCode, 201, issued.body)
+  const { key: _secret, ...shown } = issued.json<{ id: string, key: string }>()
+  const revoked = await ctx.app.inject({
+    method: 'DELETE', url: `/admin/v1/tenants/${served.id}/api-keys/${shown.id}`, headers: admin,
+  })
+  t.equal(revoked.statusCode, 204, revoked.body)
+  const [revocation, creation] = await events(served, 'type=api_key.')
+  t.match(creation, { type: 'api_key.created', actor: { type: 'operator' }, data: { ...shown, last_used_at: null } })
+  t.notOk(JSON.stringify(creation).includes(issued.json<{ key: string }>().key), 'never the secret')
+  t.match(revocation, { type: 'api_key.revoked', actor: { type: 'operator' }, data: { id: shown.id, name: 'rescue' } })
+})
