@@ -25,7 +25,8 @@ export async function deleteExpiredEvents (pool: pg.Pool, retentionDays: number)
             SELECT tenant_id, id, shard FROM events
              WHERE tenant_id = ${tenantId} AND created_at < now() - make_interval(days => ${retentionDays})
              ORDER BY created_at LIMIT ${RETENTION_BATCH}) old
-           WHERE e.tenant_id = old.tenant_id AND e.id = old.id AND e.shard = old.shard`.execute(db)
+           WHERE e.tenant_id = ${tenantId} AND e.tenant_id = old.tenant_id AND e.id = old.id
+             AND e.shard = old.shard`.execute(db)
         return Number(result.numAffectedRows ?? 0)
       })
       deleted += n
