@@ -24,6 +24,10 @@ export const EventListQuerySchema = Type.Object({
     maxLength: 101,
     description: 'an event type (invoice.finalized), or a prefix ending in a dot (invoice.) for all of a resource\'s',
   })),
-  created_after: Type.Optional(Type.String({ format: 'date-time', description: 'only events created after this' })),
-  created_before: Type.Optional(Type.String({ format: 'date-time', description: 'only events created before this' })),
+  created_after: Type.Optional(Type.String({
+    format: 'date-time', maxLength: 64, description: 'only events created after this (exclusive)',
+  })),
+  created_before: Type.Optional(Type.String({
+    format: 'date-time', maxLength: 64, description: 'only events created before this (exclusive)',
+  })),
 }, { additionalProperties: false })

@@ -2896,9 +2896,9 @@ export interface operations {
                 cursor?: string;
                 /** @description an event type (invoice.finalized), or a prefix ending in a dot (invoice.) for all of a resource's */
                 type?: string;
-                /** @description only events created after this */
+                /** @description only events created after this (exclusive) */
                 created_after?: string;
-                /** @description only events created before this */
+                /** @description only events created before this (exclusive) */
                 created_before?: string;
             };
             header?: {
