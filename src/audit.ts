@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Kysely } from 'kysely'
 import type { DB } from './db/schema.ts'
+import { inSendOrder } from './db/in-send-order.ts'
 import { newId } from './ids.ts'
 import { insertAuditEvent, type AppendedAuditEvent } from './repositories/audit-events.ts'
 import { insertEvent, type EventDataSql } from './repositories/events.ts'
@@ -35,7 +36,7 @@ export async function audit (
   const actor = request.tenant
   if (actor === null) throw new Error('audit() needs an authenticated tenant request')
   const who = { actor_type: actor.actorType, actor_id: actor.actorId, request_id: request.id }
-  const [appended] = await Promise.all([
+  const [appended] = await inSendOrder(
     insertAuditEvent(request.db, {
       id: newId(),
       ...who,
@@ -46,8 +47,8 @@ export async function audit (
     }),
     insertEvent(request.db, {
       id: newId(), ...who, type: action, resource_type: resource.type, resource_id: resource.id, data: state,
-    }),
-  ])
+    })
+  )
   request.afterCommit?.push(async () => { logAuditAppended(request.log, actor.tenantId, appended) })
 }
 

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyRequest } from 'fastify'
+import { inSendOrder } from '../../../db/in-send-order.ts'
 import { newId } from '../../../ids.ts'
 import { audit } from '../../../audit.ts'
 import { conflict, notFound } from '../../../errors.ts'
@@ -46,10 +47,10 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
     const priced = priceLines(request.body.lines)
     const id = newId()
     // The statements leave at once (the connection pipelines them); the invoice's goes first, so
-    // its failure (an unknown customer: 422) is the one reported, and the audit and event inserts
-    // behind it fail with the aborted transaction. The event's state is rendered by the database
+    // its failure (an unknown customer: 422) is the one reported (inSendOrder), and the audit and event
+    // inserts behind it fail with the aborted transaction. The event's state is rendered by the database
     // from the invoice row written just before it (invoiceStateSql, the mapping toInvoice makes).
-    const [row] = await Promise.all([
+    const [row] = await inSendOrder(
       insertInvoice(request.db, {
         id,
         customer_id: request.body.customer_id,
@@ -59,8 +60,8 @@ const invoices: FastifyPluginAsyncTypebox = async (fastify) => {
         memo: request.body.memo ?? null,
       }, priced.lines),
       audit(request, 'invoice.created', { type: 'invoice', id },
-        { amount_cents: priced.amount_cents, currency: request.body.currency }, invoiceStateSql(request.tenant!, id)),
-    ])
+        { amount_cents: priced.amount_cents, currency: request.body.currency }, invoiceStateSql(request.tenant!, id))
+    )
     return reply.code(201).send(toInvoice(row))
   })
 
