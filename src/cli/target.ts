@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { ConfigError, loadConfig, type Config } from '../config.ts'
+import { isLoopbackHost } from '../config/database-url.ts'
 import { databaseTls, type DatabaseTls } from '../db/tls.ts'
 import { attachEmbedded, EmbeddedInUse, startEmbedded } from '../ops/embedded.ts'
 import {
@@ -47,10 +48,9 @@ export function environment (options: { ownerAlone?: boolean } = {}): Config {
   }
 }
 
-/** This machine only: what reaches these never crosses a network. */
+/** This machine only: what reaches these never crosses a network (the same test as for database hosts). */
 export function isLoopback (url: URL): boolean {
-  const host = url.hostname
-  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+  return isLoopbackHost(url.hostname.replace(/^\[(.*)\]$/, '$1'))
 }
 
 function parseUrl (url: string): URL {
