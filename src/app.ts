@@ -16,6 +16,7 @@ import adminV1 from './routes/admin/v1/index.ts'
 import service from './routes/service/index.ts'
 import v1 from './routes/v1/index.ts'
 import { SHARED_SCHEMAS } from './schemas/shared.ts'
+import { webhookSettings } from './webhooks/settings.ts'
 import { emptyJsonAsNoBody, refuseUndeclaredBody, validatorFactory } from './validation.ts'
 
 /**
@@ -134,7 +135,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
   })
 
   await app.register(service)
-  await app.register(v1, { prefix: '/v1' })
+  await app.register(v1, { prefix: '/v1', webhooks: webhookSettings(config), exportTtlMs: config.TENANT_EXPORT_TTL_MS })
   await app.register(adminV1, {
     prefix: '/admin/v1',
     adminToken: config.ADMIN_TOKEN,

@@ -65,11 +65,38 @@ export async function auditOperator (
   data: Record<string, unknown>,
   state?: object
 ): Promise<AppendedAuditEvent> {
+  return auditAs(trx, { type: 'operator', id: 'operator' }, requestId, action, resource, data, state)
+}
+
+/**
+ * A change made by rowfence itself (the webhook worker disabling a failing endpoint), in the job's
+ * transaction bound to the tenant; `requestId` is then the job's id.
+ */
+export async function auditSystem (
+  trx: Kysely<DB>,
+  jobId: string,
+  action: string,
+  resource: { type: string, id: string },
+  data: Record<string, unknown>,
+  state: object
+): Promise<AppendedAuditEvent> {
+  return auditAs(trx, { type: 'system', id: 'worker' }, jobId, action, resource, data, state)
+}
+
+async function auditAs (
+  trx: Kysely<DB>,
+  actor: { type: 'operator' | 'system', id: string },
+  requestId: string,
+  action: string,
+  resource: { type: string, id: string },
+  data: Record<string, unknown>,
+  state?: object
+): Promise<AppendedAuditEvent> {
   if (state !== undefined) {
     await insertEvent(trx, {
       id: newId(),
-      actor_type: 'operator',
-      actor_id: 'operator',
+      actor_type: actor.type,
+      actor_id: actor.id,
       request_id: requestId,
       type: action,
       resource_type: resource.type,
@@ -79,8 +106,8 @@ export async function auditOperator (
   }
   return insertAuditEvent(trx, {
     id: newId(),
-    actor_type: 'operator',
-    actor_id: 'operator',
+    actor_type: actor.type,
+    actor_id: actor.id,
     action,
     resource_type: resource.type,
     resource_id: resource.id,

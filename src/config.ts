@@ -99,6 +99,43 @@ export const ConfigSchema = Type.Object({
   // How long events (GET /v1/events) are kept; the maintenance sweep deletes older ones.
   EVENT_RETENTION_DAYS: Type.Integer({ minimum: 1, maximum: 3650, default: 30 }),
   MIGRATE_ON_START: Type.Boolean({ default: true }),
+  /** Run the job worker (webhooks, exports) inside this process; off when it runs on its own (npm run worker). */
+  RUN_WORKER: Type.Boolean({ default: true }),
+  /**
+   * The worker's connection, as the runtime role: a direct one (it LISTENs for new jobs). Defaults to
+   * DB_LISTEN_URL, then APP_DATABASE_URL.
+   */
+  WORKER_DATABASE_URL: Type.Optional(PostgresUrl),
+  /** Jobs one worker process runs at once. */
+  WORKER_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 256, default: 16 }),
+  /** How often the worker looks for jobs whose time has come (retries); new jobs are announced at once. */
+  WORKER_POLL_INTERVAL_MS: Type.Integer({ minimum: 50, maximum: 60_000, default: 1000 }),
+  /** A worker silent for this long is presumed dead: the jobs it had taken are handed to others. */
+  WORKER_LEASE_MS: Type.Integer({ minimum: 500, maximum: 3_600_000, default: 30_000 }),
+  /** How long SIGTERM waits for running jobs before handing them back to the queue. */
+  WORKER_SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: 600_000, default: 10_000 }),
+  /**
+   * Key (32 bytes, base64) that encrypts webhook signing secrets at rest; generated into DATA_DIR
+   * outside production.
+   */
+  WEBHOOK_SECRET_KEY: Type.Optional(Type.String({
+    minLength: 43, maxLength: 44, description: '32 bytes in base64 (e.g. openssl rand -base64 32)',
+  })),
+  /** Deliver to private, loopback and link-local addresses and over plain http (development and tests only). */
+  WEBHOOK_ALLOW_PRIVATE_TARGETS: Type.Boolean({ default: false }),
+  WEBHOOK_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 60_000, default: 3000 }),
+  /** A delivery attempt's whole deadline: connect, send, and read the response. */
+  WEBHOOK_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: 120_000, default: 10_000 }),
+  /** Attempts per delivery; with the default base, retries span about a day. */
+  WEBHOOK_MAX_ATTEMPTS: Type.Integer({ minimum: 1, maximum: 20, default: 9 }),
+  /** The first retry's delay; each next one is 4 times longer (at most 12 hours), with ±20% jitter. */
+  WEBHOOK_RETRY_BASE_MS: Type.Integer({ minimum: 10, maximum: 3_600_000, default: 15_000 }),
+  /** An endpoint whose attempts have all failed for this long is disabled (with a webhook_endpoint.disabled event). */
+  WEBHOOK_DISABLE_AFTER_MS: Type.Integer({ minimum: 1000, maximum: 30 * 86_400_000, default: 3 * 86_400_000 }),
+  /** After a secret rotation, how long the previous secret keeps signing too. */
+  WEBHOOK_SECRET_GRACE_MS: Type.Integer({ minimum: 0, maximum: 30 * 86_400_000, default: 86_400_000 }),
+  /** How long a tenant's own export (POST /v1/exports) can be downloaded once ready. */
+  TENANT_EXPORT_TTL_MS: Type.Integer({ minimum: 60_000, maximum: 30 * 86_400_000, default: 86_400_000 }),
   /** Worker processes serving requests (node:cluster); 1 serves from the main process. */
   WEB_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
   BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
@@ -113,7 +150,7 @@ export class ConfigError extends Error {
 
 const SECRET_VARS = new Set([
   'DATABASE_URL', 'APP_DATABASE_URL', 'DB_LISTEN_URL', 'ADMIN_TOKEN', 'METRICS_TOKEN', 'JWT_SECRET',
-  'EXPORT_SIGNING_KEY',
+  'EXPORT_SIGNING_KEY', 'WORKER_DATABASE_URL', 'WEBHOOK_SECRET_KEY',
 ])
 
 /**
@@ -133,7 +170,9 @@ function expectation (description: string | undefined, failed: object, message: 
  * empty strings count as unset, and the first invalid value throws a ConfigError that
  * names the variable (and echoes the value unless it may hold a secret).
  */
-export function loadConfig (env: Record<string, string | undefined> = process.env): Config {
+export function loadConfig (
+  env: Record<string, string | undefined> = process.env, purpose: 'server' | 'worker' = 'server'
+): Config {
   const input: Record<string, unknown> = {}
   for (const key of Object.keys(ConfigSchema.properties)) {
     const value = env[key]
@@ -165,12 +204,18 @@ export function loadConfig (env: Record<string, string | undefined> = process.en
       (config.JWT_ALGORITHM === 'HS256' ? 'JWT_SECRET' : 'JWT_PUBLIC_KEY'))
   }
   if (config.JWT_PUBLIC_KEY !== undefined) checkJwtPublicKey(config.JWT_PUBLIC_KEY, config.JWT_ALGORITHM ?? 'RS256')
-  if (config.NODE_ENV === 'production' && config.ADMIN_TOKEN === undefined) {
+  // The worker (npm run worker) serves no operator API.
+  if (config.NODE_ENV === 'production' && config.ADMIN_TOKEN === undefined && purpose === 'server') {
     throw new ConfigError('invalid environment variable ADMIN_TOKEN: required in production (at least 32 characters)')
   }
-  if (config.NODE_ENV === 'production' && config.DATABASE_URL === undefined) {
+  const workerUrl = purpose === 'worker' && config.WORKER_DATABASE_URL !== undefined
+  if (config.NODE_ENV === 'production' && config.DATABASE_URL === undefined && !workerUrl) {
     throw new ConfigError('invalid environment variable DATABASE_URL: required in production ' +
       '(the embedded database is for development)')
+  }
+  if (config.NODE_ENV === 'production' && config.WEBHOOK_ALLOW_PRIVATE_TARGETS) {
+    throw new ConfigError('invalid environment variable WEBHOOK_ALLOW_PRIVATE_TARGETS: not in production ' +
+      '(it lets tenants make the server call private addresses)')
   }
   checkDatabaseTls(config, env)
   return config

@@ -4,11 +4,15 @@ import pg from 'pg'
 import { buildApp } from './app.ts'
 import { jwtSettings, type Config, type ResolvedConfig } from './config.ts'
 import { readOrCreateSecretFile, startEmbedded, type EmbeddedDatabase } from './ops/embedded.ts'
+import { JobMetrics } from './jobs/job-metrics.ts'
+import { startJobWorker } from './jobs/job-worker.ts'
+import type { RunningWorker } from './jobs/worker.ts'
 import { migrate } from './ops/migrate.ts'
 import { sweepShards } from './tenancy/sweep.ts'
 import { runSafetyChecks, UnsafeDatabaseError } from './ops/safety-checks.ts'
 import { assertShardPartitions } from './ops/shard-checks.ts'
 import { resolveExportSigningKey } from './tenancy/export-signature.ts'
+import { resolveWebhookSecretKey } from './webhooks/settings.ts'
 import { connectionOptions, databaseTls, PLAINTEXT, tlsFailure, type DatabaseTls } from './db/tls.ts'
 import { lineFailureLog, type FailureLog } from './log-failure.ts'
 
@@ -112,11 +116,20 @@ export async function prepare (config: Config, options: StartOptions = {}): Prom
     // `npm run export` and `npm run import` read too), in production none unless configured.
     const exportSigningKey = await resolveExportSigningKey(config)
     if (exportSigningKey === undefined) log('EXPORT_SIGNING_KEY is not set: tenant exports are refused until it is')
+    const webhookSecretKey = await resolveWebhookSecretKey(config)
+    if (webhookSecretKey === undefined) {
+      log('WEBHOOK_SECRET_KEY is not set: webhook endpoints cannot be created nor delivered to until it is')
+    }
     if (embedded !== undefined || config.MIGRATE_ON_START) {
       const result = await migrate(ownerUrl, { log, tls })
       if (result.applied.length > 0) log(`applied ${result.applied.length} migration(s)`)
     }
     await assertSafeDatabase(appUrl, tls, lineFailureLog(log))
+    // The worker's own connection, when it is another login, is held to the same checks.
+    const workerUrl = config.WORKER_DATABASE_URL ?? config.DB_LISTEN_URL
+    if (config.RUN_WORKER && workerUrl !== undefined && workerUrl !== appUrl) {
+      await assertSafeDatabase(workerUrl, tls, lineFailureLog(log))
+    }
     // A sharded table without a partition for a live shard would fail that shard's tenants' writes
     // (and the export, move or erasure of them) at run time: refuse now instead.
     await assertShardPartitions(ownerUrl, tls)
@@ -130,6 +143,7 @@ export async function prepare (config: Config, options: StartOptions = {}): Prom
       databaseTls: tls,
     }
     resolved.EXPORT_SIGNING_KEY = exportSigningKey
+    resolved.WEBHOOK_SECRET_KEY = webhookSecretKey
     return { config: resolved, embedded, adminTokenFile, jwtSecretFile }
   } catch (error) {
     await embedded?.stop()
@@ -137,7 +151,17 @@ export async function prepare (config: Config, options: StartOptions = {}): Prom
   }
 }
 
-/** prepare(), then build the app (one process serving). */
+/**
+ * Where the worker runs elsewhere, /metrics still shows the queue (its depth and oldest job: read from the
+ * database); the counters of jobs run stay with the workers' logs.
+ */
+export function queueGaugesOnly (app: FastifyInstance): undefined {
+  // eslint-disable-next-line no-new -- registering in app.metrics is the whole effect
+  new JobMetrics(app.dbPool, app.metrics)
+  return undefined
+}
+
+/** prepare(), then build the app (one process serving) and, unless RUN_WORKER is off, the job worker beside it. */
 export async function start (config: Config, options: StartOptions = {}): Promise<Started> {
   const prepared = await prepare(config, options)
   let app: FastifyInstance
@@ -147,9 +171,20 @@ export async function start (config: Config, options: StartOptions = {}): Promis
     await prepared.embedded?.stop()
     throw error
   }
+  let worker: RunningWorker | undefined
+  try {
+    worker = prepared.config.RUN_WORKER
+      ? await startJobWorker(prepared.config, app.log.child({ component: 'worker' }), app.metrics)
+      : queueGaugesOnly(app)
+  } catch (error) {
+    await app.close()
+    await prepared.embedded?.stop()
+    throw error
+  }
   const stop = async (): Promise<void> => {
     try {
-      await app.close()
+      // Requests and jobs finish side by side; both need the database, which stops last.
+      await Promise.all([app.close(), worker?.stop()])
     } finally {
       await prepared.embedded?.stop()
     }

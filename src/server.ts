@@ -4,15 +4,20 @@
 import cluster from 'node:cluster'
 import closeWithGrace from 'close-with-grace'
 import { buildApp } from './app.ts'
+import { startJobWorker } from './jobs/job-worker.ts'
 import { ConfigError, loadConfig, type Config, type ResolvedConfig } from './config.ts'
 import { EmbeddedInUse } from './ops/embedded.ts'
 import { MigrationError } from './ops/migrate.ts'
 import { UnsafeDatabaseError } from './ops/safety-checks.ts'
 import { readServerRecord, writeServerRecord, type RecordedServer } from './ops/server-record.ts'
-import { prepare, start } from './main.ts'
+import { prepare, queueGaugesOnly, start } from './main.ts'
 
 const say = (line: string): void => { process.stderr.write(`rowfence: ${line}\n`) }
 const WORKER_CONFIG = 'ROWFENCE_WORKER_CONFIG'
+const RUNS_JOBS = 'ROWFENCE_RUNS_JOBS'
+
+/** How long a shutdown may take before the process exits anyway: requests' 10 s, or the jobs' grace and a margin. */
+const shutdownDelayMs = (config: Config): number => Math.max(10_000, config.WORKER_SHUTDOWN_GRACE_MS + 5000)
 
 async function single (): Promise<void> {
   const config = loadConfig()
@@ -20,7 +25,7 @@ async function single (): Promise<void> {
   const { app } = started
   // Set once listening: a shutdown first unrecords the server, so that the CLI stops finding it.
   const recorded: { server?: RecordedServer } = {}
-  closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+  closeWithGrace({ delay: shutdownDelayMs(config) }, async ({ signal, err }) => {
     if (err !== undefined) app.log.error({ err }, 'shutting down after an unexpected error')
     else app.log.info({ signal }, 'shutting down: finishing in-flight requests')
     recorded.server?.remove()
@@ -46,7 +51,13 @@ async function primary (): Promise<void> {
   const prepared = await prepare(config, { log: say })
   let stopping = false
   const env = { [WORKER_CONFIG]: JSON.stringify(prepared.config) }
-  const fork = (): void => { cluster.fork(env) }
+  // One of the processes also runs the job worker (RUN_WORKER); its replacement, if it dies, takes it over.
+  let jobsIn: number | undefined
+  const fork = (): void => {
+    const runsJobs = prepared.config.RUN_WORKER && jobsIn === undefined
+    const child = cluster.fork({ ...env, [RUNS_JOBS]: runsJobs ? '1' : '' })
+    if (runsJobs) jobsIn = child.id
+  }
   let announced = false
   let recorded: RecordedServer | undefined
   cluster.on('message', (_worker, message: { listening?: string }) => {
@@ -64,12 +75,13 @@ async function primary (): Promise<void> {
     }
   })
   cluster.on('exit', (worker, code, signal) => {
+    if (worker.id === jobsIn) jobsIn = undefined
     if (stopping) return
     say(`worker ${worker.process.pid} exited (${signal ?? code}); starting another`)
     fork()
   })
   for (let i = 0; i < config.WEB_CONCURRENCY; i++) fork()
-  closeWithGrace({ delay: 15_000 }, async ({ signal }) => {
+  closeWithGrace({ delay: shutdownDelayMs(config) + 5000 }, async ({ signal }) => {
     stopping = true
     recorded?.remove()
     say(`shutting down on ${signal ?? 'request'}: letting workers finish in-flight requests`)
@@ -86,9 +98,12 @@ async function primary (): Promise<void> {
 async function worker (): Promise<void> {
   const config = JSON.parse(process.env[WORKER_CONFIG]!) as ResolvedConfig
   const app = await buildApp(config)
-  closeWithGrace({ delay: 10_000 }, async ({ err }) => {
+  const jobs = process.env[RUNS_JOBS] === '1'
+    ? await startJobWorker(config, app.log.child({ component: 'worker' }), app.metrics)
+    : queueGaugesOnly(app)
+  closeWithGrace({ delay: shutdownDelayMs(config) }, async ({ err }) => {
     if (err !== undefined) app.log.error({ err }, 'worker shutting down after an unexpected error')
-    await app.close()
+    await Promise.all([app.close(), jobs?.stop()])
   })
   const address = await app.listen({ host: config.HOST, port: config.PORT })
   process.send?.({ listening: address })

@@ -108,6 +108,69 @@ export interface Events {
   type: string;
 }
 
+export interface GraphileWorkerJobs {
+  attempts: number | null;
+  created_at: Timestamp | null;
+  flags: Json | null;
+  id: Int8 | null;
+  key: string | null;
+  last_error: string | null;
+  locked_at: Timestamp | null;
+  locked_by: string | null;
+  max_attempts: number | null;
+  priority: number | null;
+  queue_name: string | null;
+  revision: number | null;
+  run_at: Timestamp | null;
+  task_identifier: string | null;
+  updated_at: Timestamp | null;
+}
+
+export interface GraphileWorkerMigrations {
+  breaking: Generated<boolean>;
+  id: number;
+  ts: Generated<Timestamp>;
+}
+
+export interface GraphileWorkerPrivateJobQueues {
+  id: Generated<number>;
+  is_available: Generated<boolean>;
+  locked_at: Timestamp | null;
+  locked_by: string | null;
+  queue_name: string;
+}
+
+export interface GraphileWorkerPrivateJobs {
+  attempts: Generated<number>;
+  created_at: Generated<Timestamp>;
+  flags: Json | null;
+  id: Generated<Int8>;
+  is_available: Generated<boolean>;
+  job_queue_id: number | null;
+  key: string | null;
+  last_error: string | null;
+  locked_at: Timestamp | null;
+  locked_by: string | null;
+  max_attempts: Generated<number>;
+  payload: Generated<Json>;
+  priority: Generated<number>;
+  revision: Generated<number>;
+  run_at: Generated<Timestamp>;
+  task_id: number;
+  updated_at: Generated<Timestamp>;
+}
+
+export interface GraphileWorkerPrivateKnownCrontabs {
+  identifier: string;
+  known_since: Timestamp;
+  last_execution: Timestamp | null;
+}
+
+export interface GraphileWorkerPrivateTasks {
+  id: Generated<number>;
+  identifier: string;
+}
+
 export interface IdempotencyKeys {
   created_at: Generated<Timestamp>;
   expires_at: Generated<Timestamp>;
@@ -169,6 +232,29 @@ export interface ShardReservations {
   subject_tenant_id: string;
 }
 
+export interface TenantExportChunks {
+  data: Buffer;
+  export_id: string;
+  seq: number;
+  tenant_id: Generated<string>;
+}
+
+export interface TenantExports {
+  actor_id: string;
+  actor_type: string;
+  bytes: Generated<Int8>;
+  created_at: Generated<Timestamp>;
+  error: string | null;
+  expires_at: Timestamp | null;
+  finished_at: Timestamp | null;
+  id: string;
+  rows_done: Generated<Int8>;
+  rows_total: Int8 | null;
+  started_at: Timestamp | null;
+  status: Generated<string>;
+  tenant_id: Generated<string>;
+}
+
 export interface Tenants {
   created_at: Generated<Timestamp>;
   creation_key_hash: Buffer | null;
@@ -181,6 +267,54 @@ export interface Tenants {
   status: Generated<string>;
 }
 
+export interface WebhookAttempts {
+  attempt: number;
+  delivery_id: string;
+  error: string | null;
+  latency_ms: number;
+  response_excerpt: Generated<string>;
+  started_at: Timestamp;
+  status_code: number | null;
+  tenant_id: Generated<string>;
+}
+
+export interface WebhookDeliveries {
+  attempts: Generated<number>;
+  created_at: Generated<Timestamp>;
+  endpoint_id: string;
+  event_id: string;
+  event_type: string;
+  id: string;
+  last_attempt_at: Timestamp | null;
+  next_attempt_at: Generated<Timestamp | null>;
+  status: Generated<string>;
+  tenant_id: Generated<string>;
+}
+
+export interface WebhookEndpoints {
+  created_at: Generated<Timestamp>;
+  description: Generated<string>;
+  disabled_reason: string | null;
+  event_types: string[];
+  failing_since: Timestamp | null;
+  id: string;
+  previous_secret_expires_at: Timestamp | null;
+  previous_secret_sealed: string | null;
+  secret_sealed: string;
+  status: Generated<string>;
+  tenant_id: Generated<string>;
+  updated_at: Generated<Timestamp>;
+  url: string;
+}
+
+export interface WorkerHeartbeats {
+  host: string;
+  pid: number;
+  pool_id: string;
+  seen_at: Generated<Timestamp>;
+  started_at: Generated<Timestamp>;
+}
+
 export interface DB {
   api_keys: ApiKeys;
   audit_checkpoints: AuditCheckpoints;
@@ -189,11 +323,23 @@ export interface DB {
   customers: Customers;
   erasure_receipts: ErasureReceipts;
   events: Events;
+  "graphile_worker._private_job_queues": GraphileWorkerPrivateJobQueues;
+  "graphile_worker._private_jobs": GraphileWorkerPrivateJobs;
+  "graphile_worker._private_known_crontabs": GraphileWorkerPrivateKnownCrontabs;
+  "graphile_worker._private_tasks": GraphileWorkerPrivateTasks;
+  "graphile_worker.jobs": GraphileWorkerJobs;
+  "graphile_worker.migrations": GraphileWorkerMigrations;
   idempotency_keys: IdempotencyKeys;
   invoice_counters: InvoiceCounters;
   invoice_lines: InvoiceLines;
   invoices: Invoices;
   memberships: Memberships;
   shard_reservations: ShardReservations;
+  tenant_export_chunks: TenantExportChunks;
+  tenant_exports: TenantExports;
   tenants: Tenants;
+  webhook_attempts: WebhookAttempts;
+  webhook_deliveries: WebhookDeliveries;
+  webhook_endpoints: WebhookEndpoints;
+  worker_heartbeats: WorkerHeartbeats;
 }

@@ -2,7 +2,9 @@ import { createHash } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { runMigrations } from 'graphile-worker'
 import pg from 'pg'
+import { lineQueueLogger } from '../jobs/queue-logger.ts'
 import { connectionOptions, PLAINTEXT, type DatabaseTls } from '../db/tls.ts'
 import { lineFailureLog, logFailure } from '../log-failure.ts'
 
@@ -13,6 +15,23 @@ const MIGRATION_LOCK_ID = 7_245_104_001
 
 export class MigrationError extends Error {
   override name = 'MigrationError'
+}
+
+/**
+ * The job queue's own schema (graphile_worker), installed and upgraded by the library as the owner,
+ * before our files: they grant the runtime role its narrow share of it and enqueue into it.
+ */
+async function installJobQueue (databaseUrl: string, tls: DatabaseTls, log: (line: string) => void): Promise<void> {
+  const pool = new pg.Pool({ ...connectionOptions(databaseUrl, tls), max: 1, application_name: 'rowfence-migrate' })
+  // An idle connection's error (the server went away) surfaces in the next query; not a crash.
+  const failed = logFailure(lineFailureLog(log), 'job queue migration connection')
+  pool.on('error', failed)
+  pool.on('connect', (client) => { client.on('error', failed) })
+  try {
+    await runMigrations({ pgPool: pool, logger: lineQueueLogger(log) })
+  } finally {
+    await pool.end()
+  }
 }
 
 export interface MigrationFile {
@@ -67,6 +86,7 @@ export async function migrate (
   try {
     await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_ID])
     try {
+      await installJobQueue(databaseUrl, options.tls ?? PLAINTEXT, log)
       await client.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
         version     text PRIMARY KEY,
         name        text NOT NULL,

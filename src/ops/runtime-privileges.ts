@@ -47,6 +47,32 @@ export const RUNTIME_PRIVILEGES: Readonly<Record<string, Allowed>> = {
     SELECT: true,
     INSERT: ['tenant_id', 'id', 'type', 'resource_type', 'resource_id', 'data', 'request_id', 'actor_type', 'actor_id'],
   },
+  // Webhooks and self-service exports (sql/0019_webhooks_and_jobs.sql): never created_at.
+  webhook_endpoints: {
+    SELECT: true,
+    INSERT: true,
+    DELETE: true,
+    UPDATE: ['url', 'description', 'event_types', 'status', 'disabled_reason', 'secret_sealed',
+      'previous_secret_sealed', 'previous_secret_expires_at', 'failing_since', 'updated_at'],
+  },
+  webhook_deliveries: {
+    SELECT: true, INSERT: true, UPDATE: ['status', 'attempts', 'next_attempt_at', 'last_attempt_at'],
+  },
+  webhook_attempts: { SELECT: true, INSERT: true },
+  tenant_exports: {
+    SELECT: true,
+    INSERT: true,
+    UPDATE: ['status', 'rows_total', 'rows_done', 'bytes', 'error', 'started_at', 'finished_at', 'expires_at'],
+  },
+  tenant_export_chunks: { SELECT: true, INSERT: true, DELETE: true },
+  // The worker's liveness (src/jobs/worker-lease.ts), and what it needs of the queue's tables to take,
+  // finish, fail and hand back jobs; never INSERT on jobs: it enqueues through enqueue_tenant_job().
+  worker_heartbeats: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['seen_at'] },
+  'graphile_worker.migrations': { SELECT: true },
+  'graphile_worker._private_jobs': { SELECT: true, UPDATE: true, DELETE: true },
+  'graphile_worker._private_job_queues': { SELECT: true, UPDATE: true, DELETE: true },
+  'graphile_worker._private_tasks': { SELECT: true, INSERT: true },
+  'graphile_worker._private_known_crontabs': { SELECT: true, INSERT: true, UPDATE: true },
 }
 
 export async function checkPrivileges (client: pg.ClientBase, role: string, problems: string[]): Promise<void> {
@@ -93,7 +119,11 @@ export async function checkPrivileges (client: pg.ClientBase, role: string, prob
  * a door around RLS. Only the ones below were designed as such (each narrow, with a pinned
  * search_path); any other is refused.
  */
-export const ALLOWED_DEFINER_FUNCTIONS = new Set(['user_tenant_ids'])
+export const ALLOWED_DEFINER_FUNCTIONS = new Set([
+  'user_tenant_ids',
+  // Enqueues for the bound tenant only, naming a row of that tenant (sql/0019_webhooks_and_jobs.sql).
+  'enqueue_tenant_job',
+])
 
 export async function checkDefinerFunctions (client: pg.ClientBase, problems: string[]): Promise<void> {
   const { rows } = await client.query<{ name: string, proname: string, pinned: boolean }>(`

@@ -14,6 +14,7 @@ export const SweepResultSchema = Type.Object({
       'sweep again later',
   }),
   events_deleted: Type.Integer({ description: 'events older than EVENT_RETENTION_DAYS deleted (all tenants)' }),
+  exports_deleted: Type.Integer({ description: 'tenant exports past their expires_at deleted, files included' }),
 }, { $id: 'SweepResult', title: 'SweepResult' })
 
 export const SafetyReportSchema = Type.Object({

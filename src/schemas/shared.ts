@@ -4,6 +4,7 @@ import {
 } from './audit.ts'
 import { ProblemSchema } from './common.ts'
 import { EventPage, EventSchema } from './events.ts'
+import { ExportPage, ExportSchema } from './exports.ts'
 import { CustomerPage, CustomerSchema } from './customers.ts'
 import { ApiKeyPage, ApiKeySchema, CreatedApiKeySchema, MemberPage, MemberSchema } from './identity.ts'
 import { InvoicePage, InvoiceSchema, LineSchema } from './invoices.ts'
@@ -11,6 +12,10 @@ import { SafetyReportSchema, SweepResultSchema } from './maintenance.ts'
 import {
   CreatedTenantSchema, ErasureReceiptSchema, OperatorTenantSchema, PlacementResultSchema, TenantPage, TenantSchema,
 } from './tenants.ts'
+import {
+  RedeliveryResultSchema, WebhookAttemptSchema, WebhookDeliveryPage, WebhookDeliverySchema, WebhookEndpointPage,
+  WebhookEndpointSchema, WebhookEndpointWithSecretSchema,
+} from './webhooks.ts'
 
 /**
  * Every schema with an `$id`: what the API returns, registered with addSchema once (src/app.ts) and
@@ -26,7 +31,10 @@ export const SHARED_SCHEMAS: readonly TSchema[] = [
   ApiKeySchema, CreatedApiKeySchema, ApiKeyPage,
   MemberSchema, MemberPage,
   EventSchema, EventPage,
+  ExportSchema, ExportPage,
   AuditEventSchema, AuditEventPage, AuditChainBreakSchema, AuditVerificationSchema, FullAuditVerificationSchema,
   OperatorTenantSchema, TenantPage, CreatedTenantSchema, PlacementResultSchema, ErasureReceiptSchema,
   SweepResultSchema, SafetyReportSchema,
+  WebhookEndpointSchema, WebhookEndpointWithSecretSchema, WebhookEndpointPage,
+  WebhookAttemptSchema, WebhookDeliverySchema, WebhookDeliveryPage, RedeliveryResultSchema,
 ]

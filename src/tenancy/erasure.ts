@@ -125,6 +125,11 @@ export async function eraseTenant (
           `DELETE FROM ${ident(t.name)} WHERE ${ident(t.keyColumn)} = $1${shardPredicate}`, values)
         rows[t.name] = result.rowCount ?? 0
       }
+      // Its queued jobs (webhook deliveries, exports): they carry only references, but a job left
+      // behind would name a tenant that is gone. One running now binds the tenant after us and ends.
+      const jobs = await client.query(
+        "DELETE FROM graphile_worker._private_jobs WHERE payload->>'tenant_id' = $1", [tenantId])
+      rows.jobs = jobs.rowCount ?? 0
       const left = await rowsLeft(client, tenantId)
       if (Object.keys(left).length > 0) throw new ErasureIncomplete(left) // rolls the deletes back
       const deleted = await client.query('DELETE FROM tenants WHERE id = $1', [tenantId])

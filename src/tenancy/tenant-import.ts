@@ -1,6 +1,6 @@
 import type pg from 'pg'
 import { type ExportCheck, ExportSignatureError, readExport, verifyExport } from './export-signature.ts'
-import { bindOwner, ident, tenantTablesInOrder } from './tenant-tables.ts'
+import { bindOwner, exportedTables, ident } from './tenant-tables.ts'
 
 /** The audit chain's own columns: its trigger recomputes them, so they are never taken from a file. */
 const CHAIN_COLUMNS = ['seq', 'prev_hash', 'hash']
@@ -61,7 +61,8 @@ export async function importTenant (
   try {
     await client.query('BEGIN')
     await client.query("SET LOCAL TimeZone = 'UTC'")
-    const tables = new Map((await tenantTablesInOrder(client)).map((t) => [t.name, t]))
+    // What an operator export carries, no more: a file naming another table (an export's own chunks) is refused.
+    const tables = new Map((await exportedTables(client, 'operator')).map((t) => [t.name, t]))
     const order = [...tables.keys()]
     const required = await requiredColumns(client, order)
     const counts: Record<string, number> = {}

@@ -28,6 +28,40 @@ const PLACEMENT_COLUMNS: Record<string, string[]> = {
  * import's own rows rebuild them). invoices.lines is kept from invoice_lines (sql/0014). */
 const DERIVED_COLUMNS: Record<string, string[]> = { invoices: ['lines'] }
 
+/**
+ * Tables whose rows are files the deployment made for the tenant, not the tenant's data: its own exports
+ * (POST /v1/exports, sql/0019), discarded when they expire. No export carries them, so no import loads
+ * them; erasure (which walks tenantTablesInOrder) removes them with the rest.
+ */
+export const EPHEMERAL_TABLES: readonly string[] = ['tenant_exports', 'tenant_export_chunks']
+
+/**
+ * Secrets, left out of the tenant's own export: an API key's hash, and the webhook signing secrets
+ * sealed with the server key. The operator export keeps them, so that keys and endpoints work after an
+ * import: a sealed secret opens only with the WEBHOOK_SECRET_KEY it was sealed with (and only for the same
+ * tenant and endpoint ids), so the deployment importing it needs the same key.
+ */
+export const SECRET_COLUMNS: Readonly<Record<string, readonly string[]>> = {
+  api_keys: ['secret_hash'],
+  webhook_endpoints: ['secret_sealed', 'previous_secret_sealed'],
+}
+
+/**
+ * Who an export is for: the operator (everything, signed, for an import elsewhere) or the tenant itself
+ * (its data less the secrets, POST /v1/exports).
+ */
+export type ExportAudience = 'operator' | 'tenant'
+
+/** The tables an export carries, in export order, with the columns it carries for `audience`. */
+export async function exportedTables (client: pg.ClientBase, audience: ExportAudience): Promise<TenantTableInfo[]> {
+  return (await tenantTablesInOrder(client))
+    .filter((t) => !EPHEMERAL_TABLES.includes(t.name))
+    .map((t) => {
+      const secret = audience === 'tenant' ? SECRET_COLUMNS[t.name] ?? [] : []
+      return secret.length === 0 ? t : { ...t, columns: t.columns.filter((c) => !secret.includes(c)) }
+    })
+}
+
 /** A quoted SQL identifier, for the names read from the catalog. */
 export const ident = (name: string): string => `"${name.replaceAll('"', '""')}"`
 

@@ -15,6 +15,9 @@ export const TEST_JWT_SECRET = 'test-only-jwt-secret-0123456789abcdef'
 /** The EXPORT_SIGNING_KEY of test apps and of the CLIs the tests run (runNpmScript), so their exports agree. */
 export const TEST_EXPORT_SIGNING_KEY = 'test-only-export-signing-key-0123456789abcdefghij'
 
+/** The WEBHOOK_SECRET_KEY of test apps (base64 of the 32 bytes `test-only-webhook-secret-key-32b`). */
+export const TEST_WEBHOOK_SECRET_KEY = 'dGVzdC1vbmx5LXdlYmhvb2stc2VjcmV0LWtleS0zMmI='
+
 export interface TestApp {
   app: FastifyInstance
   db: TestDatabase
@@ -54,6 +57,7 @@ export async function buildTestApp (
     jwt: { algorithm: 'HS256', key: TEST_JWT_SECRET },
     databaseTls: PLAINTEXT,
     EXPORT_SIGNING_KEY: TEST_EXPORT_SIGNING_KEY,
+    WEBHOOK_SECRET_KEY: TEST_WEBHOOK_SECRET_KEY,
     ...overrides,
   }
   const app = await buildApp(config, options)

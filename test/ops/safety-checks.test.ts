@@ -106,6 +106,22 @@ t.test('a table privilege outside the allow-list is refused, however the runtime
     ['runtime role ' + name(runtime) + ' holds UPDATE on tenants, which is not in its allow-list (RUNTIME_PRIVILEGES)'])
 })
 
+t.test("the job queue's tables: the runtime role may take and finish jobs, never add one directly", async (t) => {
+  const db = await createTestDatabase(t)
+  t.same((await report(db.appUrl)).problems, [], 'the grants of sql/0019 pass')
+  await query(db.ownerUrl, 'GRANT INSERT ON graphile_worker._private_jobs TO app; ' +
+    'GRANT DELETE ON worker_heartbeats, webhook_attempts TO app')
+  t.same((await report(db.appUrl)).problems.sort(), [
+    'runtime role app holds DELETE on webhook_attempts, which is not in its allow-list (RUNTIME_PRIVILEGES)',
+    'runtime role app holds INSERT on graphile_worker._private_jobs, which is not in its allow-list ' +
+      '(RUNTIME_PRIVILEGES)',
+  ], 'inserting jobs (bypassing enqueue_tenant_job) or erasing delivery history is refused')
+  await query(db.ownerUrl, 'CREATE FUNCTION enqueue_anything(p json) RETURNS void LANGUAGE sql SECURITY DEFINER ' +
+    "SET search_path = pg_catalog AS $$ SELECT graphile_worker.add_job('deliver_webhook', p) $$")
+  t.match((await report(db.appUrl)).problems.join('\n'), /SECURITY DEFINER function enqueue_anything\(json\)/,
+    'and so is any other door into the queue')
+})
+
 t.test('the database owner as runtime role is refused (it owns every table)', async (t) => {
   const db = await createTestDatabase(t)
   const result = await report(db.ownerUrl)

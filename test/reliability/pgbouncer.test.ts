@@ -7,6 +7,7 @@ import { crossTenantAttacks, interleavedTenants } from '../isolation/attacks.ts'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { createTestDatabase } from '../helpers/db.ts'
 import { findPgbouncer, startPgbouncer } from '../helpers/pgbouncer.ts'
+import { eventually, startReceiver, startTestWorker } from '../helpers/webhooks.ts'
 
 const binary = findPgbouncer()
 if (binary === undefined) {
@@ -25,6 +26,7 @@ if (binary === undefined) {
     // LISTEN needs a session of its own: it goes to the server directly.
     DB_LISTEN_URL: db.appUrl,
     DB_POOL_MAX: 8,
+    WEBHOOK_ALLOW_PRIVATE_TARGETS: true,
   }, viaBouncer)
   // Its setup is awaited here, before any subtest is queued (tap would end the file otherwise).
   await crossTenantAttacks(t, ctx)
@@ -33,6 +35,25 @@ if (binary === undefined) {
     t.match(ctx.app.dbPool.options.connectionString, `:${bouncer.port}/`)
     const tenant = await provisionTenant(ctx)
     t.equal((await ctx.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)
+  })
+
+  t.test('webhooks enqueued through PgBouncer are delivered by a worker on a direct connection', async (t) => {
+    // The queue LISTENs for new jobs and holds row locks across its own statements: it needs a
+    // session of its own, so WORKER_DATABASE_URL goes to the server directly; enqueueing happens
+    // inside the requests' transactions, through PgBouncer.
+    const tenant = await provisionTenant(ctx)
+    const receiver = await startReceiver(t)
+    const created = await ctx.app.inject(as(tenant, {
+      method: 'POST', url: '/v1/webhook-endpoints', payload: { url: receiver.url, event_types: ['customer.*'] },
+    }))
+    t.equal(created.statusCode, 201, created.body)
+    await startTestWorker(t, ctx, { WORKER_DATABASE_URL: db.appUrl })
+    await Promise.all(Array.from({ length: 20 }, async (_, i) => {
+      const res = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: `b${i}` } }))
+      t.equal(res.statusCode, 201)
+    }))
+    await eventually('20 deliveries', async () => receiver.ids().size === 20, 30_000)
+    t.equal(receiver.received.length, 20, 'each once')
   })
 
   interleavedTenants(t, ctx,

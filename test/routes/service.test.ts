@@ -110,7 +110,7 @@ t.test('/openapi.json is a valid OpenAPI 3.1 document listing every route, and /
       }
       if (method === 'post' || method === 'patch' || method === 'put') {
         const hasBody = op.requestBody !== undefined
-        const bodiless = /\/(finalize|pay|void|accept)$|\/maintenance\/sweep$|\/audit\/verify$/.test(path)
+        const bodiless = /\/(finalize|pay|void|accept|rotate-secret)$|\/maintenance\/sweep$|\/audit\/verify$/.test(path)
         t.ok(hasBody || bodiless, `${name} documents its request body`)
       }
       if (op.requestBody !== undefined) {

@@ -303,7 +303,7 @@ export interface paths {
         };
         /**
          * List the tenant's events, newest first
-         * @description Every change to your customers, invoices, API keys and members, written in the same transaction as the change, kept for the retention period (30 days by default). Events about API keys and members (api_key.*, member.*) are shown only to credentials with the admin scope, as /v1/api-keys and /v1/members are.
+         * @description Every change to your customers, invoices, API keys and members, written in the same transaction as the change, kept for the retention period (30 days by default). Events about API keys, members, webhook endpoints and exports (api_key.*, member.*, webhook_endpoint.*, export.*) are shown only to credentials with the admin scope, as /v1/api-keys, /v1/members, /v1/webhook-endpoints and /v1/exports are.
          */
         get: operations["listEvents"];
         put?: never;
@@ -323,11 +323,31 @@ export interface paths {
         };
         /**
          * Retrieve an event
-         * @description Events about API keys and members (api_key.*, member.*) are shown only to credentials with the admin scope, as /v1/api-keys and /v1/members are.
+         * @description Events about API keys, members, webhook endpoints and exports (api_key.*, member.*, webhook_endpoint.*, export.*) are shown only to credentials with the admin scope, as /v1/api-keys, /v1/members, /v1/webhook-endpoints and /v1/exports are.
          */
         get: operations["getEvent"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/events/{id}/redeliver": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send an event to webhook endpoints again
+         * @description Queues a new delivery of the event, with the same webhook-id (the event id): to `endpoint_id`, or without it to every enabled endpoint subscribed to the event type (none: an empty list). A disabled endpoint is a 409: enable it first.
+         */
+        post: operations["redeliverEvent"];
         delete?: never;
         options?: never;
         head?: never;
@@ -366,6 +386,153 @@ export interface paths {
          * @description Needs the admin scope, like /v1/members and /v1/api-keys: the trail names members, their roles and keys. Starts from the newest checkpoint (how far an earlier verification got): checks that the event there still carries the hash it had and still links to its predecessor, then recomputes at most max_events events after it, reporting the first broken link: an event edited, removed or reordered after it was written. When it reaches the head, the head must point at the last event. If all holds it records a checkpoint where it stopped (so this GET writes, in its own transaction); complete: false means events remain after verified_through and the next call continues from there, so the cost of a call does not grow with the trail. Events before the starting checkpoint are not re-examined: an old event edited since it was verified is caught by the operator's full verification (POST /admin/v1/tenants/:id/audit/verify). With anchor_seq and anchor_hash, also checks the chain against that externally kept hash, which catches a chain rewritten as a whole.
          */
         get: operations["verifyAuditChain"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/exports": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the tenant's exports, newest first
+         * @description Expired exports are listed until the maintenance sweep deletes them.
+         */
+        get: operations["listExports"];
+        put?: never;
+        /**
+         * Request an export of all the tenant's data
+         * @description Queues the export and answers at once, with the export and its `location`; a job writes the file in the background (follow it with GET /v1/exports/{id}). The file is NDJSON, one `{"table": ..., "row": {...}}` object a line, every table the tenant has rows in, parents before children (the format of the operator's export), without secrets: no API key hashes, no webhook signing secrets. Rows changed while it runs may appear as they were or as they became. One export at a time: 409 while another is queued or running.
+         */
+        post: operations["createExport"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/exports/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Retrieve an export: its status and progress */
+        get: operations["getExport"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/exports/{id}/download": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download a ready export (NDJSON)
+         * @description The file, streamed as it is read (`content-length` is its size: a shorter body was cut off). 409 until the export is ready; 410 once it has expired.
+         */
+        get: operations["downloadExport"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhook-endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List webhook endpoints, newest first */
+        get: operations["listWebhookEndpoints"];
+        put?: never;
+        /**
+         * Create a webhook endpoint
+         * @description The signing secret is returned once, in this response; it is stored encrypted. The URL must be https and must not be a private, loopback or link-local address (422 otherwise).
+         */
+        post: operations["createWebhookEndpoint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhook-endpoints/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Retrieve a webhook endpoint */
+        get: operations["getWebhookEndpoint"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a webhook endpoint
+         * @description Its deliveries and their attempts are deleted with it.
+         */
+        delete: operations["deleteWebhookEndpoint"];
+        options?: never;
+        head?: never;
+        /**
+         * Update a webhook endpoint
+         * @description Setting `status` to `enabled` also clears `failing_since` and `disabled_reason`.
+         */
+        patch: operations["updateWebhookEndpoint"];
+        trace?: never;
+    };
+    "/v1/webhook-endpoints/{id}/rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate a webhook endpoint's signing secret
+         * @description The new secret is returned once, in this response. The previous one keeps signing too (deliveries carry both signatures) until `previous_secret_expires_at`, so receivers can switch over.
+         */
+        post: operations["rotateWebhookEndpointSecret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/webhook-endpoints/{id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List a webhook endpoint's deliveries, newest first
+         * @description Each delivery with every attempt made: when, the status code, the latency and the start of the response. `?status=` filters.
+         */
+        get: operations["listWebhookDeliveries"];
         put?: never;
         post?: never;
         delete?: never;
@@ -583,8 +750,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Recover from interrupted placement moves and erasures; delete expired events
-         * @description Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of dedicated shards that belong to no tenant (left by a crash, or by an erasure or move whose partition drop gave up), recording it on the erasure receipt. Then deletes every tenant's events older than EVENT_RETENTION_DAYS. Safe to run at any time; every erasure also runs the recovery part when it finishes. Run it regularly (e.g. daily from cron) until the job queue schedules retention.
+         * Recover from interrupted placement moves and erasures; delete expired events and exports
+         * @description Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of dedicated shards that belong to no tenant (left by a crash, or by an erasure or move whose partition drop gave up), recording it on the erasure receipt. Then deletes every tenant's events older than EVENT_RETENTION_DAYS, and the tenants' own exports past their expires_at (with their files). Safe to run at any time; every erasure also runs the recovery part when it finishes. Run it regularly (e.g. daily from cron) until the job queue schedules retention.
          */
         post: operations["adminSweep"];
         delete?: never;
@@ -824,6 +991,58 @@ export interface components {
             /** @description pass as ?cursor= for the next page; null on the last page */
             next_cursor: string | null;
         };
+        /**
+         * Export
+         * @description a copy of all the tenant's data as NDJSON, made in the background
+         */
+        Export: {
+            /**
+             * Format: uuid
+             * @description UUID (time-ordered v7 for ids the server assigns)
+             */
+            id: string;
+            /** @description queued → running → ready (downloadable until expires_at, then expired); failed when every attempt failed (request a new one) */
+            status: "queued" | "running" | "ready" | "failed" | "expired";
+            progress: {
+                /** @description rows written so far */
+                rows_done: number;
+                /** @description rows to write, counted when the export starts (null before); the exact count once ready */
+                rows_total: number | null;
+                /** @description size of the file written so far, in bytes */
+                bytes: number;
+                /** @description 100 only once ready */
+                percent: number;
+            };
+            /** @description why a failed export failed */
+            error: string | null;
+            requested_by: {
+                /** @description api_key or user */
+                type: string;
+                id: string;
+            };
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            created_at: string;
+            /** @description when its latest run started */
+            started_at: string | null;
+            /** @description when it became ready */
+            finished_at: string | null;
+            /** @description once ready: when the file is deleted (finished_at plus the retention period); before: the time after which an export that has not finished is given up */
+            expires_at: string | null;
+            /** @description where to download the file (GET, same credentials) while it is ready; null otherwise */
+            download_url: string | null;
+        };
+        /**
+         * ExportPage
+         * @description a page of Export objects, newest first
+         */
+        ExportPage: {
+            data: components["schemas"]["Export"][];
+            /** @description pass as ?cursor= for the next page; null on the last page */
+            next_cursor: string | null;
+        };
         /** AuditEvent */
         AuditEvent: {
             /**
@@ -1004,6 +1223,8 @@ export interface components {
             shards_left: number[];
             /** @description events older than EVENT_RETENTION_DAYS deleted (all tenants) */
             events_deleted: number;
+            /** @description tenant exports past their expires_at deleted, files included */
+            exports_deleted: number;
         };
         /** SafetyReport */
         SafetyReport: {
@@ -1011,6 +1232,147 @@ export interface components {
             ok: boolean;
             /** @description each check that does not hold, in words */
             problems: string[];
+        };
+        /**
+         * WebhookEndpoint
+         * @description where the tenant receives its events
+         */
+        WebhookEndpoint: {
+            /**
+             * Format: uuid
+             * @description UUID (time-ordered v7 for ids the server assigns)
+             */
+            id: string;
+            url: string;
+            description: string;
+            event_types: string[];
+            /** @description disabled: receives nothing; set by you, or by the server after failing for too long */
+            status: "enabled" | "disabled";
+            /** @description why the server disabled it */
+            disabled_reason: string | null;
+            /** @description the first failed attempt since the last success; null while deliveries succeed */
+            failing_since: string | null;
+            /** @description after a rotation, until when the previous secret signs too */
+            previous_secret_expires_at: string | null;
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            updated_at: string;
+        };
+        /**
+         * WebhookEndpointWithSecret
+         * @description an endpoint with its new signing secret, shown once
+         */
+        WebhookEndpointWithSecret: {
+            /**
+             * Format: uuid
+             * @description UUID (time-ordered v7 for ids the server assigns)
+             */
+            id: string;
+            url: string;
+            description: string;
+            event_types: string[];
+            /** @description disabled: receives nothing; set by you, or by the server after failing for too long */
+            status: "enabled" | "disabled";
+            /** @description why the server disabled it */
+            disabled_reason: string | null;
+            /** @description the first failed attempt since the last success; null while deliveries succeed */
+            failing_since: string | null;
+            /** @description after a rotation, until when the previous secret signs too */
+            previous_secret_expires_at: string | null;
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            updated_at: string;
+            /** @description the signing secret (whsec_...): shown in this response only, stored encrypted */
+            secret: string;
+        };
+        /**
+         * WebhookEndpointPage
+         * @description a page of WebhookEndpoint objects, newest first
+         */
+        WebhookEndpointPage: {
+            data: components["schemas"]["WebhookEndpoint"][];
+            /** @description pass as ?cursor= for the next page; null on the last page */
+            next_cursor: string | null;
+        };
+        /** WebhookAttempt */
+        WebhookAttempt: {
+            /** @description 1 for the first */
+            attempt: number;
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            started_at: string;
+            /** @description null when no response arrived */
+            status_code: number | null;
+            latency_ms: number;
+            error: string | null;
+            /** @description the start of the response body */
+            response_excerpt: string;
+        };
+        /**
+         * WebhookDelivery
+         * @description one event sent to one endpoint
+         */
+        WebhookDelivery: {
+            /**
+             * Format: uuid
+             * @description UUID (time-ordered v7 for ids the server assigns)
+             */
+            id: string;
+            /**
+             * Format: uuid
+             * @description UUID (time-ordered v7 for ids the server assigns)
+             */
+            endpoint_id: string;
+            /**
+             * Format: uuid
+             * @description UUID (time-ordered v7 for ids the server assigns)
+             */
+            event_id: string;
+            event_type: string;
+            status: "pending" | "succeeded" | "failed" | "canceled";
+            /** @description attempts made so far */
+            attempts: number;
+            next_attempt_at: string | null;
+            last_attempt_at: string | null;
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            created_at: string;
+            /** @description every attempt, first to last */
+            attempts_detail: components["schemas"]["WebhookAttempt"][];
+        };
+        /**
+         * WebhookDeliveryPage
+         * @description a page of WebhookDelivery objects, newest first
+         */
+        WebhookDeliveryPage: {
+            data: components["schemas"]["WebhookDelivery"][];
+            /** @description pass as ?cursor= for the next page; null on the last page */
+            next_cursor: string | null;
+        };
+        /**
+         * WebhookRedelivery
+         * @description the deliveries queued
+         */
+        WebhookRedelivery: {
+            data: components["schemas"]["WebhookDelivery"][];
         };
     };
     responses: never;
@@ -3028,6 +3390,118 @@ export interface operations {
             };
         };
     };
+    redeliverEvent: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+                /** @description replays the first response for 24 hours; another body with the same key is a 409 */
+                "idempotency-key"?: string;
+            };
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /** @description without endpoint_id: to every enabled endpoint subscribed to the event type */
+        requestBody: {
+            content: {
+                /** @example {} */
+                "application/json": {
+                    /**
+                     * Format: uuid
+                     * @description UUID (time-ordered v7 for ids the server assigns)
+                     */
+                    endpoint_id?: string;
+                };
+            };
+        };
+        responses: {
+            /** @description the deliveries queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookRedelivery"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is larger than the server accepts (BODY_LIMIT_BYTES) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     listAuditEvents: {
         parameters: {
             query?: {
@@ -3142,6 +3616,901 @@ export interface operations {
             };
             /** @description valid credential, but the wrong tenant, no membership or a missing scope */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    listExports: {
+        parameters: {
+            query?: {
+                /** @description page size */
+                limit?: number;
+                /** @description opaque cursor from next_cursor */
+                cursor?: string;
+            };
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description a page of exports, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExportPage"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    createExport: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+                /** @description replays the first response for 24 hours; another body with the same key is a 409 */
+                "idempotency-key"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        /** @description no options: send `{}` or no body at all */
+        requestBody: {
+            content: {
+                /** @example {} */
+                "application/json": Record<string, never>;
+            };
+        };
+        responses: {
+            /** @description the export, queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Export"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is larger than the server accepts (BODY_LIMIT_BYTES) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getExport: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the export */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Export"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    downloadExport: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the export file */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": string;
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the export has expired: its file is deleted (request a new export) */
+            410: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    listWebhookEndpoints: {
+        parameters: {
+            query?: {
+                /** @description page size */
+                limit?: number;
+                /** @description opaque cursor from next_cursor */
+                cursor?: string;
+            };
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description a page of endpoints, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointPage"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    createWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+                /** @description replays the first response for 24 hours; another body with the same key is a 409 */
+                "idempotency-key"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "url": "https://hooks.example.com/rowfence",
+                 *       "event_types": [
+                 *         "invoice.finalized",
+                 *         "customer.*"
+                 *       ],
+                 *       "description": "accounting"
+                 *     }
+                 */
+                "application/json": {
+                    /** @description where events are POSTed: https, and not a private, loopback or link-local address */
+                    url: string;
+                    /** @description the event types delivered to the endpoint */
+                    event_types: string[];
+                    description?: string;
+                };
+            };
+        };
+        responses: {
+            /** @description the endpoint, with its signing secret (shown once) */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointWithSecret"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is larger than the server accepts (BODY_LIMIT_BYTES) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is well-formed but cannot be applied (e.g. a reference that does not resolve in your tenant) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the endpoint */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    deleteWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    updateWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "status": "enabled"
+                 *     }
+                 */
+                "application/json": {
+                    /** @description where events are POSTed: https, and not a private, loopback or link-local address */
+                    url?: string;
+                    /** @description the event types delivered to the endpoint */
+                    event_types?: string[];
+                    description?: string;
+                    /** @description disabled: receives nothing; set by you, or by the server after failing for too long */
+                    status?: "enabled" | "disabled";
+                };
+            };
+        };
+        responses: {
+            /** @description the endpoint as updated */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is larger than the server accepts (BODY_LIMIT_BYTES) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is well-formed but cannot be applied (e.g. a reference that does not resolve in your tenant) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    rotateWebhookEndpointSecret: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+                /** @description replays the first response for 24 hours; another body with the same key is a 409 */
+                "idempotency-key"?: string;
+            };
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the endpoint, with its new signing secret (shown once) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointWithSecret"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    listWebhookDeliveries: {
+        parameters: {
+            query?: {
+                /** @description page size */
+                limit?: number;
+                /** @description opaque cursor from next_cursor */
+                cursor?: string;
+                status?: "pending" | "succeeded" | "failed" | "canceled";
+            };
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description a page of deliveries with their attempts, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryPage"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

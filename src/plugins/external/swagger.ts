@@ -33,6 +33,8 @@ const TAGS = [
   { name: 'api-keys', description: "The tenant's API keys (admin scope)" },
   { name: 'members', description: "Users' memberships of the tenant, and accepting one" },
   { name: 'events', description: "Changes to the tenant's resources, in the order they were made" },
+  { name: 'webhooks', description: "Endpoints that receive the tenant's events, and their deliveries (admin scope)" },
+  { name: 'exports', description: "The tenant's own export of its data, made in the background (admin scope)" },
   { name: 'audit', description: "The tenant's hash-chained audit trail (admin scope)" },
   { name: 'operator', description: 'Provisioning, placement, export, erasure and maintenance (operator token)' },
   { name: 'service', description: 'Liveness and readiness, without credentials' },

@@ -5,16 +5,25 @@ import apiKeys from './api-keys/index.ts'
 import auditEvents from './audit-events/index.ts'
 import customers from './customers/index.ts'
 import events from './events/index.ts'
+import tenantExports from './exports/index.ts'
 import invoices from './invoices/index.ts'
 import members from './members/index.ts'
 import membership from './membership/index.ts'
 import tenant from './tenant/index.ts'
+import webhookEndpoints from './webhook-endpoints/index.ts'
+import type { WebhookSettings } from '../../webhooks/settings.ts'
 
 /**
  * Tenant routes. The tenant pipeline is installed on this scope, so every route below runs inside a
  * tenant-bound transaction and nothing outside it does.
  */
-export default async function v1 (fastify: FastifyInstance): Promise<void> {
+export interface V1Options {
+  webhooks: WebhookSettings
+  /** How long a tenant's own export stays downloadable once ready. */
+  exportTtlMs: number
+}
+
+export default async function v1 (fastify: FastifyInstance, options: V1Options): Promise<void> {
   await fastify.register(tenantContext)
   await fastify.register(idempotency)
   await fastify.register(tenant, { prefix: '/tenant' })
@@ -25,4 +34,6 @@ export default async function v1 (fastify: FastifyInstance): Promise<void> {
   await fastify.register(invoices, { prefix: '/invoices' })
   await fastify.register(events, { prefix: '/events' })
   await fastify.register(auditEvents, { prefix: '/audit-events' })
+  await fastify.register(tenantExports, { prefix: '/exports', exportTtlMs: options.exportTtlMs })
+  await fastify.register(webhookEndpoints, { prefix: '/webhook-endpoints', webhooks: options.webhooks })
 }

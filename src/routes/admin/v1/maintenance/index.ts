@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { deleteExpiredEvents } from '../../../../tenancy/event-retention.ts'
+import { deleteExpiredExports } from '../../../../tenancy/export-retention.ts'
 import { sweepShards } from '../../../../tenancy/sweep.ts'
 import { runSafetyChecks } from '../../../../ops/safety-checks.ts'
 import { problems, Ref } from '../../../../schemas/common.ts'
@@ -29,12 +30,13 @@ const maintenance: FastifyPluginAsyncTypebox<{ eventRetentionDays: number }> = a
 
   fastify.post('/sweep', {
     schema: {
-      summary: 'Recover from interrupted placement moves and erasures; delete expired events',
+      summary: 'Recover from interrupted placement moves and erasures; delete expired events and exports',
       operationId: 'adminSweep',
       description: 'Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of ' +
         'dedicated shards that belong to no tenant (left by a crash, or by an erasure or move whose partition drop ' +
         'gave up), recording it on the erasure receipt. Then deletes every tenant\'s events older than ' +
-        'EVENT_RETENTION_DAYS. Safe to run at any time; every erasure also runs the recovery part when it finishes. ' +
+        'EVENT_RETENTION_DAYS, and the tenants\' own exports past their expires_at (with their files). Safe to ' +
+        'run at any time; every erasure also runs the recovery part when it finishes. ' +
         'Run it regularly (e.g. daily from cron) until the job queue schedules retention.',
       tags: ['operator'],
       response: { 200: Ref(SweepResultSchema, 'what the sweep recovered, and what it left'), ...problems(401, 503) },
@@ -42,12 +44,14 @@ const maintenance: FastifyPluginAsyncTypebox<{ eventRetentionDays: number }> = a
   }, async (request) => {
     const swept = await sweepShards(fastify.ownerPool, { log: request.log })
     const eventsDeleted = await deleteExpiredEvents(fastify.ownerPool, options.eventRetentionDays)
-    request.log.info({ ...swept, eventsDeleted }, 'maintenance sweep')
+    const exportsDeleted = await deleteExpiredExports(fastify.ownerPool)
+    request.log.info({ ...swept, eventsDeleted, exportsDeleted }, 'maintenance sweep')
     return {
       tenants_reset: swept.tenantsReset,
       shards_released: swept.shardsReleased,
       shards_left: swept.shardsLeft,
       events_deleted: eventsDeleted,
+      exports_deleted: exportsDeleted,
     }
   })
 }
