@@ -8,13 +8,17 @@ import { keyCommands } from './keys.ts'
 import { CliError, EXIT, EXIT_CODES_HELP, oneLine, Output, usageError } from './output.ts'
 import { tenantCommands } from './tenants.ts'
 import { tokenCommands } from './token.ts'
+import { webhookCommands } from './webhooks.ts'
 
 const ROOT = path.resolve(import.meta.dirname, '../..')
 
-const COMMANDS: Command[] = [...tenantCommands, ...keyCommands, ...dataCommands, ...databaseCommands, ...tokenCommands]
+const COMMANDS: Command[] = [
+  ...tenantCommands, ...keyCommands, ...dataCommands, ...databaseCommands, ...tokenCommands, ...webhookCommands,
+]
 const GROUPS: Record<string, string> = {
   tenants: 'Create, list, show, move and erase tenants; list erasure receipts',
   keys: 'Issue and revoke a tenant\'s API keys',
+  webhooks: 'Receive webhooks locally, for development',
 }
 
 function mainHelp (): string {

@@ -22,6 +22,8 @@ t.setTimeout(300_000)
 
 const ROOT = path.resolve(import.meta.dirname, '../..')
 const README_PORT_URL = 'http://127.0.0.1:3000'
+/** The webhook receiver's port in the README (in its URL and the listener's --port), rewritten to a free one. */
+const README_HOOK_PORT = /(127\.0\.0\.1:|--port )4000\b/g
 
 /** The walk-through's sh blocks, in order. */
 function walkthroughBlocks (readme: string): string[] {
@@ -67,7 +69,14 @@ t.test('the README walk-through runs as written against a server started as npm 
   const port = await freePort()
   const server = spawn(process.execPath, args, {
     cwd: ROOT,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', PORT: String(port), ...database },
+    // As the walk-through says to start it: its webhook goes to a receiver on 127.0.0.1.
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '',
+      PORT: String(port),
+      ...database,
+      WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   const served = collect(server)
@@ -87,6 +96,7 @@ t.test('the README walk-through runs as written against a server started as npm 
   t.match(startup, `user JWT secret (development, generated): ${path.join(dataDir, 'jwt-secret')}`,
     'and the generated JWT secret file')
 
+  const hookPort = String(await freePort())
   const curlHome = path.join(work, 'curl')
   await mkdir(curlHome)
   await writeFile(path.join(curlHome, '.curlrc'),
@@ -95,7 +105,10 @@ t.test('the README walk-through runs as written against a server started as npm 
   // Each block ends with a marker, so a failure says which block; `set -e` and pipefail make any failing
   // command, curl's HTTP errors included (--fail-with-body), end the run.
   const script = ['set -euo pipefail', 'trap \'echo "walkthrough: failed: $BASH_COMMAND" >&2\' ERR',
-    ...blocks.map((block, i) => `${block.replaceAll(README_PORT_URL, url)}\necho "walkthrough: block ${i + 1} done"`),
+    ...blocks.map((block, i) => {
+      const local = block.replaceAll(README_PORT_URL, url).replaceAll(README_HOOK_PORT, `$1${hookPort}`)
+      return `${local}\necho "walkthrough: block ${i + 1} done"`
+    }),
   ].join('\n')
   const bash = spawn('bash', ['-c', script], {
     cwd: work,
@@ -128,6 +141,9 @@ t.test('the README walk-through runs as written against a server started as npm 
   t.ok(lines.includes('{"role":"admin","status":"active"}'), 'the user accepted as admin')
   t.ok(lines.includes('{"role":"viewer","status":"active"}'), 'and became a viewer')
   t.match(run.stdout, /^\{"ok":true,"events":\d+,"complete":true\}$/m, 'the audit chain verifies')
+  t.ok(lines.includes('customer.created signature verified'), 'a webhook arrived, its signature verified')
+  t.ok(lines.includes('{"event_type":"customer.created","status":"succeeded","attempts":1}'),
+    'and its delivery is listed as succeeded')
   const last = lines.indexOf(`walkthrough: block ${blocks.length} done`)
   t.equal(lines[last - 1], '{"number":"INV-000001","status":"paid"}', 'after the import, the invoice is back, paid')
 
