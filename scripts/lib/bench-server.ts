@@ -55,7 +55,7 @@ export interface RunningServer { url: string, pid: number, stop: () => Promise<v
 export async function startServer (
   serverDir: string,
   urls: Dataset['urls'],
-  options: { workers: string, pool: string, profile: boolean }
+  options: { workers: string, pool: string, profile: boolean, env?: Record<string, string> }
 ): Promise<RunningServer> {
   // --profile: a V8 CPU profile of the server per process, in bench/profiles (open in Chrome DevTools).
   const profiling = options.profile ? ['--cpu-prof', '--cpu-prof-dir', path.resolve('bench/profiles')] : []
@@ -80,6 +80,7 @@ export async function startServer (
       WEB_CONCURRENCY: options.workers,
       DB_POOL_MAX: options.pool,
       KEY_USAGE_FLUSH_MS: '15000',
+      ...options.env,
     },
     stdio: ['ignore', 'inherit', 'pipe'],
   })
