@@ -1,7 +1,7 @@
 // npm run bench:webhooks -- [--tenants 20] [--seconds 10] [--rates 100,500] [--burst 3000] [--repeat 3]
 //
 // The asynchronous path, measured on one machine in one run, the server started as `npm start` starts it
-// (production mode, its job worker inside):
+// (its job worker inside; development mode, the only one that delivers to a receiver on 127.0.0.1):
 //   1. the cost of fan-out on POST /v1/invoices: the create load (16 connections) with every tenant's
 //      webhook endpoint disabled (the event is written, the trigger finds no endpoint) and enabled (a
 //      delivery row and a job per invoice, delivered by the worker meanwhile), alternated --repeat times;
@@ -81,6 +81,9 @@ async function main (): Promise<void> {
     pool: '10',
     profile: false,
     env: {
+      // The receiver is on 127.0.0.1, which production refuses to deliver to; development mode differs
+      // from production only in what it generates when unset, and everything is set here.
+      NODE_ENV: 'development',
       WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
       WEBHOOK_SECRET_KEY: Buffer.alloc(32, 7).toString('base64'),
     },

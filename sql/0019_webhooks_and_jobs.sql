@@ -119,26 +119,26 @@ CREATE FUNCTION event_type_matches(patterns text[], type text) RETURNS boolean
 
 -- The only way the runtime role enqueues: for the tenant it is bound to, a known task, naming a row
 -- of that tenant. It runs as the owner, so the runtime role needs no write access to the queue's
--- tables. Queue names give each tenant its own lanes: graphile_worker runs at most one job of a
--- named queue at a time, so one tenant holds at most 4 worker slots for webhooks (a ref always lands
--- in the same lane) and 1 for exports, however long its backlog or slow its endpoint.
+-- tables. Each job is flagged with its task's kind and its tenant: a worker skips the flags of the
+-- tenants that already hold their share of its slots (src/jobs/worker.ts), so one tenant's backlog
+-- or slow endpoint cannot take every slot.
 CREATE FUNCTION enqueue_tenant_job(task text, ref uuid, run_at timestamptz DEFAULT now()) RETURNS void
   LANGUAGE plpgsql VOLATILE SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
   AS $$
 DECLARE
   t uuid := public.current_tenant_id();
-  queue text;
+  flag text;
 BEGIN
   IF t IS NULL THEN
     RAISE EXCEPTION 'enqueue_tenant_job: no tenant is bound' USING ERRCODE = '42501';
   END IF;
   IF task = 'deliver_webhook' THEN
     PERFORM 1 FROM public.webhook_deliveries d WHERE d.tenant_id = t AND d.id = ref;
-    queue := 'webhooks:' || t || ':' || (hashtext(ref::text) & 3);
+    flag := 'webhooks:' || t;
   ELSIF task = 'tenant_export' THEN
     PERFORM 1 FROM public.tenant_exports e WHERE e.tenant_id = t AND e.id = ref;
-    queue := 'exports:' || t;
+    flag := 'exports:' || t;
   ELSE
     RAISE EXCEPTION 'enqueue_tenant_job: unknown task %', task USING ERRCODE = '22023';
   END IF;
@@ -148,8 +148,8 @@ BEGIN
   -- One queued job per row at most (the key): a retry enqueued while an earlier run of the same
   -- delivery is still running replaces nothing it should not, and never doubles the chain.
   PERFORM graphile_worker.add_job(task, json_build_object('tenant_id', t, 'ref', ref),
-                                  queue_name => queue, run_at => run_at, max_attempts => 10,
-                                  job_key => task || ':' || ref);
+                                  run_at => run_at, max_attempts => 10, job_key => task || ':' || ref,
+                                  flags => ARRAY[flag]);
 END $$;
 REVOKE ALL ON FUNCTION enqueue_tenant_job(text, uuid, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION enqueue_tenant_job(text, uuid, timestamptz) TO app;

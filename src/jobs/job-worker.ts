@@ -64,8 +64,8 @@ export async function startJobWorker (
       pollIntervalMs: config.WORKER_POLL_INTERVAL_MS,
       metrics,
       tenantTasks: {
-        deliver_webhook: deliverWebhookJob(webhookSettings(config), metrics),
-        tenant_export: runTenantExport,
+        deliver_webhook: { handler: deliverWebhookJob(webhookSettings(config), metrics), flag: 'webhooks', share: 4 },
+        tenant_export: { handler: runTenantExport, flag: 'exports', share: 1 },
       },
       ...(owner !== undefined && {
         systemTasks: { [MAINTENANCE_TASK]: async (jobLog) => { await maintenance(owner, config, jobLog) } },

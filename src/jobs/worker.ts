@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger } from 'fastify'
-import { makeWorkerUtils, run, type Runner, type Task, type WorkerEvents, type WorkerPool } from 'graphile-worker'
+import { run, type Runner, type Task, type WorkerEvents, type WorkerPool } from 'graphile-worker'
 import type pg from 'pg'
 import { logFailure } from '../log-failure.ts'
 import type { JobMetrics } from './job-metrics.ts'
@@ -9,9 +9,6 @@ import type { TenantJobHandler } from './types.ts'
 import { WorkerLease } from './worker-lease.ts'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
-
-/** How often emptied per-tenant queues are removed from the queue's bookkeeping (one row per name). */
-const QUEUE_GC_MS = 10 * 60_000
 
 export interface WorkerOptions {
   /**
@@ -25,8 +22,11 @@ export interface WorkerOptions {
   leaseMs: number
   /** SIGTERM: running jobs get this long to finish, then are handed back to the queue. */
   shutdownGraceMs: number
-  /** Tenant jobs by task name: their payload is {tenant_id, ref}. */
-  tenantTasks: Record<string, TenantJobHandler>
+  /**
+   * Tenant jobs by task name: their payload is {tenant_id, ref}; `share` is how many of this worker's
+   * slots one tenant may hold at once for the task (sql/0019 flags each job `<flag>:<tenant>`).
+   */
+  tenantTasks: Record<string, { handler: TenantJobHandler, flag: string, share: number }>
   /** Jobs with no tenant (the maintenance sweep): only where an owner connection is configured. */
   systemTasks?: Record<string, (log: FastifyBaseLogger) => Promise<void>>
   /** Job and queue metrics (registered where the caller chose: the server's /metrics). */
@@ -74,8 +74,13 @@ export async function startWorker (options: WorkerOptions): Promise<RunningWorke
 
   // Handlers still running when a forceful stop returns their jobs to the queue: the pool outlives them.
   const inFlight = new Set<Promise<void>>()
+  // Per-tenant fairness: the jobs running here by flag; a tenant at its share has its flag skipped
+  // when the next job is fetched, so the slots left go to other tenants' jobs, in queue order.
+  const running = new Map<string, { count: number, share: number }>()
+  const forbiddenFlags = (): string[] =>
+    [...running].filter(([, r]) => r.count >= r.share).map(([flag]) => flag)
   const taskList: Record<string, Task> = {}
-  for (const [name, handler] of Object.entries(options.tenantTasks)) {
+  for (const [name, { handler, flag, share }] of Object.entries(options.tenantTasks)) {
     taskList[name] = async (payload, helpers) => {
       const refs = tenantPayload(payload)
       if (refs === undefined) {
@@ -84,14 +89,19 @@ export async function startWorker (options: WorkerOptions): Promise<RunningWorke
         return
       }
       const jobLog = log.child({ tenant: refs.tenantId, job: helpers.job.id, task: name, ref: refs.ref })
-      const running = handler(
+      const key = `${flag}:${refs.tenantId}`
+      const held = running.get(key) ?? { count: 0, share }
+      held.count++
+      running.set(key, held)
+      const run = handler(
         { ...refs, jobId: helpers.job.id, attempt: helpers.job.attempts },
         { pool, log: jobLog, signal: helpers.abortSignal })
-      inFlight.add(running)
+      inFlight.add(run)
       try {
-        await running
+        await run
       } finally {
-        inFlight.delete(running)
+        inFlight.delete(run)
+        if (--held.count === 0) running.delete(key)
       }
     }
   }
@@ -107,27 +117,22 @@ export async function startWorker (options: WorkerOptions): Promise<RunningWorke
     logger: queueLogger(log),
     taskList,
     events,
+    forbiddenFlags,
     gracefulShutdownAbortTimeout: options.shutdownGraceMs,
   })
-  let utils: Awaited<ReturnType<typeof makeWorkerUtils>>
   try {
     await Promise.all(tracked)
-    utils = await makeWorkerUtils({ pgPool: pool, logger: queueLogger(log) })
   } catch (error) {
     // Nothing is left running when start-up fails: the caller ends the pool next.
     await runner.stop('start-up failed').catch(logFailure(log, 'stopping the job runner'))
     await lease.release().catch(logFailure(log, 'releasing the worker lease'))
     throw error
   }
-  const gc = setInterval(() => {
-    utils.cleanup({ tasks: ['GC_JOB_QUEUES'] }).catch(logFailure(log, 'removing emptied job queues'))
-  }, QUEUE_GC_MS).unref()
   log.info({ event: 'worker_started', concurrency: options.concurrency, tasks: Object.keys(taskList) },
     'job worker started')
 
   let stopping: Promise<void> | undefined
   const stop = async (): Promise<void> => {
-    clearInterval(gc)
     // Jobs still running when the grace period ends are failed back to the queue (retried later).
     let timer: NodeJS.Timeout | undefined
     const graceOver = new Promise<'over'>((resolve) => {
@@ -146,7 +151,6 @@ export async function startWorker (options: WorkerOptions): Promise<RunningWorke
       await runner.promise.catch(logFailure(log, 'job worker stop'))
       await Promise.allSettled([...inFlight])
     }
-    await utils.release()
     await lease.release()
     log.info({ event: 'worker_stopped' }, 'job worker stopped')
   }

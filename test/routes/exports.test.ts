@@ -74,12 +74,11 @@ t.test('an admin requests an export: 202 with its location, queued, enqueued and
   t.equal(Date.parse(created.expires_at!) - Date.parse(created.created_at), TTL_MS,
     'given up if it has not finished within the retention period')
   t.same(await query(ctx.db.adminUrl, `
-    SELECT j.payload, j.max_attempts, q.queue_name FROM graphile_worker._private_jobs j
+    SELECT j.payload, j.max_attempts, j.flags FROM graphile_worker._private_jobs j
       JOIN graphile_worker._private_tasks k ON k.id = j.task_id
-      JOIN graphile_worker._private_job_queues q ON q.id = j.job_queue_id
      WHERE k.identifier = 'tenant_export' AND j.payload->>'ref' = $1`, [created.id]),
-  [{ payload: { tenant_id: tenant.id, ref: created.id }, max_attempts: 10, queue_name: `exports:${tenant.id}` }],
-  'its job is queued, in the tenant\'s export lane, naming only tenant and export')
+  [{ payload: { tenant_id: tenant.id, ref: created.id }, max_attempts: 10, flags: { [`exports:${tenant.id}`]: true } }],
+  'its job is queued, flagged with the tenant\'s exports, naming only tenant and export')
 
   const audited = (await get(tenant, '/v1/audit-events?limit=1')).json<{ data: Array<Record<string, unknown>> }>()
   t.match(audited.data[0], { action: 'export.requested', resource: { type: 'export', id: created.id } })
