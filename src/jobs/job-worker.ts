@@ -34,9 +34,11 @@ export async function startJobWorker (
   const pool = createPool({
     connectionString: config.WORKER_DATABASE_URL ?? config.DB_LISTEN_URL ?? config.APP_DATABASE_URL,
     tls: config.databaseTls,
-    // Each running job holds at most one connection at a time; the queue adds its LISTEN and its own queries.
-    max: config.WORKER_CONCURRENCY + 3,
-    connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
+    // A job holds a connection only for its short transactions (never while it waits on a webhook), so
+    // a few serve every slot; the queue adds its LISTEN. Idle slots poll through the same few.
+    max: Math.min(config.WORKER_CONCURRENCY, 4) + 2,
+    // Slots wait their turn for a connection rather than fail: nobody is waiting on a job's answer.
+    connectTimeoutMs: Math.max(config.DB_CONNECT_TIMEOUT_MS, 30_000),
     applicationName: 'rowfence-worker',
     onIdleError: logFailure(log, 'an idle worker connection'),
     preparedStatements: config.DB_PREPARED_STATEMENTS,
