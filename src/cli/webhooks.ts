@@ -24,7 +24,9 @@ const listen: Command = {
     const port = Number(string('port') ?? '4000')
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw usageError('--port must be a port number')
     const count = string('count') === undefined ? Infinity : Number(string('count'))
-    if (!(count >= 1 && Number.isInteger(count))) throw usageError('--count must be a positive whole number')
+    if (count !== Infinity && !(count >= 1 && Number.isInteger(count))) {
+      throw usageError('--count must be a positive whole number')
+    }
     const secret = string('secret')
     const { verifyWebhook } = await import('../webhooks/signature.ts')
     if (secret !== undefined) {

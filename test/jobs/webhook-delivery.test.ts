@@ -1,12 +1,13 @@
 import t from 'tap'
 import pg from 'pg'
-import { withTenantTransaction } from '../../src/db/tenant-transaction.ts'
+import { TENANT_LOCK_SALT, withTenantTransaction } from '../../src/db/tenant-transaction.ts'
 import { deliverWebhookJob, retryDelayMs } from '../../src/jobs/deliver-webhook-job.ts'
 import { webhookSettings } from '../../src/webhooks/settings.ts'
 import { verifyWebhook } from '../../src/webhooks/signature.ts'
 import { loadConfig } from '../../src/config.ts'
 import { as, buildTestApp, provisionTenant, TEST_WEBHOOK_SECRET_KEY, type ProvisionedTenant } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
+import { holdTransaction, someoneWaits, waitUntil } from '../helpers/operator.ts'
 import { eventually, startReceiver, startTestWorker, type Receiver } from '../helpers/webhooks.ts'
 
 const ctx = await buildTestApp(t, { DB_POOL_MAX: 10, DB_POOL_QUEUE_MAX: 512, WEBHOOK_ALLOW_PRIVATE_TARGETS: true })
@@ -333,6 +334,22 @@ t.test('a job run again after its attempt was recorded sends nothing until the r
     context), 'an early run throws, for the queue to retry')
   await deliverWebhookJob(wrongKey)({ tenantId: tenant.id, ref: delivery!.id, jobId: 'j', attempt: 10 }, context)
   t.match(await deliveries(tenant.id), [{ status: 'failed', attempts: 2 }], 'the last one marks it failed')
+})
+
+t.test("a job for a tenant being moved waits for the move's lock, then delivers", async (t) => {
+  const tenant = await provisionTenant(ctx)
+  const receiver = await startReceiver(t)
+  await endpoint(tenant, receiver)
+  await customer(tenant, 'Moving')
+  // The lock a placement move or an erasure holds exclusively while it works (bind_tenant takes it shared).
+  const move = await holdTransaction(ctx.db.ownerUrl,
+    [['SELECT pg_advisory_xact_lock(hashtextextended($1::text, $2))', [tenant.id, TENANT_LOCK_SALT]]])
+  t.teardown(() => move.release())
+  await startTestWorker(t, ctx)
+  await waitUntil('the job to wait on the lock', async () => someoneWaits(ctx, /bind_tenant/))
+  t.equal(receiver.received.length, 0, 'nothing is sent while the tenant is held')
+  await move.release()
+  await eventually('the delivery once the move is over', async () => receiver.received.length === 1)
 })
 
 t.test('erasing a tenant removes its endpoints, deliveries and pending jobs', async (t) => {
