@@ -1,4 +1,4 @@
-import { lookup as dnsLookup } from 'node:dns'
+import { promises as dns } from 'node:dns'
 import http from 'node:http'
 import https from 'node:https'
 import { isIP, type LookupFunction, type Socket } from 'node:net'
@@ -143,10 +143,33 @@ class RefusedAddressError extends Error {
   constructor (readonly address: string, message: string) { super(message) }
 }
 
-function checkedLookup (allowPrivate: boolean): LookupFunction {
+/** RFC 6761: localhost and its subdomains are loopback, never a question for DNS. */
+const LOCAL_NAME = /^(.+\.)?localhost\.?$/i
+
+/**
+ * A name's addresses from DNS, asked through c-ares (dns.Resolver) with a timeout rather than through
+ * getaddrinfo: that one runs on libuv's small thread pool and cannot be abandoned, so a tenant's name
+ * whose nameserver never answers would hold those threads (and what else uses them: file I/O, crypto)
+ * long after the attempt gave up. /etc/hosts is not consulted; a webhook target is a public name.
+ */
+async function resolveAll (hostname: string, timeoutMs: number): Promise<Array<{ address: string, family: number }>> {
+  if (LOCAL_NAME.test(hostname)) return [{ address: '127.0.0.1', family: 4 }, { address: '::1', family: 6 }]
+  const resolver = new dns.Resolver({ timeout: Math.max(1, timeoutMs), tries: 1 })
+  const [v4, v6] = await Promise.allSettled([resolver.resolve4(hostname), resolver.resolve6(hostname)])
+  const found = [
+    ...(v4.status === 'fulfilled' ? v4.value.map((address) => ({ address, family: 4 })) : []),
+    ...(v6.status === 'fulfilled' ? v6.value.map((address) => ({ address, family: 6 })) : []),
+  ]
+  if (found.length === 0) {
+    if (v4.status === 'rejected') throw v4.reason
+    throw Object.assign(new Error(`${hostname} has no address`), { code: 'ENOTFOUND' })
+  }
+  return found
+}
+
+function checkedLookup (allowPrivate: boolean, timeoutMs: number): LookupFunction {
   return (hostname, options, callback) => {
-    dnsLookup(hostname, { ...options, all: true }, (error, addresses) => {
-      if (error !== null) { callback(error, ''); return }
+    resolveAll(hostname, timeoutMs).then((addresses) => {
       // Every address is judged, not only the first: Node may try them all (happy eyeballs).
       for (const { address } of addresses) {
         const kind = refusal(address, allowPrivate)
@@ -157,9 +180,8 @@ function checkedLookup (allowPrivate: boolean): LookupFunction {
       }
       const [first] = addresses
       if (options.all === true) callback(null, addresses)
-      else if (first !== undefined) callback(null, first.address, first.family)
-      else callback(Object.assign(new Error(`${hostname} has no address`), { code: 'ENOTFOUND' }), '')
-    })
+      else callback(null, first!.address, first!.family)
+    }, (error: NodeJS.ErrnoException) => { callback(error, '') })
   }
 }
 
@@ -211,7 +233,7 @@ function send (
       method: 'POST',
       headers: sent,
       agent: false,
-      lookup: options.lookup ?? checkedLookup(options.allowPrivate),
+      lookup: options.lookup ?? checkedLookup(options.allowPrivate, options.connectTimeoutMs),
     })
 
     let settled = false
