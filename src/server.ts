@@ -3,6 +3,7 @@
 // forks that many workers sharing the port; each serves with the same resolved configuration.
 import cluster from 'node:cluster'
 import closeWithGrace from 'close-with-grace'
+import { pino } from 'pino'
 import { buildApp } from './app.ts'
 import { startJobWorker } from './jobs/job-worker.ts'
 import { ConfigError, loadConfig, type Config, type ResolvedConfig } from './config.ts'
@@ -14,7 +15,6 @@ import { prepare, queueGaugesOnly, start } from './main.ts'
 
 const say = (line: string): void => { process.stderr.write(`rowfence: ${line}\n`) }
 const WORKER_CONFIG = 'ROWFENCE_WORKER_CONFIG'
-const RUNS_JOBS = 'ROWFENCE_RUNS_JOBS'
 
 /** How long a shutdown may take before the process exits anyway: requests' 10 s, or the jobs' grace and a margin. */
 const shutdownDelayMs = (config: Config): number => Math.max(10_000, config.WORKER_SHUTDOWN_GRACE_MS + 5000)
@@ -51,13 +51,7 @@ async function primary (): Promise<void> {
   const prepared = await prepare(config, { log: say })
   let stopping = false
   const env = { [WORKER_CONFIG]: JSON.stringify(prepared.config) }
-  // One of the processes also runs the job worker (RUN_WORKER); its replacement, if it dies, takes it over.
-  let jobsIn: number | undefined
-  const fork = (): void => {
-    const runsJobs = prepared.config.RUN_WORKER && jobsIn === undefined
-    const child = cluster.fork({ ...env, [RUNS_JOBS]: runsJobs ? '1' : '' })
-    if (runsJobs) jobsIn = child.id
-  }
+  const fork = (): void => { cluster.fork(env) }
   let announced = false
   let recorded: RecordedServer | undefined
   cluster.on('message', (_worker, message: { listening?: string }) => {
@@ -75,22 +69,26 @@ async function primary (): Promise<void> {
     }
   })
   cluster.on('exit', (worker, code, signal) => {
-    if (worker.id === jobsIn) jobsIn = undefined
     if (stopping) return
     say(`worker ${worker.process.pid} exited (${signal ?? code}); starting another`)
     fork()
   })
   for (let i = 0; i < config.WEB_CONCURRENCY; i++) fork()
+  // The job worker, here in the primary: it serves no request, so jobs never delay one. Its job counters
+  // are in its log lines; the queue's gauges are on every serving process's /metrics.
+  const jobs = prepared.config.RUN_WORKER
+    ? await startJobWorker(prepared.config, pino({ level: config.LOG_LEVEL }).child({ component: 'worker' }))
+    : undefined
   closeWithGrace({ delay: shutdownDelayMs(config) + 5000 }, async ({ signal }) => {
     stopping = true
     recorded?.remove()
-    say(`shutting down on ${signal ?? 'request'}: letting workers finish in-flight requests`)
-    await Promise.all(Object.values(cluster.workers ?? {}).map(async (worker) => {
+    say(`shutting down on ${signal ?? 'request'}: letting workers finish in-flight requests and jobs`)
+    await Promise.all([jobs?.stop(), ...Object.values(cluster.workers ?? {}).map(async (worker) => {
       if (worker === undefined || worker.isDead()) return
       const exited = new Promise((resolve) => worker.once('exit', resolve))
       worker.process.kill('SIGTERM')
       await exited
-    }))
+    })])
     await prepared.embedded?.stop()
   })
 }
@@ -98,12 +96,11 @@ async function primary (): Promise<void> {
 async function worker (): Promise<void> {
   const config = JSON.parse(process.env[WORKER_CONFIG]!) as ResolvedConfig
   const app = await buildApp(config)
-  const jobs = process.env[RUNS_JOBS] === '1'
-    ? await startJobWorker(config, app.log.child({ component: 'worker' }), app.metrics)
-    : queueGaugesOnly(app)
+  // The job worker runs in the primary, which serves no request: its work never delays one here.
+  queueGaugesOnly(app)
   closeWithGrace({ delay: shutdownDelayMs(config) }, async ({ err }) => {
     if (err !== undefined) app.log.error({ err }, 'worker shutting down after an unexpected error')
-    await Promise.all([app.close(), jobs?.stop()])
+    await app.close()
   })
   const address = await app.listen({ host: config.HOST, port: config.PORT })
   process.send?.({ listening: address })

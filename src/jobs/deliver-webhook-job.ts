@@ -5,7 +5,7 @@ import type { DB, WebhookEndpoints } from '../db/schema.ts'
 import { withTenantTransaction } from '../db/tenant-transaction.ts'
 import { toEvent } from '../mappers/events.ts'
 import { toWebhookEndpoint } from '../mappers/webhooks.ts'
-import { findEvent } from '../repositories/events.ts'
+import type { EventRow } from '../repositories/events.ts'
 import { postWebhook, type DeliveryOutcome } from '../webhooks/safe-request.ts'
 import { openSecret, parseServerKey } from '../webhooks/secret-box.ts'
 import type { WebhookSettings } from '../webhooks/settings.ts'
@@ -31,8 +31,27 @@ export function retryDelayMs (attempt: number, baseMs: number, random: () => num
 
 type Endpoint = Selectable<WebhookEndpoints>
 
+/** The delivery with its endpoint and its event (null columns: the endpoint or the event is gone). */
+interface PlanRow extends Pick<EventRow, 'type' | 'resource_type' | 'resource_id' | 'data' | 'request_id' |
+  'actor_type' | 'actor_id' | 'created_at'> {
+  status: string
+  attempts: number
+  due: boolean
+  endpoint_id: string | null
+  url: string
+  endpoint_status: string | null
+  secret_sealed: string
+  previous_secret_sealed: string | null
+  previous_secret_expires_at: Date | null
+  failing_since: Date | null
+  event_id: string | null
+}
+
 /** The secrets that sign now: the current one, and the previous one during its grace period. */
-function signingSecrets (key: Buffer, tenantId: string, endpoint: Endpoint, now: Date): string[] {
+function signingSecrets (
+  key: Buffer, tenantId: string,
+  endpoint: Pick<Endpoint, 'id' | 'secret_sealed' | 'previous_secret_sealed' | 'previous_secret_expires_at'>, now: Date
+): string[] {
   const context = `${tenantId}:${endpoint.id}`
   const secrets = [openSecret(key, endpoint.secret_sealed, context)]
   const expires = endpoint.previous_secret_expires_at
@@ -44,7 +63,16 @@ function signingSecrets (key: Buffer, tenantId: string, endpoint: Endpoint, now:
 
 type Plan =
   | { kind: 'nothing', why: string }
-  | { kind: 'send', url: string, body: string, headers: Record<string, string>, endpointId: string, attempts: number }
+  | {
+    kind: 'send',
+    url: string,
+    body: string,
+    headers: Record<string, string>,
+    endpointId: string,
+    attempts: number,
+    /** The endpoint had failed before: a success clears that. */
+    failing: boolean,
+  }
 
 /**
  * One attempt of one delivery: read what to send under the tenant's binding, send it outside any
@@ -68,38 +96,47 @@ export function deliverWebhookJob (settings: WebhookSettings, metrics?: JobMetri
         'WEBHOOK_SECRET_KEY is not set: the delivery waits (retried in 5 minutes)')
       return
     }
+    // One statement reads the delivery, its endpoint and its event, sent with BEGIN and the binding in
+    // one write (holdWrites): a tenant that no longer exists, or a ref of another tenant, finds no row.
     const plan = await withTenantTransaction(pool, job.tenantId, async (trx): Promise<Plan> => {
-      const binding = await trx.ready
-      if (binding.shard === null) return { kind: 'nothing', why: 'the tenant no longer exists' }
-      // Due by the database's clock, the one the queue runs the retry by (run_at = next_attempt_at).
-      const delivery = await trx.db.selectFrom('webhook_deliveries').selectAll()
-        .select(sql<boolean>`next_attempt_at IS NULL OR next_attempt_at <= now()`.as('due'))
-        .where('tenant_id', '=', job.tenantId).where('id', '=', job.ref).executeTakeFirst()
-      if (delivery === undefined) return { kind: 'nothing', why: 'no such delivery in this tenant' }
-      if (delivery.status !== 'pending') return { kind: 'nothing', why: `the delivery is already ${delivery.status}` }
+      const { rows: [found] } = await sql<PlanRow>`
+        SELECT d.status, d.attempts, d.next_attempt_at IS NULL OR d.next_attempt_at <= now() AS due,
+               w.id AS endpoint_id, w.url, w.status AS endpoint_status, w.secret_sealed, w.previous_secret_sealed,
+               w.previous_secret_expires_at, w.failing_since,
+               e.id AS event_id, e.type, e.resource_type, e.resource_id, e.data, e.request_id, e.actor_type,
+               e.actor_id, e.created_at
+          FROM webhook_deliveries d
+          LEFT JOIN webhook_endpoints w ON w.tenant_id = d.tenant_id AND w.id = d.endpoint_id
+          LEFT JOIN events e ON e.tenant_id = d.tenant_id AND e.id = d.event_id AND e.shard = tenant_shard()
+         WHERE d.tenant_id = ${job.tenantId}::uuid AND d.id = ${job.ref}::uuid`.execute(trx.db)
+      if (found === undefined) return { kind: 'nothing', why: 'no such delivery in this tenant' }
+      if (found.status !== 'pending') return { kind: 'nothing', why: `the delivery is already ${found.status}` }
       // A run whose attempt was recorded (its worker died before the queue heard of it): the retry
-      // that attempt enqueued is the one to send, at its time.
-      if (!delivery.due) {
-        return { kind: 'nothing', why: 'its next attempt is not due yet' }
-      }
-      const endpoint = await trx.db.selectFrom('webhook_endpoints').selectAll()
-        .where('tenant_id', '=', job.tenantId).where('id', '=', delivery.endpoint_id).executeTakeFirst()
-      const event = await findEvent(trx.db, delivery.event_id)
-      const cancel = endpoint === undefined || endpoint.status !== 'enabled'
+      // that attempt enqueued is the one to send, at its time (the database's clock: run_at = next_attempt_at).
+      if (!found.due) return { kind: 'nothing', why: 'its next attempt is not due yet' }
+      const cancel = found.endpoint_id === null || found.endpoint_status !== 'enabled'
         ? 'its endpoint is disabled'
-        : event === undefined ? 'its event has expired' : undefined
-      if (cancel !== undefined || endpoint === undefined || event === undefined) {
+        : found.event_id === null ? 'its event has expired' : undefined
+      if (cancel !== undefined || found.endpoint_id === null || found.event_id === null) {
         await trx.db.updateTable('webhook_deliveries').set({ status: 'canceled', next_attempt_at: null })
           .where('tenant_id', '=', job.tenantId).where('id', '=', job.ref).execute()
         return { kind: 'nothing', why: `canceled: ${cancel ?? ''}` }
       }
       const now = new Date()
-      const shown = toEvent(event)
+      const shown = toEvent({ ...found, tenant_id: job.tenantId, id: found.event_id, shard: 0 })
       const body = JSON.stringify({ type: shown.type, timestamp: shown.created_at, data: shown })
-      const headers = webhookHeaders(signingSecrets(key, job.tenantId, endpoint, now), event.id,
-        Math.floor(now.getTime() / 1000), body)
-      return { kind: 'send', url: endpoint.url, body, headers, endpointId: endpoint.id, attempts: delivery.attempts }
-    })
+      const secrets = signingSecrets(key, job.tenantId, { ...found, id: found.endpoint_id }, now)
+      const headers = webhookHeaders(secrets, found.event_id, Math.floor(now.getTime() / 1000), body)
+      return {
+        kind: 'send',
+        url: found.url,
+        body,
+        headers,
+        endpointId: found.endpoint_id,
+        attempts: found.attempts,
+        failing: found.failing_since !== null,
+      }
+    }, { holdWrites: true })
     if (plan.kind === 'nothing') {
       log.info({ event: 'webhook_skipped', why: plan.why }, 'webhook delivery: nothing to send')
       return
@@ -153,7 +190,7 @@ interface Recorded {
 }
 
 async function recordAttempt (
-  db: Kysely<DB>, job: TenantJob, plan: { endpointId: string, attempts: number },
+  db: Kysely<DB>, job: TenantJob, plan: { endpointId: string, attempts: number, failing: boolean },
   outcome: DeliveryOutcome, settings: WebhookSettings
 ): Promise<Recorded | undefined> {
   const { endpointId } = plan
@@ -181,9 +218,10 @@ async function recordAttempt (
       .where('tenant_id', '=', job.tenantId).where('id', '=', job.ref).execute()
   if (outcome.ok) {
     await settle('succeeded', null)
-    await db.updateTable('webhook_endpoints').set({ failing_since: null })
-      .where('tenant_id', '=', job.tenantId).where('id', '=', endpointId).where('failing_since', 'is not', null)
-      .execute()
+    if (plan.failing) {
+      await db.updateTable('webhook_endpoints').set({ failing_since: null })
+        .where('tenant_id', '=', job.tenantId).where('id', '=', endpointId).execute()
+    }
     return { attempt, next: null }
   }
   let next: string
