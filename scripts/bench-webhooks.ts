@@ -18,13 +18,8 @@ import { parseArgs } from 'node:util'
 import pg from 'pg'
 import { startEmbedded } from '../src/ops/embedded.ts'
 import { benchKey } from './lib/bench-data.ts'
-import { median, processStats, runLoad, say } from './lib/bench-runners.ts'
+import { median, processStats, quantile, runLoad, say } from './lib/bench-runners.ts'
 import { prepareDataset, startServer } from './lib/bench-server.ts'
-
-const quantile = (xs: number[], q: number): number => {
-  const sorted = [...xs].sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN
-}
 
 /** A receiver that answers 204 and notes when each resource's webhook arrived (by the resource id). */
 async function startReceiver (): Promise<{ url: string, arrived: Map<string, number>, close: () => void }> {
@@ -163,7 +158,7 @@ async function main (): Promise<void> {
       const latencies = [...committed].flatMap(([id, at]) => {
         const got = receiver.arrived.get(id)
         return got === undefined ? [] : [Math.max(0, got - at)]
-      })
+      }).sort((a, b) => a - b)
       const row = {
         offered_per_s: rate,
         created: committed.size,

@@ -4,7 +4,7 @@ import pg from 'pg'
 import { buildApp } from './app.ts'
 import { jwtSettings, type Config, type ResolvedConfig } from './config.ts'
 import { readOrCreateSecretFile, startEmbedded, type EmbeddedDatabase } from './ops/embedded.ts'
-import { JobMetrics } from './jobs/job-metrics.ts'
+import { registerQueueGauges } from './jobs/job-metrics.ts'
 import { startJobWorker } from './jobs/job-worker.ts'
 import type { RunningWorker } from './jobs/worker.ts'
 import { migrate } from './ops/migrate.ts'
@@ -156,8 +156,7 @@ export async function prepare (config: Config, options: StartOptions = {}): Prom
  * database); the counters of jobs run stay with the workers' logs.
  */
 export function queueGaugesOnly (app: FastifyInstance): undefined {
-  // eslint-disable-next-line no-new -- registering in app.metrics is the whole effect
-  new JobMetrics(app.dbPool, app.metrics)
+  registerQueueGauges(app.dbPool, app.metrics)
   return undefined
 }
 

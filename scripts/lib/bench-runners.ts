@@ -22,7 +22,8 @@ export interface LoadJob {
   invoices: number,
 }
 
-function quantile (sorted: number[], q: number): number {
+/** The q-quantile of values sorted ascending. */
+export function quantile (sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN
 }
 

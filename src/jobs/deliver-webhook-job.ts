@@ -1,11 +1,12 @@
-import { sql, type Kysely, type Selectable } from 'kysely'
+import { sql, type Kysely } from 'kysely'
 import type pg from 'pg'
 import { auditSystem } from '../audit.ts'
-import type { DB, WebhookEndpoints } from '../db/schema.ts'
+import type { DB } from '../db/schema.ts'
 import { withTenantTransaction } from '../db/tenant-transaction.ts'
 import { toEvent } from '../mappers/events.ts'
 import { toWebhookEndpoint } from '../mappers/webhooks.ts'
 import type { EventRow } from '../repositories/events.ts'
+import type { WebhookEndpointRow } from '../repositories/webhook-endpoints.ts'
 import { postWebhook, type DeliveryOutcome } from '../webhooks/safe-request.ts'
 import { openSecret, parseServerKey } from '../webhooks/secret-box.ts'
 import type { WebhookSettings } from '../webhooks/settings.ts'
@@ -29,8 +30,6 @@ export function retryDelayMs (attempt: number, baseMs: number, random: () => num
   return Math.round(nominal * (0.8 + 0.4 * random()))
 }
 
-type Endpoint = Selectable<WebhookEndpoints>
-
 /** The delivery with its endpoint and its event (null columns: the endpoint or the event is gone). */
 interface PlanRow extends Pick<EventRow, 'type' | 'resource_type' | 'resource_id' | 'data' | 'request_id' |
   'actor_type' | 'actor_id' | 'created_at'> {
@@ -47,11 +46,11 @@ interface PlanRow extends Pick<EventRow, 'type' | 'resource_type' | 'resource_id
   event_id: string | null
 }
 
+type SealedSecrets = Pick<WebhookEndpointRow, 'id' | 'secret_sealed' | 'previous_secret_sealed' |
+  'previous_secret_expires_at'>
+
 /** The secrets that sign now: the current one, and the previous one during its grace period. */
-function signingSecrets (
-  key: Buffer, tenantId: string,
-  endpoint: Pick<Endpoint, 'id' | 'secret_sealed' | 'previous_secret_sealed' | 'previous_secret_expires_at'>, now: Date
-): string[] {
+function signingSecrets (key: Buffer, tenantId: string, endpoint: SealedSecrets, now: Date): string[] {
   const context = `${tenantId}:${endpoint.id}`
   const secrets = [openSecret(key, endpoint.secret_sealed, context)]
   const expires = endpoint.previous_secret_expires_at
@@ -174,15 +173,13 @@ export function deliverWebhookJob (settings: WebhookSettings, metrics?: JobMetri
     try {
       await attemptOnce(job, context)
     } catch (error) {
-      if (job.attempt < JOB_MAX_ATTEMPTS || context.signal.aborted) throw error
+      if (job.attempt < job.maxAttempts || context.signal.aborted) throw error
       context.log.error({ event: 'webhook_failed', err: error }, 'webhook delivery failed for good')
       await failForGood(context.pool, job, error)
     }
   }
 }
 
-/** The queue's own retries of a job that throws (max_attempts in sql/0019's enqueue_tenant_job). */
-export const JOB_MAX_ATTEMPTS = 10
 interface Recorded {
   attempt: number
   /** What follows a failure: another attempt at that time, or none. */

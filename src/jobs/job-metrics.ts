@@ -44,46 +44,7 @@ export class JobMetrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     })
-    // Read from the queue on each scrape: one aggregate over the jobs table, shared by both gauges.
-    let scrape: Promise<QueueRow[]> | undefined
-    const queue = async (): Promise<QueueRow[]> => {
-      scrape ??= pool.query<QueueRow>(`
-        SELECT t.identifier AS task,
-               count(*) FILTER (WHERE j.locked_at IS NULL AND j.run_at <= now()) AS ready,
-               count(*) FILTER (WHERE j.locked_at IS NULL AND j.run_at > now()) AS scheduled,
-               count(*) FILTER (WHERE j.locked_at IS NOT NULL) AS running,
-               extract(epoch FROM now() - min(j.run_at)
-                 FILTER (WHERE j.locked_at IS NULL AND j.run_at <= now()))::float8
-                 AS oldest_ready_s
-          FROM graphile_worker._private_jobs j JOIN graphile_worker._private_tasks t ON t.id = j.task_id
-         WHERE j.attempts < j.max_attempts
-         GROUP BY t.identifier`).then((r) => r.rows).finally(() => { setImmediate(() => { scrape = undefined }) })
-      return scrape
-    }
-    registry.registerMetric(new Gauge({
-      name: 'rowfence_job_queue_depth',
-      help: 'jobs in the queue by task and state (ready to run, scheduled for later, running)',
-      labelNames: ['task', 'state'],
-      registers: [],
-      async collect () {
-        this.reset()
-        for (const row of await queue()) {
-          this.set({ task: row.task, state: 'ready' }, Number(row.ready))
-          this.set({ task: row.task, state: 'scheduled' }, Number(row.scheduled))
-          this.set({ task: row.task, state: 'running' }, Number(row.running))
-        }
-      },
-    }))
-    registry.registerMetric(new Gauge({
-      name: 'rowfence_job_queue_oldest_ready_seconds',
-      help: 'how long the oldest job ready to run has waited, by task',
-      labelNames: ['task'],
-      registers: [],
-      async collect () {
-        this.reset()
-        for (const row of await queue()) this.set({ task: row.task }, row.oldest_ready_s ?? 0)
-      },
-    }))
+    registerQueueGauges(pool, registry)
   }
 
   observe (events: WorkerEvents): void {
@@ -102,4 +63,51 @@ export class JobMetrics {
     this.#deliveries.inc({ outcome })
     if (seconds !== null) this.#deliverySeconds.observe({ outcome }, seconds)
   }
+}
+
+/**
+ * The queue as it stands, read from the database on each scrape: jobs by task and state, and how long the
+ * oldest ready one has waited. Any instance can show them, whether or not it runs a worker.
+ */
+export function registerQueueGauges (pool: pg.Pool, registry: Registry): void {
+  // Read from the queue on each scrape: one aggregate over the jobs table, shared by both gauges.
+  let scrape: Promise<QueueRow[]> | undefined
+  const queue = async (): Promise<QueueRow[]> => {
+    scrape ??= pool.query<QueueRow>(`
+      SELECT t.identifier AS task,
+             count(*) FILTER (WHERE j.locked_at IS NULL AND j.run_at <= now()) AS ready,
+             count(*) FILTER (WHERE j.locked_at IS NULL AND j.run_at > now()) AS scheduled,
+             count(*) FILTER (WHERE j.locked_at IS NOT NULL) AS running,
+             extract(epoch FROM now() - min(j.run_at)
+               FILTER (WHERE j.locked_at IS NULL AND j.run_at <= now()))::float8
+               AS oldest_ready_s
+        FROM graphile_worker._private_jobs j JOIN graphile_worker._private_tasks t ON t.id = j.task_id
+       WHERE j.attempts < j.max_attempts
+       GROUP BY t.identifier`).then((r) => r.rows).finally(() => { setImmediate(() => { scrape = undefined }) })
+    return scrape
+  }
+  registry.registerMetric(new Gauge({
+    name: 'rowfence_job_queue_depth',
+    help: 'jobs in the queue by task and state (ready to run, scheduled for later, running)',
+    labelNames: ['task', 'state'],
+    registers: [],
+    async collect () {
+      this.reset()
+      for (const row of await queue()) {
+        this.set({ task: row.task, state: 'ready' }, Number(row.ready))
+        this.set({ task: row.task, state: 'scheduled' }, Number(row.scheduled))
+        this.set({ task: row.task, state: 'running' }, Number(row.running))
+      }
+    },
+  }))
+  registry.registerMetric(new Gauge({
+    name: 'rowfence_job_queue_oldest_ready_seconds',
+    help: 'how long the oldest job ready to run has waited, by task',
+    labelNames: ['task'],
+    registers: [],
+    async collect () {
+      this.reset()
+      for (const row of await queue()) this.set({ task: row.task }, row.oldest_ready_s ?? 0)
+    },
+  }))
 }

@@ -25,8 +25,6 @@ import type { TenantJob, TenantJobHandler } from './types.ts'
 export const CHUNK_BYTES = 256 * 1024
 /** Rows per query while filling a chunk. */
 const PAGE_ROWS = 200
-/** enqueue_tenant_job's max_attempts (sql/0019): the last attempt to fail records the export as failed. */
-export const EXPORT_MAX_ATTEMPTS = 10
 const FAILED = 'the export could not be completed; request a new one'
 
 export interface TenantExportOptions {
@@ -48,7 +46,8 @@ export function tenantExportJob (options: TenantExportOptions = {}): TenantJobHa
         log.info({ exportId: job.ref, ...result }, `tenant export ${result.finished ? 'ready' : 'stopped: superseded'}`)
       }
     } catch (error) {
-      if (job.attempt >= EXPORT_MAX_ATTEMPTS && !context.signal.aborted) {
+      // The queue's last run of it: the export is recorded as failed rather than left queued.
+      if (job.attempt >= job.maxAttempts && !context.signal.aborted) {
         await markFailed(context.pool, job).catch(logFailure(log, 'recording a tenant export as failed'))
       }
       throw error

@@ -13,6 +13,8 @@ export interface TenantJob {
   jobId: string
   /** 1 on the first run; more when the job failed (threw) or its worker died and it runs again. */
   attempt: number
+  /** The queue's limit (enqueue_tenant_job's max_attempts): a run at it that throws is the last one. */
+  maxAttempts: number
 }
 
 export interface JobContext {

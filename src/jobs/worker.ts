@@ -94,7 +94,7 @@ export async function startWorker (options: WorkerOptions): Promise<RunningWorke
       held.count++
       running.set(key, held)
       const run = handler(
-        { ...refs, jobId: helpers.job.id, attempt: helpers.job.attempts },
+        { ...refs, jobId: helpers.job.id, attempt: helpers.job.attempts, maxAttempts: helpers.job.max_attempts },
         { pool, log: jobLog, signal: helpers.abortSignal })
       inFlight.add(run)
       try {

@@ -91,16 +91,3 @@ export async function startTestWorker (
   t.teardown(async () => { if (!stopped) await worker.stop() })
   return { ...worker, stop: async () => { stopped = true; await worker.stop() } }
 }
-
-/** Polls until `check` holds (or fails the wait after `timeoutMs`), for state the worker reaches in its own time. */
-export async function eventually<T> (
-  what: string, check: () => Promise<T | undefined | false>, timeoutMs = 15_000
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await check()
-    if (value !== undefined && value !== false) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-}

@@ -79,7 +79,7 @@ async function populate (who: ProvisionedTenant): Promise<{ sealed: string[] }> 
 const small = { chunkBytes: 2048, pageRows: 3 }
 
 const job = (who: { id: string }, ref: string, attempt = 1): TenantJob =>
-  ({ tenantId: who.id, ref, jobId: randomBytes(4).toString('hex'), attempt })
+  ({ tenantId: who.id, ref, jobId: randomBytes(4).toString('hex'), attempt, maxAttempts: 10 })
 
 async function requestExport (who: ProvisionedTenant): Promise<string> {
   const res = await ctx.app.inject(as(who, { method: 'POST', url: '/v1/exports' }))

@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import pg from 'pg'
 import { TENANT_LOCK_SALT, withTenantTransaction } from '../../src/db/tenant-transaction.ts'
 import { deliverWebhookJob, retryDelayMs } from '../../src/jobs/deliver-webhook-job.ts'
@@ -8,7 +8,7 @@ import { loadConfig } from '../../src/config.ts'
 import { as, buildTestApp, provisionTenant, TEST_WEBHOOK_SECRET_KEY, type ProvisionedTenant } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
 import { holdTransaction, someoneWaits, waitUntil } from '../helpers/operator.ts'
-import { eventually, startReceiver, startTestWorker, type Receiver } from '../helpers/webhooks.ts'
+import { startReceiver, startTestWorker, type Receiver } from '../helpers/webhooks.ts'
 
 const ctx = await buildTestApp(t, { DB_POOL_MAX: 10, DB_POOL_QUEUE_MAX: 512, WEBHOOK_ALLOW_PRIVATE_TARGETS: true })
 const admin = { authorization: `Bearer ${ctx.adminToken}` }
@@ -36,6 +36,23 @@ const deliveries = async (tenantId: string): Promise<Array<{ id: string, status:
 const jobsOf = async (tenantId: string): Promise<unknown[]> =>
   query(ctx.db.adminUrl, "SELECT id FROM graphile_worker._private_jobs WHERE payload->>'tenant_id' = $1", [tenantId])
 
+/**
+ * The delivery handler run directly, as a worker runs one job (of the queue's 10 attempts at most), on
+ * a pool of the runtime role of its own; `secretKey` other than the app's: a key that opens nothing.
+ */
+function directRuns (t: Test, secretKey = TEST_WEBHOOK_SECRET_KEY): {
+  pool: pg.Pool, deliver: (job: { tenantId: string, ref: string, attempt: number }) => Promise<void>
+} {
+  const pool = new pg.Pool({ connectionString: ctx.db.appUrl, max: 2 })
+  t.teardown(() => pool.end())
+  const settings = webhookSettings({
+    ...loadConfig({}), WEBHOOK_SECRET_KEY: secretKey, WEBHOOK_ALLOW_PRIVATE_TARGETS: true,
+  })
+  const handler = deliverWebhookJob(settings)
+  const context = { pool, log: ctx.app.log, signal: new AbortController().signal }
+  return { pool, deliver: (job) => handler({ ...job, jobId: `direct-${job.attempt}`, maxAttempts: 10 }, context) }
+}
+
 t.test('retries back off 4 times longer each, capped at 12 hours, with ±20% jitter, over about a day', async (t) => {
   t.equal(retryDelayMs(1, 15_000, () => 0.5), 15_000)
   t.equal(retryDelayMs(2, 15_000, () => 0.5), 60_000)
@@ -56,7 +73,7 @@ t.test('an event arrives signed per Standard Webhooks, webhook-id = the event id
   const hook = await endpoint(tenant, receiver)
   await startTestWorker(t, ctx)
   const customerId = await customer(tenant, 'Ada')
-  await eventually('the delivery', async () => receiver.received.length === 1)
+  await waitUntil('the delivery', async () => receiver.received.length === 1)
   const [request] = receiver.received
   t.ok(verifyWebhook(hook.secret, request!.headers, request!.body), 'the signature verifies with the secret')
   t.notOk(verifyWebhook(hook.secret, request!.headers, request!.body.replace('Ada', 'Eve')), 'and only that body')
@@ -67,7 +84,7 @@ t.test('an event arrives signed per Standard Webhooks, webhook-id = the event id
   const [event] = await query(ctx.db.adminUrl, 'SELECT id FROM events WHERE tenant_id = $1 AND resource_id = $2',
     [tenant.id, customerId])
   t.equal(body.data.id, (event as { id: string }).id)
-  await eventually('the delivery settles', async () => (await deliveries(tenant.id))[0]?.status === 'succeeded')
+  await waitUntil('the delivery settles', async () => (await deliveries(tenant.id))[0]?.status === 'succeeded')
   const res = await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/webhook-endpoints/${hook.id}/deliveries` }))
   t.equal(res.statusCode, 200)
   const listed = JSON.stringify(res.json())
@@ -81,7 +98,7 @@ t.test('metrics count jobs and deliveries, with no label per tenant', async (t) 
   await endpoint(tenant, receiver)
   await startTestWorker(t, ctx, {}, { metrics: true })
   await customer(tenant, 'Counted')
-  await eventually('the delivery', async () => (await deliveries(tenant.id))[0]?.status === 'succeeded')
+  await waitUntil('the delivery', async () => (await deliveries(tenant.id))[0]?.status === 'succeeded')
   const res = await ctx.app.inject({ method: 'GET', url: '/metrics', headers: admin })
   t.equal(res.statusCode, 200)
   t.match(res.body, /^rowfence_webhook_deliveries_total\{outcome="succeeded"\} [1-9]/m)
@@ -124,8 +141,8 @@ t.test('200 concurrent writes: 200 events, each delivered, none twice', async (t
   const created = await query<{ n: number }>(ctx.db.adminUrl,
     "SELECT count(*)::int AS n FROM events WHERE tenant_id = $1 AND type = 'customer.created'", [tenant.id])
   t.equal(created[0]!.n, 200)
-  await eventually('200 deliveries', async () => receiver.received.length >= 200, 60_000)
-  await eventually('all settled', async () => (await deliveries(tenant.id)).every((d) => d.status === 'succeeded'))
+  await waitUntil('200 deliveries', async () => receiver.received.length >= 200, 60_000)
+  await waitUntil('all settled', async () => (await deliveries(tenant.id)).every((d) => d.status === 'succeeded'))
   t.equal(receiver.ids().size, 200, '200 distinct webhook-ids')
   t.equal(receiver.received.length, 200, 'none twice')
 })
@@ -137,7 +154,7 @@ t.test('a failing endpoint is retried with backoff until it answers', async (t) 
   await endpoint(tenant, receiver)
   await startTestWorker(t, ctx)
   await customer(tenant, 'Retried')
-  await eventually('success on the third attempt', async () =>
+  await waitUntil('success on the third attempt', async () =>
     (await deliveries(tenant.id))[0]?.status === 'succeeded')
   const attempts = await query<{ attempt: number, status_code: number, response_excerpt: string }>(ctx.db.adminUrl,
     'SELECT attempt, status_code, response_excerpt FROM webhook_attempts WHERE tenant_id = $1 ORDER BY attempt',
@@ -154,7 +171,7 @@ t.test('attempts run out; an endpoint failing for long enough is disabled, with 
   const hook = await endpoint(tenant, receiver)
   await startTestWorker(t, ctx, { WEBHOOK_MAX_ATTEMPTS: 3, WEBHOOK_DISABLE_AFTER_MS: 60_000 })
   await customer(tenant, 'First')
-  await eventually('the delivery to give up', async () => (await deliveries(tenant.id))[0]?.status === 'failed')
+  await waitUntil('the delivery to give up', async () => (await deliveries(tenant.id))[0]?.status === 'failed')
   t.equal((await deliveries(tenant.id))[0]!.attempts, 3, 'WEBHOOK_MAX_ATTEMPTS attempts')
   const failing = await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/webhook-endpoints/${hook.id}` }))
   t.equal(failing.json<Endpoint>().status, 'enabled', 'not yet failing for WEBHOOK_DISABLE_AFTER_MS')
@@ -162,9 +179,9 @@ t.test('attempts run out; an endpoint failing for long enough is disabled, with 
   await query(ctx.db.adminUrl,
     "UPDATE webhook_endpoints SET failing_since = now() - interval '2 minutes' WHERE tenant_id = $1", [tenant.id])
   await customer(tenant, 'Second')
-  await eventually('the endpoint to be disabled', async () => (await query(ctx.db.adminUrl,
+  await waitUntil('the endpoint to be disabled', async () => (await query(ctx.db.adminUrl,
     "SELECT 1 FROM webhook_endpoints WHERE tenant_id = $1 AND status = 'disabled'", [tenant.id])).length === 1)
-  await eventually('its pending retry to be canceled', async () =>
+  await waitUntil('its pending retry to be canceled', async () =>
     (await deliveries(tenant.id))[1]?.status === 'canceled')
   const got = await ctx.app.inject(as(tenant, { method: 'GET', url: `/v1/webhook-endpoints/${hook.id}` }))
   t.equal(got.json<Endpoint>().status, 'disabled')
@@ -185,12 +202,12 @@ t.test('redelivery sends the event again with the same webhook-id', async (t) =>
   await endpoint(tenant, receiver)
   await startTestWorker(t, ctx)
   const customerId = await customer(tenant, 'Again')
-  await eventually('the first delivery', async () => receiver.received.length === 1)
+  await waitUntil('the first delivery', async () => receiver.received.length === 1)
   const [event] = await query<{ id: string }>(ctx.db.adminUrl,
     'SELECT id FROM events WHERE tenant_id = $1 AND resource_id = $2', [tenant.id, customerId])
   const res = await ctx.app.inject(as(tenant, { method: 'POST', url: `/v1/events/${event!.id}/redeliver` }))
   t.equal(res.statusCode, 202, res.body)
-  await eventually('the second delivery', async () => receiver.received.length === 2)
+  await waitUntil('the second delivery', async () => receiver.received.length === 2)
   t.equal(receiver.received[1]!.headers['webhook-id'], event!.id)
 })
 
@@ -206,7 +223,7 @@ t.test('after a secret rotation both secrets sign during the grace period', asyn
   t.not(fresh, hook.secret)
   await startTestWorker(t, ctx)
   await customer(tenant, 'Rotated')
-  await eventually('the delivery', async () => receiver.received.length === 1)
+  await waitUntil('the delivery', async () => receiver.received.length === 1)
   const [request] = receiver.received
   t.equal(String(request!.headers['webhook-signature']).split(' ').length, 2, 'two signatures')
   t.ok(verifyWebhook(fresh, request!.headers, request!.body), 'the new secret verifies')
@@ -216,7 +233,7 @@ t.test('after a secret rotation both secrets sign during the grace period', asyn
     "UPDATE webhook_endpoints SET previous_secret_expires_at = now() - interval '1 second' WHERE tenant_id = $1",
     [tenant.id])
   await customer(tenant, 'Later')
-  await eventually('the next delivery', async () => receiver.received.length === 2)
+  await waitUntil('the next delivery', async () => receiver.received.length === 2)
   t.ok(verifyWebhook(fresh, receiver.received[1]!.headers, receiver.received[1]!.body))
   t.notOk(verifyWebhook(hook.secret, receiver.received[1]!.headers, receiver.received[1]!.body))
 })
@@ -232,7 +249,7 @@ t.test('without the private-targets switch the worker connects to no private add
     [tenant.id, `https://localhost:${port}/hook`])
   await startTestWorker(t, ctx, { WEBHOOK_ALLOW_PRIVATE_TARGETS: false, WEBHOOK_MAX_ATTEMPTS: 1 })
   await customer(tenant, 'Nowhere')
-  await eventually('the refusal to be recorded', async () => (await deliveries(tenant.id))[0]?.status === 'failed')
+  await waitUntil('the refusal to be recorded', async () => (await deliveries(tenant.id))[0]?.status === 'failed')
   const [attempt] = await query<{ status_code: number | null, error: string }>(ctx.db.adminUrl,
     'SELECT status_code, error FROM webhook_attempts WHERE tenant_id = $1', [tenant.id])
   t.equal(attempt!.status_code, null)
@@ -252,12 +269,12 @@ t.test("a tenant whose endpoint hangs does not delay another tenant's deliveries
   await Promise.all(Array.from({ length: 20 }, async (_, i) => customer(noisy, `n${i}`)))
   // The noisy tenant takes its share of the 8 slots (4; one more per fetch racing with its own), and the
   // rest of its backlog waits: its flag is skipped while it holds its share.
-  await eventually('the noisy tenant to hold its share', async () => stuck.received.length >= 4)
+  await waitUntil('the noisy tenant to hold its share', async () => stuck.received.length >= 4)
   await new Promise((resolve) => setTimeout(resolve, 300))
   const held = stuck.received.length
   t.ok(held < 8, `the noisy tenant holds ${held} of the 8 slots, not all`)
   await customer(quiet, 'Quiet')
-  await eventually("the quiet tenant's delivery", async () => prompt.received.length === 1)
+  await waitUntil("the quiet tenant's delivery", async () => prompt.received.length === 1)
   const noisyAttempts = await query(ctx.db.adminUrl, 'SELECT 1 FROM webhook_attempts WHERE tenant_id = $1', [noisy.id])
   t.equal(noisyAttempts.length, 0, "it arrived while every one of the noisy tenant's attempts still hung")
   t.equal(stuck.received.length, held, 'and the noisy tenant took no more slots meanwhile')
@@ -270,17 +287,9 @@ t.test('a job names its tenant and a row: another tenant\'s row is not found, an
   await endpoint(victim, receiver)
   await customer(victim, 'Secret')
   const [delivery] = await deliveries(victim.id)
-  const pool = new pg.Pool({ connectionString: ctx.db.appUrl, max: 2 })
-  t.teardown(() => pool.end())
-  const settings = webhookSettings({
-    ...loadConfig({}),
-    WEBHOOK_SECRET_KEY: TEST_WEBHOOK_SECRET_KEY,
-    WEBHOOK_ALLOW_PRIVATE_TARGETS: true
-  })
-  const handler = deliverWebhookJob(settings)
+  const { pool, deliver } = directRuns(t)
   // The victim's delivery id under the attacker's tenant: as a tampered or forged job would carry it.
-  await handler({ tenantId: attacker.id, ref: delivery!.id, jobId: 'forged', attempt: 1 },
-    { pool, log: ctx.app.log, signal: new AbortController().signal })
+  await deliver({ tenantId: attacker.id, ref: delivery!.id, attempt: 1 })
   t.equal(receiver.received.length, 0, 'nothing sent')
   t.same(await deliveries(victim.id), [{ ...delivery, status: 'pending', attempts: 0 }], 'nothing written')
   t.same(await query(ctx.db.adminUrl, 'SELECT 1 FROM webhook_attempts WHERE tenant_id IN ($1, $2)',
@@ -306,33 +315,22 @@ t.test('a job run again after its attempt was recorded sends nothing until the r
   await endpoint(tenant, receiver)
   const worker = await startTestWorker(t, ctx, { WEBHOOK_RETRY_BASE_MS: 600_000 })
   await customer(tenant, 'Once')
-  await eventually('the first attempt', async () => (await deliveries(tenant.id))[0]?.attempts === 1)
+  await waitUntil('the first attempt', async () => (await deliveries(tenant.id))[0]?.attempts === 1)
   await worker.stop()
   const [delivery] = await deliveries(tenant.id)
   // As when a worker dies after recording the attempt but before the queue heard the job was done.
-  const pool = new pg.Pool({ connectionString: ctx.db.appUrl, max: 2 })
-  t.teardown(() => pool.end())
-  const settings = webhookSettings({
-    ...loadConfig({}),
-    WEBHOOK_SECRET_KEY: TEST_WEBHOOK_SECRET_KEY,
-    WEBHOOK_ALLOW_PRIVATE_TARGETS: true
-  })
-  const context = { pool, log: ctx.app.log, signal: new AbortController().signal }
-  await deliverWebhookJob(settings)({ tenantId: tenant.id, ref: delivery!.id, jobId: 'again', attempt: 2 }, context)
+  const { deliver } = directRuns(t)
+  await deliver({ tenantId: tenant.id, ref: delivery!.id, attempt: 2 })
   t.equal(receiver.received.length, 1, 'not sent again before its retry is due')
   t.equal((await deliveries(tenant.id))[0]!.attempts, 1)
   t.equal((await jobsOf(tenant.id)).length, 1, 'one retry job, not two')
   // The queue's last run of a job that keeps throwing (here: a key that no longer opens the secret)
   // marks the delivery failed, so none stays pending with no job left.
-  const wrongKey = webhookSettings({
-    ...loadConfig({}),
-    WEBHOOK_SECRET_KEY: Buffer.alloc(32, 1).toString('base64'),
-    WEBHOOK_ALLOW_PRIVATE_TARGETS: true
-  })
+  const wrongKey = directRuns(t, Buffer.alloc(32, 1).toString('base64')).deliver
   await query(ctx.db.adminUrl, 'UPDATE webhook_deliveries SET next_attempt_at = now() WHERE id = $1', [delivery!.id])
-  await t.rejects(deliverWebhookJob(wrongKey)({ tenantId: tenant.id, ref: delivery!.id, jobId: 'j', attempt: 3 },
-    context), 'an early run throws, for the queue to retry')
-  await deliverWebhookJob(wrongKey)({ tenantId: tenant.id, ref: delivery!.id, jobId: 'j', attempt: 10 }, context)
+  await t.rejects(wrongKey({ tenantId: tenant.id, ref: delivery!.id, attempt: 3 }),
+    'an early run throws, for the queue to retry')
+  await wrongKey({ tenantId: tenant.id, ref: delivery!.id, attempt: 10 })
   t.match(await deliveries(tenant.id), [{ status: 'failed', attempts: 2 }], 'the last one marks it failed')
 })
 
@@ -349,7 +347,7 @@ t.test("a job for a tenant being moved waits for the move's lock, then delivers"
   await waitUntil('the job to wait on the lock', async () => someoneWaits(ctx, /bind_tenant/))
   t.equal(receiver.received.length, 0, 'nothing is sent while the tenant is held')
   await move.release()
-  await eventually('the delivery once the move is over', async () => receiver.received.length === 1)
+  await waitUntil('the delivery once the move is over', async () => receiver.received.length === 1)
 })
 
 t.test('erasing a tenant removes its endpoints, deliveries and pending jobs', async (t) => {

@@ -3,7 +3,8 @@ import path from 'node:path'
 import t from 'tap'
 import { as, buildTestApp, provisionTenant, TEST_WEBHOOK_SECRET_KEY, type ProvisionedTenant } from '../helpers/app.ts'
 import { query } from '../helpers/db.ts'
-import { eventually, startReceiver, startTestWorker, type Receiver } from '../helpers/webhooks.ts'
+import { waitUntil } from '../helpers/operator.ts'
+import { startReceiver, startTestWorker, type Receiver } from '../helpers/webhooks.ts'
 
 // The worker as its own process (`npm run worker`), killed and stopped for real.
 const ctx = await buildTestApp(t, { DB_POOL_MAX: 10, WEBHOOK_ALLOW_PRIVATE_TARGETS: true })
@@ -72,7 +73,7 @@ t.test('a worker killed mid-delivery: the delivery completes after its lease, wi
   await endpoint(tenant, receiver)
   const doomed = spawnWorker()
   await customers(tenant, 1)
-  await eventually('the first attempt to reach the receiver', async () => receiver.received.length === 1, 30_000)
+  await waitUntil('the first attempt to reach the receiver', async () => receiver.received.length === 1, 30_000)
   doomed.child.kill('SIGKILL')
   t.equal((await doomed.exited).signal, 'SIGKILL')
   // Nothing was recorded, and the job is still locked by the dead worker: only its lease frees it.
@@ -82,7 +83,7 @@ t.test('a worker killed mid-delivery: the delivery completes after its lease, wi
     [tenant.id])
   t.equal(locked.length, 1, 'the job stays locked by the killed worker')
   await startTestWorker(t, ctx, { WORKER_LEASE_MS: LEASE_MS })
-  await eventually('the delivery after the lease', async () => await settled(tenant.id) === 1, 30_000)
+  await waitUntil('the delivery after the lease', async () => await settled(tenant.id) === 1, 30_000)
   t.equal(receiver.received.length, 2, 'sent again')
   t.equal(receiver.ids().size, 1, 'with the same webhook-id, for the receiver to deduplicate')
 })
@@ -94,7 +95,7 @@ t.test('SIGTERM under load loses nothing: running jobs finish or go back to the 
   await endpoint(tenant, receiver)
   const worker = spawnWorker({ WORKER_CONCURRENCY: '4' })
   await customers(tenant, 60)
-  await eventually('deliveries under way', async () => receiver.received.length >= 8, 30_000)
+  await waitUntil('deliveries under way', async () => receiver.received.length >= 8, 30_000)
   worker.child.kill('SIGTERM')
   const exit = await worker.exited
   t.equal(exit.code, 0, 'a clean exit on SIGTERM')
@@ -106,6 +107,6 @@ t.test('SIGTERM under load loses nothing: running jobs finish or go back to the 
   t.same(await query(ctx.db.adminUrl, 'SELECT 1 FROM worker_heartbeats'), [], 'nor its heartbeat')
   t.ok(await settled(tenant.id) < 60, 'it stopped before the backlog was done')
   await startTestWorker(t, ctx)
-  await eventually('every delivery', async () => await settled(tenant.id) === 60, 60_000)
+  await waitUntil('every delivery', async () => await settled(tenant.id) === 60, 60_000)
   t.equal(receiver.ids().size, 60, 'all 60 events arrived')
 })

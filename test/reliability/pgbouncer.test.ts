@@ -7,7 +7,8 @@ import { crossTenantAttacks, interleavedTenants } from '../isolation/attacks.ts'
 import { as, buildTestApp, provisionTenant } from '../helpers/app.ts'
 import { createTestDatabase } from '../helpers/db.ts'
 import { findPgbouncer, startPgbouncer } from '../helpers/pgbouncer.ts'
-import { eventually, startReceiver, startTestWorker } from '../helpers/webhooks.ts'
+import { waitUntil } from '../helpers/operator.ts'
+import { startReceiver, startTestWorker } from '../helpers/webhooks.ts'
 
 const binary = findPgbouncer()
 if (binary === undefined) {
@@ -52,7 +53,7 @@ if (binary === undefined) {
       const res = await ctx.app.inject(as(tenant, { method: 'POST', url: '/v1/customers', payload: { name: `b${i}` } }))
       t.equal(res.statusCode, 201)
     }))
-    await eventually('20 deliveries', async () => receiver.ids().size === 20, 30_000)
+    await waitUntil('20 deliveries', async () => receiver.ids().size === 20, 30_000)
     t.equal(receiver.received.length, 20, 'each once')
   })
 

@@ -36,7 +36,7 @@ interface Export {
 const request = (who: ProvisionedTenant) => ctx.app.inject(as(who, { method: 'POST', url: '/v1/exports' }))
 const get = (who: { key: string }, url: string) => ctx.app.inject(as(who, { method: 'GET', url }))
 const runJob = (who: ProvisionedTenant, id: string) =>
-  runTenantExport({ tenantId: who.id, ref: id, jobId: '1', attempt: 1 }, context)
+  runTenantExport({ tenantId: who.id, ref: id, jobId: '1', attempt: 1, maxAttempts: 10 }, context)
 
 async function requested (who: ProvisionedTenant): Promise<Export> {
   const res = await request(who)
