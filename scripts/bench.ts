@@ -1,7 +1,7 @@
 // npm run bench -- [--tenants 100] [--invoices 2000] [--seconds 10] [--repeat 3] [--soak 0]
 //                  [--soak-scenario get-invoice] [--connections 16,64]
 //                  [--scenarios healthz,get-invoice,list-invoices,create-invoice,forged-key-huge-body] [--workers 1]
-//                  [--pool 10] [--server-dir .] [--label name] [--growth 1000x10000]
+//                  [--pool 10] [--server-dir .] [--label name] [--growth 1000x10000] [--noisy-b-rate 50]
 //
 // Measures the server against the database's own ceiling, in one run on one machine:
 //   1. seeds the dataset (tenants × invoices of 3 lines, one key per tenant; reused between runs),
@@ -13,6 +13,8 @@
 //      CPU and database round trips per request, and writes it to bench/results/.
 // --growth TxI instead measures how one read's latency grows from the --tenants × --invoices dataset to
 // T tenants × I invoices (see measureGrowth, scripts/lib/bench-growth.ts).
+// --scenarios noisy-neighbour: one tenant's latency alone and while another hammers the server, under
+// several limit configurations (servers of its own; see scripts/lib/bench-noisy.ts).
 // Database: BENCH_DATABASE_URL (a superuser), else an embedded PostgreSQL kept under .data/bench.
 // `--server-dir` runs another checkout's server against the same data (before/after comparisons).
 import { mkdir, writeFile } from 'node:fs/promises'
@@ -21,6 +23,7 @@ import { parseArgs } from 'node:util'
 import { startEmbedded } from '../src/ops/embedded.ts'
 import type { Scenario } from './lib/bench-data.ts'
 import { measureGrowth, writeGrowth } from './lib/bench-growth.ts'
+import { measureNoisyNeighbour } from './lib/bench-noisy.ts'
 import {
   findPgbench, median, processStats, runLoad, runPgbench, say, WRK, type Measure,
 } from './lib/bench-runners.ts'
@@ -44,13 +47,15 @@ async function main (): Promise<void> {
       'soak-scenario': { type: 'string', default: 'get-invoice' },
       repeat: { type: 'string', default: '3' },
       growth: { type: 'string' },
+      'noisy-b-rate': { type: 'string', default: '50' },
     },
   })
   const tenants = Number(values.tenants)
   const invoices = Number(values.invoices)
   const seconds = Number(values.seconds)
   const connections = values.connections.split(',').map(Number)
-  const scenarios = values.scenarios.split(',') as Scenario[]
+  const selected = values.scenarios.split(',')
+  const scenarios = selected.filter((s) => s !== 'noisy-neighbour') as Scenario[]
   const serverDir = path.resolve(values['server-dir'])
   const repeat = Math.max(1, Number(values.repeat))
   const soakScenario = values['soak-scenario'] as Scenario
@@ -113,6 +118,14 @@ async function main (): Promise<void> {
       await stopDatabase()
     }
     return
+  }
+
+  if (selected.includes('noisy-neighbour')) {
+    const { workers, pool, label } = values
+    await measureNoisyNeighbour({
+      serverDir, urls, tenants, invoices, seconds, repeat, workers, pool, label, bRate: Number(values['noisy-b-rate']),
+    }).catch(async (error: unknown) => { await stopDatabase(); throw error })
+    if (scenarios.length === 0) return await stopDatabase()
   }
 
   const server = await startServer(serverDir, urls, {

@@ -12,6 +12,11 @@ import swaggerPlugin from './plugins/external/swagger.ts'
 import errorsPlugin, { clientErrorHandler, frameworkErrors } from './plugins/app/errors.ts'
 import credentialCachePlugin from './plugins/app/credential-cache.ts'
 import keyUsagePlugin from './plugins/app/key-usage.ts'
+import tenantLimitsPlugin from './plugins/app/tenant-limits.ts'
+import rateLimitPlugin, { rateLimitOptions } from './plugins/app/rate-limit.ts'
+import usageMeterPlugin from './plugins/app/usage-meter.ts'
+import fairSharePlugin from './plugins/app/fair-share.ts'
+import { defaultLimits, quotaDefaultsSetting } from './limits/limits.ts'
 import adminV1 from './routes/admin/v1/index.ts'
 import service from './routes/service/index.ts'
 import v1 from './routes/v1/index.ts'
@@ -37,9 +42,12 @@ export interface BuildOptions {
   logStream?: NodeJS.WritableStream
   /** Sees every statement sent on the runtime connections. */
   onQuery?: QueryListener
+  /** Starts the rate limits' Redis keys (default rowfence:rl): test files sharing one Redis keep apart. */
+  rateLimitKeyPrefix?: string
 }
 
 export async function buildApp (config: AppConfig, options: BuildOptions = {}): Promise<FastifyInstance> {
+  const limits = defaultLimits(config)
   const app = Fastify({
     logger: {
       level: config.LOG_LEVEL,
@@ -119,6 +127,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
       timeouts: {
         statementMs: config.DB_STATEMENT_TIMEOUT_MS,
         idleInTransactionMs: config.DB_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+        defaultLimits: quotaDefaultsSetting(limits),
       },
       deadlineMs: config.REQUEST_DEADLINE_MS,
     },
@@ -133,6 +142,11 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
     listenUrl: config.DB_LISTEN_URL ?? config.APP_DATABASE_URL,
     tls: config.databaseTls,
   })
+
+  await app.register(tenantLimitsPlugin, { defaults: limits })
+  await app.register(rateLimitPlugin, rateLimitOptions(config, options.rateLimitKeyPrefix))
+  await app.register(usageMeterPlugin, { flushEveryMs: config.USAGE_FLUSH_MS })
+  await app.register(fairSharePlugin, { queueMax: config.TENANT_QUEUE_MAX })
 
   await app.register(service)
   await app.register(v1, { prefix: '/v1', webhooks: webhookSettings(config), exportTtlMs: config.TENANT_EXPORT_TTL_MS })

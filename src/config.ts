@@ -4,6 +4,14 @@ import { Value } from '@sinclair/typebox/value'
 import { databaseHost, isLoopbackHost, sslParameterIn } from './config/database-url.ts'
 import type { DatabaseTls } from './db/tls.ts'
 
+/** A limit: a whole number from `minimum`, or "unlimited". */
+function LimitValue (fallback: number | undefined, minimum: number) {
+  return Type.Union([Type.Integer({ minimum }), Type.Literal('unlimited')], {
+    ...(fallback !== undefined && { default: fallback }),
+    description: `a whole number from ${minimum}, or unlimited`,
+  })
+}
+
 const PostgresUrl = Type.String({ pattern: '^postgres(ql)?://', description: 'a postgres:// connection URL' })
 
 export const ConfigSchema = Type.Object({
@@ -136,6 +144,37 @@ export const ConfigSchema = Type.Object({
   WEBHOOK_SECRET_GRACE_MS: Type.Integer({ minimum: 0, maximum: 30 * 86_400_000, default: 86_400_000 }),
   /** How long a tenant's own export (POST /v1/exports) can be downloaded once ready. */
   TENANT_EXPORT_TTL_MS: Type.Integer({ minimum: 60_000, maximum: 30 * 86_400_000, default: 86_400_000 }),
+  /**
+   * Default limits of a tenant whose plan and overrides leave them unset (docs/limits.md). Rates are per
+   * tenant: a sustained rate (requests per second, averaged over a minute) and a burst (requests in any
+   * one second); "unlimited" turns one off.
+   */
+  LIMIT_REQUESTS_PER_SECOND: LimitValue(100, 1),
+  LIMIT_BURST: LimitValue(200, 1),
+  /** Runtime pool connections one tenant may hold at once (default: TENANT_POOL_SHARE of DB_POOL_MAX). */
+  LIMIT_CONCURRENT_REQUESTS: Type.Optional(LimitValue(undefined, 1)),
+  /** Quotas per billing period (UTC calendar month) or of live objects; unset: unlimited. */
+  LIMIT_INVOICES_CREATED: Type.Optional(LimitValue(undefined, 0)),
+  LIMIT_CUSTOMERS: Type.Optional(LimitValue(undefined, 0)),
+  LIMIT_API_KEYS: Type.Optional(LimitValue(undefined, 0)),
+  LIMIT_MEMBERS: Type.Optional(LimitValue(undefined, 0)),
+  LIMIT_WEBHOOK_ENDPOINTS: Type.Optional(LimitValue(undefined, 0)),
+  LIMIT_EVENTS_DELIVERED: Type.Optional(LimitValue(undefined, 0)),
+  LIMIT_EXPORT_BYTES: Type.Optional(LimitValue(undefined, 0)),
+  /** The share of the runtime pool (DB_POOL_MAX) one tenant may hold when its limits do not say. */
+  TENANT_POOL_SHARE: Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.5 }),
+  /** A tenant's requests waiting for its share beyond this many are refused with 429 at once. */
+  TENANT_QUEUE_MAX: Type.Integer({ minimum: 0, maximum: 100_000, default: 32 }),
+  /** Shared rate-limit counters (redis:// or rediss://), so limits hold across instances; unset: in-process. */
+  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', description: 'a redis:// or rediss:// URL' })),
+  /** When Redis cannot answer: refuse requests (503) instead of letting them through uncounted. */
+  RATE_LIMIT_FAIL_CLOSED: Type.Boolean({ default: false }),
+  /** How long a rate-limit decision waits for Redis before failing open (or closed). */
+  REDIS_TIMEOUT_MS: Type.Integer({ minimum: 10, maximum: 10_000, default: 250 }),
+  /** Failed authentications one client address may make per minute before its requests get 429. */
+  AUTH_FAILURES_PER_MINUTE: LimitValue(30, 1),
+  /** How often per-tenant request counts are written: the most a crash can lose of them. */
+  USAGE_FLUSH_MS: Type.Integer({ minimum: 100, maximum: 600_000, default: 10_000 }),
   /** Worker processes serving requests (node:cluster); 1 serves from the main process. */
   WEB_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 64, default: 1 }),
   BODY_LIMIT_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 1024 * 1024 }),
@@ -150,7 +189,7 @@ export class ConfigError extends Error {
 
 const SECRET_VARS = new Set([
   'DATABASE_URL', 'APP_DATABASE_URL', 'DB_LISTEN_URL', 'ADMIN_TOKEN', 'METRICS_TOKEN', 'JWT_SECRET',
-  'EXPORT_SIGNING_KEY', 'WORKER_DATABASE_URL', 'WEBHOOK_SECRET_KEY',
+  'EXPORT_SIGNING_KEY', 'WORKER_DATABASE_URL', 'WEBHOOK_SECRET_KEY', 'REDIS_URL',
 ])
 
 /**

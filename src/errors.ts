@@ -14,6 +14,8 @@ export interface ProblemOptions {
   detail?: string
   errors?: FieldError[]
   headers?: Record<string, string>
+  /** Members of this problem type beyond the standard ones (RFC 9457 extension members). */
+  extensions?: Record<string, unknown>
 }
 
 const TITLES: Record<number, [slug: string, title: string]> = {
@@ -43,6 +45,7 @@ export class HttpProblem extends Error {
   readonly detail: string | undefined
   readonly errors: FieldError[] | undefined
   readonly headers: Record<string, string>
+  readonly extensions: Record<string, unknown>
 
   constructor (status: number, options: ProblemOptions & { slug?: string, title?: string } = {}) {
     const [slug, title] = TITLES[status] ?? TITLES[status >= 500 ? 500 : 400]!
@@ -53,6 +56,7 @@ export class HttpProblem extends Error {
     this.detail = options.detail
     this.errors = options.errors
     this.headers = options.headers ?? {}
+    this.extensions = options.extensions ?? {}
   }
 
   toJSON (instance?: string): Record<string, unknown> {
@@ -63,6 +67,7 @@ export class HttpProblem extends Error {
       ...(this.detail !== undefined && { detail: this.detail }),
       ...(instance !== undefined && { instance }),
       ...(this.errors !== undefined && { errors: this.errors }),
+      ...this.extensions,
     }
   }
 }
@@ -85,3 +90,13 @@ export const unprocessable = (detail: string, errors?: FieldError[]): HttpProble
 
 export const unavailable = (detail: string, retryAfterSeconds = 2): HttpProblem =>
   new HttpProblem(503, { detail, headers: { 'retry-after': String(retryAfterSeconds) } })
+
+/** A quota would be exceeded by the write (sql/0020 refuses it at COMMIT): nothing was written. */
+export const quotaExceeded = (figures: { quota: string, limit: number, used: number, resets_at: string | null }):
+HttpProblem => new HttpProblem(403, {
+  slug: 'quota-exceeded',
+  title: 'Quota Exceeded',
+  detail: `the ${figures.quota} quota (${figures.limit}) is used up` +
+    (figures.resets_at === null ? '' : `; it resets at ${figures.resets_at}`),
+  extensions: figures,
+})

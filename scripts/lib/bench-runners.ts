@@ -10,7 +10,15 @@ import type { PgbenchScript } from './bench-sql.ts'
 
 export const say = (line: string): void => { process.stderr.write(`bench: ${line}\n`) }
 
-export interface Measure { rps: number, p50: number, p99: number, requests?: number, errors?: number }
+export interface Measure {
+  rps: number,
+  p50: number,
+  p99: number,
+  requests?: number,
+  errors?: number,
+  /** Responses by HTTP status (autocannon only). */
+  statuses?: Record<string, number>,
+}
 
 /** One run of the HTTP load: a scenario at a concurrency, rotating across tenants and invoices. */
 export interface LoadJob {
@@ -20,6 +28,10 @@ export interface LoadJob {
   seconds: number,
   tenants: number,
   invoices: number,
+  /** One tenant (1..tenants) instead of a random one per request (autocannon only). */
+  tenant?: number,
+  /** Requests per second over all connections, paced, instead of as fast as they answer (autocannon only). */
+  rate?: number,
 }
 
 /** The q-quantile of values sorted ascending. */
@@ -164,7 +176,7 @@ async function runWrk (job: LoadJob): Promise<Measure> {
 }
 
 export async function runLoad (job: LoadJob): Promise<Measure> {
-  if (WRK !== undefined) return runWrk(job)
+  if (WRK !== undefined && job.tenant === undefined && job.rate === undefined) return runWrk(job)
   const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/bench-load.ts', JSON.stringify(job)], {
     stdio: ['ignore', 'pipe', 'inherit'],
   })
@@ -172,10 +184,9 @@ export async function runLoad (job: LoadJob): Promise<Measure> {
   child.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
   if (code !== 0) throw new Error('the load generator failed')
-  const r = JSON.parse(out) as {
-    rps: number, p50: number, p99: number, requests: number, errors: number, non2xx: number,
-  }
-  return { rps: r.rps, p50: r.p50, p99: r.p99, requests: r.requests, errors: r.errors + r.non2xx }
+  const r = JSON.parse(out) as Required<Measure> & { non2xx: number }
+  const { rps, p50, p99, requests, statuses } = r
+  return { rps, p50, p99, requests, errors: r.errors + r.non2xx, statuses }
 }
 
 /** Peak RSS (kB) and CPU time (clock ticks) of a process and its children on this machine. */

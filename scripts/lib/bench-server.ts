@@ -24,6 +24,20 @@ export async function scrapeRoundTrips (url: string): Promise<number | undefined
   }
 }
 
+/** The server's limit refusals so far, by reason (rowfence_limit_refusals_total); empty when unreadable. */
+export async function scrapeRefusals (url: string): Promise<Record<string, number>> {
+  try {
+    const text = await (await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${METRICS_TOKEN}` } })).text()
+    const refusals: Record<string, number> = {}
+    for (const m of text.matchAll(/^rowfence_limit_refusals_total\{reason="([a-z_]+)"\} (\d+)/gm)) {
+      refusals[m[1]!] = Number(m[2])
+    }
+    return refusals
+  } catch {
+    return {}
+  }
+}
+
 export interface Dataset {
   tenants: number,
   invoices: number,

@@ -17,13 +17,25 @@ export function credentialPrefix (credential: TenantCredential | null | undefine
 export function accessDenied (
   request: FastifyRequest, problem: HttpProblem, reason: string, extra: Record<string, unknown> = {}
 ): HttpProblem {
-  return logAccessDenied(request, problem, reason, credentialPrefix(request.tenantCredential), extra)
+  return logDecision(request, problem, reason, credentialPrefix(request.tenantCredential), extra)
 }
 
-/** accessDenied with the credential's prefix given: the pipeline refuses some before tenantCredential is set. */
+/**
+ * accessDenied for a refused credential (the tenant pipeline's checks, the operator token), with its prefix
+ * given: the pipeline refuses some before tenantCredential is set. Unlike a route's refusal of a credential
+ * that authenticated, it counts as a failed authentication of the client's address (plugins/app/rate-limit.ts).
+ */
 export function logAccessDenied (
   request: FastifyRequest, problem: HttpProblem, reason: string, prefix: string | undefined,
   extra: Record<string, unknown> = {}
+): HttpProblem {
+  request.authenticationFailed = true
+  return logDecision(request, problem, reason, prefix, extra)
+}
+
+function logDecision (
+  request: FastifyRequest, problem: HttpProblem, reason: string, prefix: string | undefined,
+  extra: Record<string, unknown>
 ): HttpProblem {
   const decision = { event: 'access_denied', status: problem.status, reason, credentialPrefix: prefix, ...extra }
   request.log.warn(decision, `access denied: ${reason}`)

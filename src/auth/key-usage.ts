@@ -14,7 +14,7 @@ class TenantFlushTimedOut extends Error {
  * server going down. Anything else (an id that is not a UUID, a value the database refuses) would
  * fail the same way every time, so those uses are dropped rather than kept forever.
  */
-function transient (error: unknown): boolean {
+export function transient (error: unknown): boolean {
   if (error instanceof TypeError) return false
   const code = (error as { code?: unknown }).code
   return typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code) || /^(08|40|53|55|57)/.test(code)

@@ -1,3 +1,5 @@
+import { Readable } from 'node:stream'
+import type { ReadableStream as WebReadableStream } from 'node:stream/web'
 import { CliError, EXIT, failureError, type ExitCode } from './output.ts'
 
 interface Problem {
@@ -27,6 +29,23 @@ export class OperatorApi {
 
   /** The parsed JSON answer; undefined for 204. */
   async request<T> (method: string, path: string, body?: unknown): Promise<T> {
+    const response = await this.send(method, path, body)
+    const text = await response.text()
+    if (response.ok) return (text === '' ? undefined : JSON.parse(text)) as T
+    throw this.failure(response.status, text)
+  }
+
+  /**
+   * A GET whose answer is a download: its body as it arrives, never held whole. An error answer is small
+   * and turned into a CliError as request's are; a connection lost midway fails the stream's reads.
+   */
+  async download (path: string): Promise<Readable> {
+    const response = await this.send('GET', path)
+    if (!response.ok) throw this.failure(response.status, await response.text())
+    return response.body === null ? Readable.from([]) : Readable.fromWeb(response.body as WebReadableStream)
+  }
+
+  private async send (method: string, path: string, body?: unknown): Promise<Response> {
     let response: Response
     try {
       response = await fetch(`${this.base}${path}`, {
@@ -49,10 +68,13 @@ export class OperatorApi {
       throw failureError(`cannot reach the server at ${this.base} (${why}): is it running? ` +
         '(start it with npm start, or pass --url)')
     }
-    const text = await response.text()
-    if (response.ok) return (text === '' ? undefined : JSON.parse(text)) as T
-    if (response.status === 401) {
-      throw new CliError(`the server at ${this.base} refused the operator token (${this.tokenSource})`, EXIT.failure)
+    return response
+  }
+
+  /** The CliError of an error answer: the problem's detail, with the exit code its status calls for. */
+  private failure (status: number, text: string): CliError {
+    if (status === 401) {
+      return new CliError(`the server at ${this.base} refused the operator token (${this.tokenSource})`, EXIT.failure)
     }
     let problem: Problem = {}
     try {
@@ -60,11 +82,10 @@ export class OperatorApi {
     } catch {
       problem = { detail: text.slice(0, 200) }
     }
-    const detail = problem.detail ?? problem.title ?? `HTTP ${response.status}`
+    const detail = problem.detail ?? problem.title ?? `HTTP ${status}`
     const fieldErrors = (problem.errors ?? []).map((e) => `${e.path ?? ''} ${e.message ?? ''}`.trim())
     const message = fieldErrors.length > 0 ? `${detail} (${fieldErrors.join('; ')})` : detail
-    throw new CliError(response.status >= 500 ? `the server failed (${response.status}): ${message}` : message,
-      exitCodeOf(response.status))
+    return new CliError(status >= 500 ? `the server failed (${status}): ${message}` : message, exitCodeOf(status))
   }
 
   /** Every item of a paginated list (GET with ?limit=&cursor=), page after page. */

@@ -4,6 +4,8 @@ import { usageError, type Output } from './output.ts'
 export interface OptionSpec {
   type: 'string' | 'boolean'
   short?: string
+  /** A string option given any number of times (read with `strings`). */
+  multiple?: boolean
   /** For the help: the value's placeholder (strings) and what the option does. */
   value?: string
   description: string
@@ -49,6 +51,8 @@ export interface RunContext {
   /** Positional arguments, after the command's name. */
   args: string[]
   string: (name: string) => string | undefined
+  /** Every value of a `multiple` option, in the order given. */
+  strings: (name: string) => string[]
   flag: (name: string) => boolean
   out: Output
 }
@@ -102,7 +106,8 @@ export function columns (rows: Array<[string, string]>, indent = 2): string {
 
 function optionLine (name: string, spec: OptionSpec): [string, string] {
   const short = spec.short === undefined ? '    ' : `-${spec.short}, `
-  return [`${short}--${name}${spec.type === 'string' ? ` ${spec.value ?? 'VALUE'}` : ''}`, spec.description]
+  return [`${short}--${name}${spec.type === 'string' ? ` ${spec.value ?? 'VALUE'}` : ''}`,
+    spec.multiple === true ? `${spec.description} (repeatable)` : spec.description]
 }
 
 export function optionsHelp (options: Record<string, OptionSpec>): string {
@@ -140,7 +145,7 @@ export function parseCommand (command: Command, argv: string[], output: (json: b
     const message = (error as Error).message.split(/\. |\n/)[0]!.replace(/^Unknown option/, 'unknown option')
     throw usageError(`${message} (see rowfence ${command.name} --help)`)
   }
-  const values = parsed.values as Record<string, string | boolean | undefined>
+  const values = parsed.values as Record<string, string | string[] | boolean | undefined>
   const args = parsed.positionals
   const help = values.help === true
   if (!help && (args.length < command.args.min || args.length > command.args.max)) {
@@ -161,9 +166,13 @@ export function parseCommand (command: Command, argv: string[], output: (json: b
     const value = values[name]
     return typeof value === 'string' ? value : undefined
   }
+  const strings = (name: string): string[] => {
+    const value = values[name]
+    return Array.isArray(value) ? value : typeof value === 'string' ? [value] : []
+  }
   return {
     help,
-    context: { args, string, flag: (name) => values[name] === true, out: output(values.json === true) },
+    context: { args, string, strings, flag: (name) => values[name] === true, out: output(values.json === true) },
   }
 }
 

@@ -67,7 +67,7 @@ interface ExportOutput {
  * one; anything else (/dev/null, a pipe) is written as it is. Opened before the database, so that a path
  * that cannot be written fails at once.
  */
-async function openOutput (file: string | undefined): Promise<ExportOutput> {
+export async function openOutput (file: string | undefined): Promise<ExportOutput> {
   if (file === undefined) return { sink: process.stdout, finish: async () => {}, abandon: async () => {} }
   const existing = await stat(file).catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return undefined // a new file: written under a temporary name
@@ -87,6 +87,8 @@ async function openOutput (file: string | undefined): Promise<ExportOutput> {
       if (partial !== undefined) await rename(partial, file)
     },
     abandon: async () => {
+      // A write still in flight fails once the stream is destroyed: of a copy being thrown away, so not reported.
+      sink.on('error', () => {})
       sink.destroy()
       if (partial !== undefined) await rm(partial, { force: true })
     },

@@ -5,19 +5,25 @@ import { columns, commandHelp, GLOBAL_OPTIONS, optionsHelp, parseCommand, wrap, 
 import { dataCommands } from './data.ts'
 import { databaseCommands } from './db.ts'
 import { keyCommands } from './keys.ts'
+import { limitCommands } from './limits.ts'
 import { CliError, EXIT, EXIT_CODES_HELP, oneLine, Output, usageError } from './output.ts'
 import { tenantCommands } from './tenants.ts'
 import { tokenCommands } from './token.ts'
+import { usageCommands } from './usage.ts'
 import { webhookCommands } from './webhooks.ts'
 
 const ROOT = path.resolve(import.meta.dirname, '../..')
 
 const COMMANDS: Command[] = [
-  ...tenantCommands, ...keyCommands, ...dataCommands, ...databaseCommands, ...tokenCommands, ...webhookCommands,
+  ...tenantCommands, ...keyCommands, ...limitCommands, ...usageCommands, ...dataCommands, ...databaseCommands,
+  ...tokenCommands, ...webhookCommands,
 ]
 const GROUPS: Record<string, string> = {
   tenants: 'Create, list, show, move and erase tenants; list erasure receipts',
   keys: 'Issue and revoke a tenant\'s API keys',
+  plans: 'List, create, change and delete plans: named sets of limits',
+  limits: 'Show and change a tenant\'s plan and its own overrides',
+  usage: 'Export every tenant\'s usage for billing; rank the tenants refused most',
   webhooks: 'Receive webhooks locally, for development',
 }
 
@@ -25,9 +31,9 @@ function mainHelp (): string {
   return [
     'Usage: rowfence <command> [arguments] [options]',
     '',
-    wrap('The rowfence operator CLI. Tenant and key commands go over the operator API (the running ' +
-      '`npm start`, or --url and a token); export, import, check and migrate work on the database (DATABASE_URL, ' +
-      'or the embedded one: the running `npm start`\'s, else one started for the command).'),
+    wrap('The rowfence operator CLI. Tenant, key, plan, limit and usage commands go over the operator API (the ' +
+      'running `npm start`, or --url and a token); export, import, check and migrate work on the database ' +
+      '(DATABASE_URL, or the embedded one: the running `npm start`\'s, else one started for the command).'),
     '',
     'Commands:',
     columns(COMMANDS.map((c) => [c.name, c.summary])),

@@ -35,3 +35,36 @@ export function rowProgress (label: string): Progress {
     },
   }
 }
+
+/**
+ * A running count (of a download whose total is not known beforehand), on stderr. Shown only once the work
+ * has taken `after` ms, so that a quick run prints nothing; then as the row progress is (a redrawn line in a
+ * terminal, a line every two seconds outside one).
+ */
+export function countProgress (label: string, unit: string, after = 2000): Pick<Progress, 'update' | 'stop'> {
+  const bar = new cliProgress.SingleBar({
+    format: `${label} {value} ${unit}`,
+    stream: process.stderr,
+    noTTYOutput: true,
+    notTTYSchedule: 2000,
+  })
+  let done = 0
+  let started = false
+  const timer = setTimeout(() => {
+    started = true
+    bar.start(0, done)
+  }, after)
+  timer.unref()
+  return {
+    update: (n) => {
+      done = n
+      if (started) bar.update(n)
+    },
+    stop: () => {
+      clearTimeout(timer)
+      if (!started) return
+      started = false
+      bar.stop()
+    },
+  }
+}

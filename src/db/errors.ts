@@ -1,4 +1,4 @@
-import { HttpProblem, conflict, unavailable, unprocessable, badRequest } from '../errors.ts'
+import { HttpProblem, conflict, unavailable, unprocessable, badRequest, quotaExceeded } from '../errors.ts'
 
 /**
  * The one place where PostgreSQL and driver errors become HTTP problems. Messages are written
@@ -100,7 +100,20 @@ export function problemFromDatabaseError (error: unknown): HttpProblem | undefin
       return unavailable('the request collided with a concurrent change; retry it', 1)
     case '57014':
       return unavailable('the database took too long to answer; retry shortly')
+    case 'RQ001':
+      return quotaProblem(error.detail)
     default:
       return undefined
+  }
+}
+
+/** sql/0020's usage_refuse: the figures travel as JSON in the error's DETAIL. */
+function quotaProblem (detail: string | undefined): HttpProblem | undefined {
+  try {
+    const figures = JSON.parse(detail ?? '') as { quota: string, limit: number, used: number, resets_at: string | null }
+    const resetsAt = figures.resets_at === null ? null : new Date(figures.resets_at).toISOString()
+    return quotaExceeded({ quota: figures.quota, limit: figures.limit, used: figures.used, resets_at: resetsAt })
+  } catch {
+    return undefined // not ours after all: the generic 500, logged
   }
 }

@@ -225,6 +225,13 @@ export interface Memberships {
   user_id: string;
 }
 
+export interface Plans {
+  created_at: Generated<Timestamp>;
+  limits: Generated<Json>;
+  name: string;
+  updated_at: Generated<Timestamp>;
+}
+
 export interface ShardReservations {
   created_at: Generated<Timestamp>;
   purpose: string;
@@ -255,6 +262,13 @@ export interface TenantExports {
   tenant_id: Generated<string>;
 }
 
+export interface TenantLimits {
+  overrides: Generated<Json>;
+  plan: string | null;
+  tenant_id: Generated<string>;
+  updated_at: Generated<Timestamp>;
+}
+
 export interface Tenants {
   created_at: Generated<Timestamp>;
   creation_key_hash: Buffer | null;
@@ -265,6 +279,37 @@ export interface Tenants {
   shard: number;
   slug: string;
   status: Generated<string>;
+}
+
+export interface UsageDays {
+  amount: Int8;
+  day: string;
+  metric: string;
+  tenant_id: Generated<string>;
+}
+
+export interface UsageNotices {
+  created_at: Generated<Timestamp>;
+  event_id: string;
+  metric: string;
+  notice: string;
+  period: string;
+  tenant_id: Generated<string>;
+}
+
+export interface UsagePeriods {
+  amount: Int8;
+  metric: string;
+  period: string;
+  tenant_id: Generated<string>;
+  updated_at: Generated<Timestamp>;
+}
+
+export interface UsageRouteDays {
+  day: string;
+  requests: Int8;
+  route: string;
+  tenant_id: Generated<string>;
 }
 
 export interface WebhookAttempts {
@@ -334,10 +379,16 @@ export interface DB {
   invoice_lines: InvoiceLines;
   invoices: Invoices;
   memberships: Memberships;
+  plans: Plans;
   shard_reservations: ShardReservations;
   tenant_export_chunks: TenantExportChunks;
   tenant_exports: TenantExports;
+  tenant_limits: TenantLimits;
   tenants: Tenants;
+  usage_days: UsageDays;
+  usage_notices: UsageNotices;
+  usage_periods: UsagePeriods;
+  usage_route_days: UsageRouteDays;
   webhook_attempts: WebhookAttempts;
   webhook_deliveries: WebhookDeliveries;
   webhook_endpoints: WebhookEndpoints;

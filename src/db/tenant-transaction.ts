@@ -5,6 +5,7 @@ import { assertPoolQueue } from './pool-queue.ts'
 import {
   FinishedTransactionGuard, kyselyFor, statement, usesPreparedStatements, type ClientConnection,
 } from './client-driver.ts'
+import type { PartialLimits } from '../limits/limits.ts'
 import type { DB } from './schema.ts'
 
 /** Salt of the per-tenant advisory lock (src/tenancy/operation-lock.ts: tenantLockKey; sql/0008's bind_tenant). */
@@ -19,22 +20,26 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
  * ends (placement moves and erasure take it exclusively); then, read after the lock is granted, the
  * tenant's current shard and status and, when asked, the presented key or the user's membership.
  */
-export const BIND_SQL =
-  'SELECT shard, status, key_scopes, key_secret_hash, member_role FROM bind_tenant($1::uuid, $2::uuid, $3::text)'
+export const BIND_SQL = 'SELECT shard, status, key_scopes, key_secret_hash, member_role, limits ' +
+  'FROM bind_tenant($1::uuid, $2::uuid, $3::text)'
 
 /**
- * bind_tenant() plus the transaction's own time limits, set transaction-locally like the binding (no
+ * bind_tenant() plus the transaction's own settings, set transaction-locally like the binding (no
  * session state, so it holds behind a transaction-pooling PgBouncer too): no statement runs longer
- * than $4 ms, and a transaction left idle by its client for $5 ms is ended by the server.
+ * than $4 ms, a transaction left idle by its client for $5 ms is ended by the server, and $6 holds
+ * the configured default quotas the database judges writes against (sql/0020: tenant_limit).
  */
-export const BIND_WITH_TIMEOUTS_SQL = `SELECT shard, status, key_scopes, key_secret_hash, member_role,
+export const BIND_WITH_TIMEOUTS_SQL = `SELECT shard, status, key_scopes, key_secret_hash, member_role, limits,
   set_config('statement_timeout', $4, true) AS statement_timeout,
-  set_config('idle_in_transaction_session_timeout', $5, true) AS idle_timeout
+  set_config('idle_in_transaction_session_timeout', $5, true) AS idle_timeout,
+  set_config('app.default_limits', $6, true) AS default_limits
   FROM bind_tenant($1::uuid, $2::uuid, $3::text)`
 
 export interface TransactionTimeouts {
   statementMs: number
   idleInTransactionMs: number
+  /** The default quotas as JSON (src/limits/limits.ts: quotaDefaultsSetting); none: only plans' quotas hold. */
+  defaultLimits?: string
 }
 
 const CANCEL_SENT = 'a cancel request was sent on this connection'
@@ -53,9 +58,16 @@ export interface Binding {
   key_secret_hash: Buffer | null
   /** The user's role in this tenant, when a member. */
   member_role: string | null
+  /**
+   * With a check: the tenant's plan limits and overrides (sql/0020), null when the operator set none;
+   * src/limits/limits.ts resolves them against the defaults.
+   */
+  limits: { plan: PartialLimits | null, overrides: PartialLimits } | null
 }
 
-const NO_BINDING: Binding = { shard: null, status: null, key_scopes: null, key_secret_hash: null, member_role: null }
+const NO_BINDING: Binding = {
+  shard: null, status: null, key_scopes: null, key_secret_hash: null, member_role: null, limits: null,
+}
 
 /** How startTenantTransaction set a transaction up. */
 interface TransactionSetup {
@@ -248,7 +260,8 @@ export async function startTenantTransaction (
   const bind = timeouts === undefined
     ? client.query<Binding>(statement(BIND_SQL, bound, prepared))
     : client.query<Binding>(statement(BIND_WITH_TIMEOUTS_SQL,
-      [...bound, String(timeouts.statementMs), String(timeouts.idleInTransactionMs)], prepared))
+      [...bound, String(timeouts.statementMs), String(timeouts.idleInTransactionMs), timeouts.defaultLimits ?? ''],
+      prepared))
   if (options.holdWrites === true && stream?.uncork !== undefined) setImmediate(() => stream.uncork!())
   else stream?.uncork?.()
   const ready = Promise.allSettled([begin, bind]).then(([began, bound]) => {

@@ -13,6 +13,7 @@ import type { WebhookSettings } from '../webhooks/settings.ts'
 import { webhookHeaders } from '../webhooks/signature.ts'
 import type { JobMetrics } from './job-metrics.ts'
 import type { JobContext, TenantJob, TenantJobHandler } from './types.ts'
+import { applyQuotaDefaults } from '../limits/limits.ts'
 
 /** Read of the response: enough to see an error page's start, never a large body. */
 const MAX_RESPONSE_BYTES = 64 * 1024
@@ -83,7 +84,7 @@ type Plan =
  */
 export function deliverWebhookJob (settings: WebhookSettings, metrics?: JobMetrics): TenantJobHandler {
   const key = settings.secretKey === undefined ? undefined : parseServerKey(settings.secretKey)
-  const attemptOnce = async (job: TenantJob, { pool, log, signal }: JobContext): Promise<void> => {
+  const attemptOnce = async (job: TenantJob, { pool, log, signal, quotaDefaults }: JobContext): Promise<void> => {
     if (key === undefined) {
       // Waits, re-enqueued, rather than burning the queue's retries: it goes out once the key is set.
       await withTenantTransaction(pool, job.tenantId, async (trx) => {
@@ -152,8 +153,12 @@ export function deliverWebhookJob (settings: WebhookSettings, metrics?: JobMetri
     if (signal.aborted) throw new Error('the worker stopped during the attempt')
     // What the tenant sees of a refusal: not where its host name resolved (that would map our network).
     if (outcome.refused) log.warn({ event: 'webhook_refused', detail: outcome.error }, 'webhook target refused')
-    const recorded = await withTenantTransaction(pool, job.tenantId, async (trx) => recordAttempt(trx.db, job, plan,
-      outcome.refused ? { ...outcome, error: 'refused: the target address is not public' } : outcome, settings))
+    const recorded = await withTenantTransaction(pool, job.tenantId, async (trx) => {
+      // A delivery that succeeds is metered at COMMIT (sql/0020), against the configured quotas too.
+      await applyQuotaDefaults(trx.db, quotaDefaults)
+      return recordAttempt(trx.db, job, plan,
+        outcome.refused ? { ...outcome, error: 'refused: the target address is not public' } : outcome, settings)
+    })
     if (recorded === undefined) return
     const fields = {
       event: 'webhook_attempt',

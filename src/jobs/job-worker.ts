@@ -13,6 +13,8 @@ import { JobMetrics } from './job-metrics.ts'
 import { queueLogger } from './queue-logger.ts'
 import { runTenantExport } from './tenant-export-job.ts'
 import { startWorker, type RunningWorker } from './worker.ts'
+import { closeUsagePeriods } from '../limits/period-close.ts'
+import { defaultLimits, quotaDefaultsSetting, type LimitsConfig } from '../limits/limits.ts'
 
 export const MAINTENANCE_TASK = 'maintenance_sweep'
 const MAINTENANCE_EVERY_MS = 3_600_000
@@ -20,7 +22,7 @@ const MAINTENANCE_EVERY_MS = 3_600_000
 /** What the worker needs: the runtime role's URL always, the owner's only for the maintenance task. */
 export type JobWorkerConfig = Pick<ResolvedConfig, 'APP_DATABASE_URL' | 'databaseTls' | 'DB_CONNECT_TIMEOUT_MS' |
   'DB_PREPARED_STATEMENTS' | 'WORKER_CONCURRENCY' | 'WORKER_LEASE_MS' | 'WORKER_SHUTDOWN_GRACE_MS' |
-  'EVENT_RETENTION_DAYS' | 'DB_LISTEN_URL' | 'WORKER_DATABASE_URL' | 'WORKER_POLL_INTERVAL_MS'> &
+  'EVENT_RETENTION_DAYS' | 'DB_LISTEN_URL' | 'WORKER_DATABASE_URL' | 'WORKER_POLL_INTERVAL_MS'> & LimitsConfig &
   Parameters<typeof webhookSettings>[0] & { DATABASE_URL?: string | undefined }
 
 /**
@@ -64,6 +66,7 @@ export async function startJobWorker (
       leaseMs: config.WORKER_LEASE_MS,
       shutdownGraceMs: config.WORKER_SHUTDOWN_GRACE_MS,
       pollIntervalMs: config.WORKER_POLL_INTERVAL_MS,
+      quotaDefaults: quotaDefaultsSetting(defaultLimits(config)),
       metrics,
       tenantTasks: {
         deliver_webhook: { handler: deliverWebhookJob(webhookSettings(config), metrics), flag: 'webhooks', share: 4 },
@@ -112,7 +115,12 @@ async function scheduleMaintenance (owner: pg.Pool, log: FastifyBaseLogger, inMs
 async function maintenance (owner: pg.Pool, config: JobWorkerConfig, log: FastifyBaseLogger): Promise<void> {
   const eventsDeleted = await deleteExpiredEvents(owner, config.EVENT_RETENTION_DAYS)
   const exportsDeleted = await deleteExpiredExports(owner)
-  log.info({ event: 'maintenance_sweep', events_deleted: eventsDeleted, exports_deleted: exportsDeleted },
-    'maintenance sweep done')
+  const periodsClosed = await closeUsagePeriods(owner)
+  log.info({
+    event: 'maintenance_sweep',
+    events_deleted: eventsDeleted,
+    exports_deleted: exportsDeleted,
+    usage_periods_closed: periodsClosed,
+  }, 'maintenance sweep done')
   await scheduleMaintenance(owner, log, MAINTENANCE_EVERY_MS)
 }

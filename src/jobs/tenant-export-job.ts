@@ -4,7 +4,8 @@ import { withTenantTransaction, type TenantTransaction } from '../db/tenant-tran
 import { logFailure } from '../log-failure.ts'
 import { countRows, linePrefix, rowsQuery } from '../tenancy/tenant-export.ts'
 import { exportedTables, type TenantTableInfo } from '../tenancy/tenant-tables.ts'
-import type { TenantJob, TenantJobHandler } from './types.ts'
+import type { JobContext, TenantJob, TenantJobHandler } from './types.ts'
+import { applyQuotaDefaults } from '../limits/limits.ts'
 
 /**
  * The tenant's own export (POST /v1/exports): the lines the operator export writes for the tenant
@@ -39,7 +40,7 @@ export function tenantExportJob (options: TenantExportOptions = {}): TenantJobHa
   return async (job, context) => {
     const { log } = context
     try {
-      const result = await exportChunks(job, context.pool, context.signal, options)
+      const result = await exportChunks(job, context, options)
       if (result === undefined) {
         log.info({ exportId: job.ref }, 'tenant export: no such unfinished export of this tenant; nothing to do')
       } else {
@@ -67,7 +68,7 @@ interface Outcome {
 }
 
 async function exportChunks (
-  job: TenantJob, pool: pg.Pool, signal: AbortSignal, options: TenantExportOptions
+  job: TenantJob, { pool, signal, quotaDefaults }: JobContext, options: TenantExportOptions
 ): Promise<Outcome | undefined> {
   const sizes = { chunkBytes: options.chunkBytes ?? CHUNK_BYTES, pageRows: options.pageRows ?? PAGE_ROWS }
   const started = performance.now()
@@ -105,6 +106,8 @@ async function exportChunks (
 
   const finished = await withTenantTransaction(pool, job.tenantId, async (trx) => {
     if (!await isRunning(trx, job, run)) return false
+    // The export's bytes are metered at COMMIT (sql/0020), against the configured quotas too.
+    await applyQuotaDefaults(trx.db, quotaDefaults)
     // expires_at held created_at + the retention period (see insertTenantExport): counted from now instead.
     await trx.db.updateTable('tenant_exports').set({
       status: 'ready',

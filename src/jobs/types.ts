@@ -24,6 +24,8 @@ export interface JobContext {
   log: FastifyBaseLogger
   /** Aborted when the worker is told to stop and the shutdown grace period has run out. */
   signal: AbortSignal
+  /** The configured default quotas (src/limits/limits.ts: quotaDefaultsSetting), for metered work. */
+  quotaDefaults: string
 }
 
 /** Returns when the job is done (or found nothing to do); throws to have the queue retry it later. */

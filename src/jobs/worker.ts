@@ -33,6 +33,8 @@ export interface WorkerOptions {
   metrics: JobMetrics
   /** Fallback poll for jobs scheduled in the future (new ones arrive by NOTIFY at once). */
   pollIntervalMs?: number
+  /** The configured default quotas, handed to each job (JobContext.quotaDefaults). */
+  quotaDefaults?: string
 }
 
 export interface RunningWorker {
@@ -95,7 +97,7 @@ export async function startWorker (options: WorkerOptions): Promise<RunningWorke
       running.set(key, held)
       const run = handler(
         { ...refs, jobId: helpers.job.id, attempt: helpers.job.attempts, maxAttempts: helpers.job.max_attempts },
-        { pool, log: jobLog, signal: helpers.abortSignal })
+        { pool, log: jobLog, signal: helpers.abortSignal, quotaDefaults: options.quotaDefaults ?? '' })
       inFlight.add(run)
       try {
         await run

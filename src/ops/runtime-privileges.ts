@@ -65,6 +65,14 @@ export const RUNTIME_PRIVILEGES: Readonly<Record<string, Allowed>> = {
     UPDATE: ['status', 'rows_total', 'rows_done', 'bytes', 'error', 'started_at', 'finished_at', 'expires_at'],
   },
   tenant_export_chunks: { SELECT: true, INSERT: true, DELETE: true },
+  // Limits and usage (sql/0020_limits_and_usage.sql): read only. Usage is written by the database's own
+  // triggers, and request counts through usage_record_requests().
+  plans: { SELECT: true },
+  tenant_limits: { SELECT: true },
+  usage_periods: { SELECT: true },
+  usage_days: { SELECT: true },
+  usage_route_days: { SELECT: true },
+  usage_notices: { SELECT: true },
   // The worker's liveness (src/jobs/worker-lease.ts), and what it needs of the queue's tables to take,
   // finish, fail and hand back jobs; never INSERT on jobs: it enqueues through enqueue_tenant_job().
   worker_heartbeats: { SELECT: true, INSERT: true, DELETE: true, UPDATE: ['seen_at'] },
@@ -123,6 +131,8 @@ export const ALLOWED_DEFINER_FUNCTIONS = new Set([
   'user_tenant_ids',
   // Enqueues for the bound tenant only, naming a row of that tenant (sql/0019_webhooks_and_jobs.sql).
   'enqueue_tenant_job',
+  // Adds request counts for the bound tenant only, to request counters only (sql/0020_limits_and_usage.sql).
+  'usage_record_requests',
 ])
 
 export async function checkDefinerFunctions (client: pg.ClientBase, problems: string[]): Promise<void> {

@@ -69,16 +69,27 @@ export const ProblemSchema = Type.Object({
   detail: Type.Optional(Type.String()),
   instance: Type.Optional(Type.String()),
   errors: Type.Optional(Type.Array(FieldError)),
+  // quota-exceeded problems (docs/limits.md): which quota, its limit, the use before the refused write,
+  // and when it resets (null for quotas of live objects, which do not).
+  quota: Type.Optional(Type.String({ description: 'quota-exceeded: the quota that is used up' })),
+  limit: Type.Optional(Type.Integer({ description: 'quota-exceeded: the quota' })),
+  used: Type.Optional(Type.Integer({ description: 'quota-exceeded: what was used before this write' })),
+  resets_at: Type.Optional(Type.Union([Type.String({ format: 'date-time' }), Type.Null()], {
+    description: 'quota-exceeded: when the quota resets; null when it does not (live objects)',
+  })),
 }, { $id: 'Problem', title: 'Problem', description: 'RFC 9457 problem details (application/problem+json)' })
 export type Problem = Static<typeof ProblemSchema>
 
 const PROBLEM_DESCRIPTIONS: Record<number, string> = {
   400: 'the body, query or a header is invalid',
   401: 'missing, malformed, expired or revoked credential',
-  403: 'valid credential, but the wrong tenant, no membership or a missing scope',
+  403: 'valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up ' +
+    '(type quota-exceeded)',
   404: 'no such resource in your tenant',
   409: 'the request conflicts with the current state',
   422: 'the body is well-formed but cannot be applied (e.g. a reference that does not resolve in your tenant)',
+  429: 'too many requests: the tenant\'s rate or its share of the database, or failed authentications from your ' +
+    'address; retry after retry-after seconds (docs: limits)',
   500: 'the server could not complete the operation (the description of the operation says when)',
   503: 'the database is unavailable; retry after retry-after seconds',
 }
@@ -88,9 +99,13 @@ interface ProblemResponse {
   content: { 'application/problem+json': { schema: TUnsafe<Problem> } }
 }
 
-/** Error responses for a route: problem+json, documented per status. */
+/**
+ * Error responses for a route: problem+json, documented per status. A route that takes a credential (it
+ * lists 401) may also answer 429: its tenant's rate or share, or its address's failed authentications.
+ */
 export function problems (...statuses: number[]): Record<number, ProblemResponse> {
-  return Object.fromEntries(statuses.map((s) => {
+  const all = statuses.includes(401) && !statuses.includes(429) ? [...statuses, 429] : statuses
+  return Object.fromEntries(all.map((s) => {
     const description = PROBLEM_DESCRIPTIONS[s]
     if (description === undefined) throw new Error(`no description for a ${s} problem`)
     return [s, { description, content: { 'application/problem+json': { schema: Ref(ProblemSchema) } } }]

@@ -15,6 +15,7 @@ export const SweepResultSchema = Type.Object({
   }),
   events_deleted: Type.Integer({ description: 'events older than EVENT_RETENTION_DAYS deleted (all tenants)' }),
   exports_deleted: Type.Integer({ description: 'tenant exports past their expires_at deleted, files included' }),
+  usage_periods_closed: Type.Integer({ description: 'usage.period_closed events sent (one per tenant and period)' }),
 }, { $id: 'SweepResult', title: 'SweepResult' })
 
 export const SafetyReportSchema = Type.Object({

@@ -3,6 +3,9 @@ import {
   AuditChainBreakSchema, AuditEventPage, AuditEventSchema, AuditVerificationSchema, FullAuditVerificationSchema,
 } from './audit.ts'
 import { ProblemSchema } from './common.ts'
+import {
+  LimitsSchema, PlanListSchema, PlanSchema, RefusalRankingSchema, TenantLimitsSchema, UsageSchema,
+} from './limits.ts'
 import { EventPage, EventSchema } from './events.ts'
 import { ExportPage, ExportSchema } from './exports.ts'
 import { CustomerPage, CustomerSchema } from './customers.ts'
@@ -37,4 +40,5 @@ export const SHARED_SCHEMAS: readonly TSchema[] = [
   SweepResultSchema, SafetyReportSchema,
   WebhookEndpointSchema, WebhookEndpointWithSecretSchema, WebhookEndpointPage,
   WebhookAttemptSchema, WebhookDeliverySchema, WebhookDeliveryPage, RedeliveryResultSchema,
+  LimitsSchema, PlanSchema, PlanListSchema, TenantLimitsSchema, UsageSchema, RefusalRankingSchema,
 ]

@@ -144,6 +144,12 @@ t.test('the README walk-through runs as written against a server started as npm 
   t.ok(lines.includes('customer.created signature verified'), 'a webhook arrived, its signature verified')
   t.ok(lines.includes('{"event_type":"customer.created","status":"succeeded","attempts":1}'),
     'and its delivery is listed as succeeded')
+  t.ok(lines.includes('{"type":"https://rowfence.dev/problems/rate-limited","status":429}'), 'over its burst: 429')
+  t.match(run.stdout, /^ratelimit-policy: "burst";q=2;w=1, "sustained";q=6000;w=60$/im, 'with the policies')
+  t.match(run.stdout, /^ratelimit: "burst";r=0;t=1, "sustained";r=\d+;t=\d+$/im, 'and what is left of them')
+  t.match(run.stdout, /^retry-after: 1$/im, 'and when to retry')
+  t.ok(lines.includes('{"name":"invoices_created","used":1,"limit":3}'), 'the usage, against the quota')
+  t.ok(lines.includes('{"name":"customers","used":2,"limit":null}'), 'and the live customers')
   const last = lines.indexOf(`walkthrough: block ${blocks.length} done`)
   t.equal(lines[last - 1], '{"number":"INV-000001","status":"paid"}', 'after the import, the invoice is back, paid')
 

@@ -54,6 +54,16 @@ export async function buildTestApp (
     // Load shedding is tested on its own (http-hardening.test.ts): elsewhere a busy machine, or the
     // compiling of test modules in the same process, would shed the requests under test.
     MAX_EVENT_LOOP_DELAY_MS: 0,
+    // Limits are tested on their own (test/limits): elsewhere a test's bursts of one tenant's
+    // requests must not be refused for their rate or wait for the tenant's share of a small pool.
+    LIMIT_REQUESTS_PER_SECOND: 'unlimited',
+    LIMIT_BURST: 'unlimited',
+    LIMIT_CONCURRENT_REQUESTS: 'unlimited',
+    TENANT_QUEUE_MAX: 10_000,
+    AUTH_FAILURES_PER_MINUTE: 'unlimited',
+    // Request counts are written when a test flushes them (app.usageMeter.flush()) or at close: a flush in the
+    // middle of a test would change the usage rows a test compares (exports, for one).
+    USAGE_FLUSH_MS: 600_000,
     jwt: { algorithm: 'HS256', key: TEST_JWT_SECRET },
     databaseTls: PLAINTEXT,
     EXPORT_SIGNING_KEY: TEST_EXPORT_SIGNING_KEY,

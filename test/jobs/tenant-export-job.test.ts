@@ -18,7 +18,7 @@ import { operator } from '../helpers/operator.ts'
 const ctx = await buildTestApp(t, { KEY_USAGE_FLUSH_MS: 3_600_000 })
 const appPool = new pg.Pool({ connectionString: ctx.db.appUrl, max: 2 })
 t.teardown(() => appPool.end())
-const context: JobContext = { pool: appPool, log: ctx.app.log, signal: new AbortController().signal }
+const context: JobContext = { pool: appPool, log: ctx.app.log, signal: new AbortController().signal, quotaDefaults: '' }
 const webhookKey = randomBytes(32)
 
 const tenant = await provisionTenant(ctx, 'self-exported')
@@ -105,12 +105,19 @@ async function download (who: ProvisionedTenant, id: string): Promise<string> {
 const SECRET_FIELDS = /,"(?:secret_hash|secret_sealed|previous_secret_sealed)":(?:"[^"]*"|null)/g
 
 /** What the tenant's export must hold: the operator export's lines, less its signature and the secret fields. */
+/**
+ * An export's own size is counted (usage: export_bytes) once it is ready, after its file was written: the
+ * operator export made afterwards holds that count, the file did not. Left out of both sides.
+ */
+const withoutExportMetering = (file: string): string =>
+  file.split('\n').filter((line) => !line.includes('"metric":"export_bytes"')).join('\n')
+
 async function expectedFile (who: ProvisionedTenant): Promise<string> {
   const res = await ctx.app.inject({ method: 'GET', url: `/admin/v1/tenants/${who.id}/export`, headers: operator(ctx) })
   if (res.statusCode !== 200) throw new Error(`operator export failed: ${res.statusCode}`)
   const lines = res.body.trimEnd().split('\n')
   if (!lines.pop()!.startsWith('{"signature":')) throw new Error('no signature trailer')
-  return lines.map((line) => `${line.replace(SECRET_FIELDS, '')}\n`).join('')
+  return withoutExportMetering(lines.map((line) => `${line.replace(SECRET_FIELDS, '')}\n`).join(''))
 }
 
 const chunksOf = async (id: string) => query<{ seq: number, bytes: number }>(ctx.db.adminUrl,
@@ -122,7 +129,7 @@ t.test('the tenant\'s export holds what the operator export holds for the tenant
   await runTenantExport(job(tenant, id), context)
   const file = await download(tenant, id)
   const expected = await expectedFile(tenant)
-  t.equal(file, expected, 'the same lines, byte for byte, but for the secret fields')
+  t.equal(withoutExportMetering(file), expected, 'the same lines, byte for byte, but for the secret fields')
 
   const lines = file.trimEnd().split('\n').map((l) => JSON.parse(l) as { table: string, row: Record<string, unknown> })
   const tables = new Set(lines.map((l) => l.table))
@@ -170,7 +177,7 @@ t.test('the progress moves chunk by chunk, and the chunks add up to the file', a
     }
   }
   const file = await download(tenant, id)
-  t.equal(file, await expectedFile(tenant), 'the same file as in one big chunk')
+  t.equal(withoutExportMetering(file), await expectedFile(tenant), 'the same file as in one big chunk')
   const chunks = await chunksOf(id)
   t.same(chunks.map((c) => c.seq), chunks.map((_, i) => i), 'chunks numbered from 0 without a gap')
   t.equal(chunks.reduce((sum, c) => sum + c.bytes, 0), Buffer.byteLength(file))
@@ -192,7 +199,7 @@ t.test('a rerun after a crash starts over and produces the same file; a finished
 
     await tenantExportJob(small)(job(tenant, id, 2), context)
     const file = await download(tenant, id)
-    t.equal(file, await expectedFile(tenant), 'the whole file, once')
+    t.equal(withoutExportMetering(file), await expectedFile(tenant), 'the whole file, once')
     const chunks = await chunksOf(id)
     t.equal(chunks.reduce((sum, c) => sum + c.bytes, 0), Buffer.byteLength(file), 'no chunk of the first run left')
 

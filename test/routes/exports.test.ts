@@ -18,7 +18,7 @@ const TTL_MS = 120_000
 const ctx = await buildTestApp(t, { TENANT_EXPORT_TTL_MS: TTL_MS, KEY_USAGE_FLUSH_MS: 3_600_000 })
 const appPool = new pg.Pool({ connectionString: ctx.db.appUrl, max: 2 })
 t.teardown(() => appPool.end())
-const context: JobContext = { pool: appPool, log: ctx.app.log, signal: new AbortController().signal }
+const context: JobContext = { pool: appPool, log: ctx.app.log, signal: new AbortController().signal, quotaDefaults: '' }
 
 interface Export {
   id: string

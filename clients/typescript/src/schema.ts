@@ -409,7 +409,7 @@ export interface paths {
         put?: never;
         /**
          * Request an export of all the tenant's data
-         * @description Queues the export and answers at once, with the export and its `location`; a job writes the file in the background (follow it with GET /v1/exports/{id}). The file is NDJSON, one `{"table": ..., "row": {...}}` object a line, every table the tenant has rows in, parents before children (the format of the operator's export), without secrets: no API key hashes, no webhook signing secrets. Rows changed while it runs may appear as they were or as they became. One export at a time: 409 while another is queued or running.
+         * @description Queues the export and answers at once, with the export and its `location`; a job writes the file in the background (follow it with GET /v1/exports/{id}). The file is NDJSON, one `{"table": ..., "row": {...}}` object a line, every table the tenant has rows in, parents before children (the format of the operator's export), without secrets: no API key hashes, no webhook signing secrets. Rows changed while it runs may appear as they were or as they became. One export at a time: 409 while another is queued or running. 403 `quota-exceeded` once the period's `export_bytes` quota is used up (an export under way is finished and counted).
          */
         post: operations["createExport"];
         delete?: never;
@@ -447,6 +447,26 @@ export interface paths {
          * @description The file, streamed as it is read (`content-length` is its size: a shorter body was cut off). 409 until the export is ready; 410 once it has expired.
          */
         get: operations["downloadExport"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * What the tenant used in a billing period, against its quotas
+         * @description The current period (a UTC calendar month) by default, or `?period=YYYY-MM`. Each counter has its use, its limit (current period only; null when unlimited) and when it resets; per-day counts follow. Billable work (invoices created and finalized, deliveries, export bytes) is counted in the transaction that does it; request counts are written every few seconds, so the latest ones may not show yet.
+         */
+        get: operations["getUsage"];
         put?: never;
         post?: never;
         delete?: never;
@@ -683,6 +703,109 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/admin/v1/tenants/{id}/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A tenant's plan, overrides and the limits in force */
+        get: operations["adminGetTenantLimits"];
+        /**
+         * Put a tenant on a plan, with overrides of its own
+         * @description Replaces the tenant's plan and its overrides (left out: none). An override wins over the plan; null makes a limit unlimited. Applies from the tenant's next request on every instance (quotas: from its next write, read by the database itself). Recorded in the tenant's audit trail as `limits.changed`. 422 for a plan that does not exist.
+         */
+        put: operations["adminPutTenantLimits"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/plans": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List the plans */
+        get: operations["adminListPlans"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/plans/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Retrieve a plan */
+        get: operations["adminGetPlan"];
+        /**
+         * Create a plan or replace its limits
+         * @description The limits replace the plan's whole set: a limit left out falls to the server's default (LIMIT_* variables), null makes it unlimited. Tenants on the plan get the new limits on their next request, on every instance. The same answer whether the plan is new or replaced (the log says which).
+         */
+        put: operations["adminPutPlan"];
+        post?: never;
+        /**
+         * Delete a plan
+         * @description 409 while any tenant is on it: move those tenants to another plan first.
+         */
+        delete: operations["adminDeletePlan"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Every tenant's totals for a billing period (NDJSON or CSV, streamed)
+         * @description One record per tenant (every tenant, with 0 for what it did not use), in tenant id order, read from one snapshot and streamed in constant memory. Counters: invoices_created, events_delivered, export_bytes, invoices_finalized, requests, refusals_rate, refusals_concurrency, refusals_quota. The current period by default; request counts of the last few seconds may not be written yet.
+         */
+        get: operations["adminExportUsage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/v1/usage/refusals": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The tenants refused most often in a billing period
+         * @description Refusals by a rate limit, the tenant's share of the database, or a quota, counted per tenant (the metrics count them by reason only). Written with the request counts, every few seconds.
+         */
+        get: operations["adminRankRefusals"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/admin/v1/tenant-slugs/{slug}": {
         parameters: {
             query?: never;
@@ -751,7 +874,7 @@ export interface paths {
         put?: never;
         /**
          * Recover from interrupted placement moves and erasures; delete expired events and exports
-         * @description Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of dedicated shards that belong to no tenant (left by a crash, or by an erasure or move whose partition drop gave up), recording it on the erasure receipt. Then deletes every tenant's events older than EVENT_RETENTION_DAYS, and the tenants' own exports past their expires_at (with their files). Safe to run at any time; every erasure also runs the recovery part when it finishes. Run it regularly (e.g. daily from cron) until the job queue schedules retention.
+         * @description Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of dedicated shards that belong to no tenant (left by a crash, or by an erasure or move whose partition drop gave up), recording it on the erasure receipt. Then deletes every tenant's events older than EVENT_RETENTION_DAYS, and the tenants' own exports past their expires_at (with their files), and sends usage.period_closed for each tenant's billing period that is over. Safe to run at any time; every erasure also runs the recovery part when it finishes. Run it regularly (e.g. daily from cron) until the job queue schedules retention.
          */
         post: operations["adminSweep"];
         delete?: never;
@@ -779,6 +902,14 @@ export interface components {
                 path: string;
                 message: string;
             }[];
+            /** @description quota-exceeded: the quota that is used up */
+            quota?: string;
+            /** @description quota-exceeded: the quota */
+            limit?: number;
+            /** @description quota-exceeded: what was used before this write */
+            used?: number;
+            /** @description quota-exceeded: when the quota resets; null when it does not (live objects) */
+            resets_at?: string | null;
         };
         /** Tenant */
         Tenant: {
@@ -1225,6 +1356,8 @@ export interface components {
             events_deleted: number;
             /** @description tenant exports past their expires_at deleted, files included */
             exports_deleted: number;
+            /** @description usage.period_closed events sent (one per tenant and period) */
+            usage_periods_closed: number;
         };
         /** SafetyReport */
         SafetyReport: {
@@ -1374,6 +1507,168 @@ export interface components {
         WebhookRedelivery: {
             data: components["schemas"]["WebhookDelivery"][];
         };
+        /**
+         * Limits
+         * @description every limit in force; null: unlimited
+         */
+        Limits: {
+            /** @description sustained request rate: requests per second, averaged over a minute; null: unlimited */
+            requests_per_second: number | null;
+            /** @description requests in any one second; null: unlimited */
+            burst: number | null;
+            /** @description database connections the tenant may hold at once (per server instance); null: unlimited */
+            concurrent_requests: number | null;
+            /** @description invoices created per billing period; null: unlimited */
+            invoices_created: number | null;
+            /** @description webhook deliveries that succeeded, per billing period; null: unlimited */
+            events_delivered: number | null;
+            /** @description bytes of the tenant's own exports, per billing period; null: unlimited */
+            export_bytes: number | null;
+            /** @description customers at any time; null: unlimited */
+            customers: number | null;
+            /** @description live API keys at any time; null: unlimited */
+            api_keys: number | null;
+            /** @description members (invitations included) at any time; null: unlimited */
+            members: number | null;
+            /** @description webhook endpoints at any time; null: unlimited */
+            webhook_endpoints: number | null;
+        };
+        /**
+         * Plan
+         * @description a named set of limits the operator assigns to tenants
+         */
+        Plan: {
+            /** @description the plan's name */
+            name: string;
+            /** @description limits by name; a name left out falls to the next layer */
+            limits: {
+                /** @description sustained request rate: requests per second, averaged over a minute; null: unlimited */
+                requests_per_second?: number | null;
+                /** @description requests in any one second; null: unlimited */
+                burst?: number | null;
+                /** @description database connections the tenant may hold at once (per server instance); null: unlimited */
+                concurrent_requests?: number | null;
+                /** @description invoices created per billing period; null: unlimited */
+                invoices_created?: number | null;
+                /** @description webhook deliveries that succeeded, per billing period; null: unlimited */
+                events_delivered?: number | null;
+                /** @description bytes of the tenant's own exports, per billing period; null: unlimited */
+                export_bytes?: number | null;
+                /** @description customers at any time; null: unlimited */
+                customers?: number | null;
+                /** @description live API keys at any time; null: unlimited */
+                api_keys?: number | null;
+                /** @description members (invitations included) at any time; null: unlimited */
+                members?: number | null;
+                /** @description webhook endpoints at any time; null: unlimited */
+                webhook_endpoints?: number | null;
+            };
+            /** @description tenants on this plan */
+            tenants: number;
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            updated_at: string;
+        };
+        /**
+         * PlanList
+         * @description every plan, by name
+         */
+        PlanList: {
+            data: components["schemas"]["Plan"][];
+        };
+        /**
+         * TenantLimits
+         * @description a tenant's plan, its own overrides, and the result
+         */
+        TenantLimits: {
+            /** @description the tenant's plan; null: the server's defaults */
+            plan: string | null;
+            /** @description limits by name; a name left out falls to the next layer */
+            overrides: {
+                /** @description sustained request rate: requests per second, averaged over a minute; null: unlimited */
+                requests_per_second?: number | null;
+                /** @description requests in any one second; null: unlimited */
+                burst?: number | null;
+                /** @description database connections the tenant may hold at once (per server instance); null: unlimited */
+                concurrent_requests?: number | null;
+                /** @description invoices created per billing period; null: unlimited */
+                invoices_created?: number | null;
+                /** @description webhook deliveries that succeeded, per billing period; null: unlimited */
+                events_delivered?: number | null;
+                /** @description bytes of the tenant's own exports, per billing period; null: unlimited */
+                export_bytes?: number | null;
+                /** @description customers at any time; null: unlimited */
+                customers?: number | null;
+                /** @description live API keys at any time; null: unlimited */
+                api_keys?: number | null;
+                /** @description members (invitations included) at any time; null: unlimited */
+                members?: number | null;
+                /** @description webhook endpoints at any time; null: unlimited */
+                webhook_endpoints?: number | null;
+            };
+            effective: components["schemas"]["Limits"];
+            /** @description when the operator last changed them */
+            updated_at: string | null;
+        };
+        /**
+         * Usage
+         * @description what the tenant used in a billing period, against its quotas
+         */
+        Usage: {
+            /** @description a billing period: a UTC calendar month, YYYY-MM */
+            period: string;
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            starts_at: string;
+            /**
+             * Format: date-time
+             * @description ISO 8601 UTC timestamp
+             */
+            ends_at: string;
+            counters: {
+                /** @description the counter: a quota's name, or requests, invoices_finalized, refusals_* */
+                name: string;
+                used: number;
+                /** @description the quota; null: none */
+                limit: number | null;
+                /** @description when the counter starts again from 0; null for live objects (customers, keys, members, endpoints) */
+                resets_at: string | null;
+            }[];
+            /** @description the period's counters per UTC day */
+            days: {
+                /** Format: date */
+                day: string;
+                counters: {
+                    [key: string]: number;
+                };
+            }[];
+        };
+        /**
+         * RefusalRanking
+         * @description the tenants refused most in a period
+         */
+        RefusalRanking: {
+            /** @description a billing period: a UTC calendar month, YYYY-MM */
+            period: string;
+            data: {
+                /** Format: uuid */
+                tenant_id: string;
+                slug: string | null;
+                refusals: number;
+                rate: number;
+                concurrency: number;
+                quota: number;
+            }[];
+        };
     };
     responses: never;
     parameters: never;
@@ -1475,7 +1770,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1486,6 +1781,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1548,8 +1852,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1629,7 +1942,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1658,6 +1971,15 @@ export interface operations {
             };
             /** @description the body is well-formed but cannot be applied (e.g. a reference that does not resolve in your tenant) */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1716,7 +2038,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1736,6 +2058,15 @@ export interface operations {
             };
             /** @description the request conflicts with the current state */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1798,8 +2129,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1874,7 +2214,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1903,6 +2243,15 @@ export interface operations {
             };
             /** @description the body is not application/json */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1960,7 +2309,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -1980,6 +2329,15 @@ export interface operations {
             };
             /** @description the request conflicts with the current state */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2051,7 +2409,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2089,6 +2447,15 @@ export interface operations {
             };
             /** @description the body is not application/json */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2148,7 +2515,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2159,6 +2526,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2221,8 +2597,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2296,7 +2681,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2325,6 +2710,15 @@ export interface operations {
             };
             /** @description the body is not application/json */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2385,7 +2779,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2396,6 +2790,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2454,7 +2857,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2474,6 +2877,15 @@ export interface operations {
             };
             /** @description the request conflicts with the current state */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2547,7 +2959,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2585,6 +2997,15 @@ export interface operations {
             };
             /** @description the body is not application/json */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2650,8 +3071,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2745,7 +3175,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2783,6 +3213,15 @@ export interface operations {
             };
             /** @description the body is well-formed but cannot be applied (e.g. a reference that does not resolve in your tenant) */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2843,7 +3282,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2854,6 +3293,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2938,7 +3386,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2985,6 +3433,15 @@ export interface operations {
             };
             /** @description the body is well-formed but cannot be applied (e.g. a reference that does not resolve in your tenant) */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3047,7 +3504,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3067,6 +3524,15 @@ export interface operations {
             };
             /** @description the request conflicts with the current state */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3129,7 +3595,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3149,6 +3615,15 @@ export interface operations {
             };
             /** @description the request conflicts with the current state */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3211,7 +3686,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3231,6 +3706,15 @@ export interface operations {
             };
             /** @description the request conflicts with the current state */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3299,8 +3783,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3361,7 +3854,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3372,6 +3865,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3446,7 +3948,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3484,6 +3986,15 @@ export interface operations {
             };
             /** @description the body is not application/json */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3546,8 +4057,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3614,8 +4134,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3678,8 +4207,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3745,7 +4283,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3774,6 +4312,15 @@ export interface operations {
             };
             /** @description the body is not application/json */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3834,7 +4381,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3845,6 +4392,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3905,7 +4461,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3934,6 +4490,86 @@ export interface operations {
             };
             /** @description the export has expired: its file is deleted (request a new export) */
             410: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    getUsage: {
+        parameters: {
+            query?: {
+                /** @description a billing period: a UTC calendar month, YYYY-MM */
+                period?: string;
+            };
+            header?: {
+                /** @description optional; must be the tenant of an API key, selects the tenant of a user */
+                "x-tenant-id"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the usage */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Usage"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3996,8 +4632,17 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4077,7 +4722,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4106,6 +4751,15 @@ export interface operations {
             };
             /** @description the body is well-formed but cannot be applied (e.g. a reference that does not resolve in your tenant) */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4166,7 +4820,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4177,6 +4831,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4235,7 +4898,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4246,6 +4909,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4323,7 +4995,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4361,6 +5033,15 @@ export interface operations {
             };
             /** @description the body is well-formed but cannot be applied (e.g. a reference that does not resolve in your tenant) */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4423,7 +5104,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4434,6 +5115,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4500,7 +5190,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description valid credential, but the wrong tenant, no membership or a missing scope */
+            /** @description valid credential, but the wrong tenant, no membership or a missing scope; or a quota is used up (type quota-exceeded) */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4511,6 +5201,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4563,6 +5262,15 @@ export interface operations {
             };
             /** @description missing, malformed, expired or revoked credential */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4654,6 +5362,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description the database is unavailable; retry after retry-after seconds */
             503: {
                 headers: {
@@ -4722,6 +5439,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description the database is unavailable; retry after retry-after seconds */
             503: {
                 headers: {
@@ -4783,6 +5509,15 @@ export interface operations {
             };
             /** @description the request conflicts with the current state */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4899,6 +5634,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description the database is unavailable; retry after retry-after seconds */
             503: {
                 headers: {
@@ -4997,6 +5741,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description the database is unavailable; retry after retry-after seconds */
             503: {
                 headers: {
@@ -5049,6 +5802,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5111,6 +5873,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5186,6 +5957,643 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminGetTenantLimits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the tenant's limits */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TenantLimits"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminPutTenantLimits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description UUID (time-ordered v7 for ids the server assigns) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "plan": "starter",
+                 *       "overrides": {
+                 *         "customers": 1000
+                 *       }
+                 *     }
+                 */
+                "application/json": {
+                    /** @description the plan; null: the server's defaults */
+                    plan: string | null;
+                    /** @description limits by name; a name left out falls to the next layer */
+                    overrides?: {
+                        /** @description sustained request rate: requests per second, averaged over a minute; null: unlimited */
+                        requests_per_second?: number | null;
+                        /** @description requests in any one second; null: unlimited */
+                        burst?: number | null;
+                        /** @description database connections the tenant may hold at once (per server instance); null: unlimited */
+                        concurrent_requests?: number | null;
+                        /** @description invoices created per billing period; null: unlimited */
+                        invoices_created?: number | null;
+                        /** @description webhook deliveries that succeeded, per billing period; null: unlimited */
+                        events_delivered?: number | null;
+                        /** @description bytes of the tenant's own exports, per billing period; null: unlimited */
+                        export_bytes?: number | null;
+                        /** @description customers at any time; null: unlimited */
+                        customers?: number | null;
+                        /** @description live API keys at any time; null: unlimited */
+                        api_keys?: number | null;
+                        /** @description members (invitations included) at any time; null: unlimited */
+                        members?: number | null;
+                        /** @description webhook endpoints at any time; null: unlimited */
+                        webhook_endpoints?: number | null;
+                    };
+                };
+            };
+        };
+        responses: {
+            /** @description the tenant's limits */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TenantLimits"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is larger than the server accepts (BODY_LIMIT_BYTES) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is well-formed but cannot be applied (e.g. a reference that does not resolve in your tenant) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminListPlans: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description every plan */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PlanList"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminGetPlan: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the plan's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the plan */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Plan"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminPutPlan: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the plan's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "limits": {
+                 *         "requests_per_second": 20,
+                 *         "burst": 40,
+                 *         "invoices_created": 500,
+                 *         "customers": null
+                 *       }
+                 *     }
+                 */
+                "application/json": {
+                    /** @description limits by name; a name left out falls to the next layer */
+                    limits: {
+                        /** @description sustained request rate: requests per second, averaged over a minute; null: unlimited */
+                        requests_per_second?: number | null;
+                        /** @description requests in any one second; null: unlimited */
+                        burst?: number | null;
+                        /** @description database connections the tenant may hold at once (per server instance); null: unlimited */
+                        concurrent_requests?: number | null;
+                        /** @description invoices created per billing period; null: unlimited */
+                        invoices_created?: number | null;
+                        /** @description webhook deliveries that succeeded, per billing period; null: unlimited */
+                        events_delivered?: number | null;
+                        /** @description bytes of the tenant's own exports, per billing period; null: unlimited */
+                        export_bytes?: number | null;
+                        /** @description customers at any time; null: unlimited */
+                        customers?: number | null;
+                        /** @description live API keys at any time; null: unlimited */
+                        api_keys?: number | null;
+                        /** @description members (invitations included) at any time; null: unlimited */
+                        members?: number | null;
+                        /** @description webhook endpoints at any time; null: unlimited */
+                        webhook_endpoints?: number | null;
+                    };
+                };
+            };
+        };
+        responses: {
+            /** @description the plan, as it now is */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Plan"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is larger than the server accepts (BODY_LIMIT_BYTES) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the body is not application/json */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminDeletePlan: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the plan's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such resource in your tenant */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminExportUsage: {
+        parameters: {
+            query?: {
+                /** @description a billing period: a UTC calendar month, YYYY-MM */
+                period?: string;
+                /** @description ndjson (one JSON object per tenant) or csv (a header line, then a line per tenant) */
+                format?: "ndjson" | "csv";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the totals */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": string;
+                    "text/csv": string;
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the database is unavailable; retry after retry-after seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    adminRankRefusals: {
+        parameters: {
+            query?: {
+                /** @description a billing period: a UTC calendar month, YYYY-MM */
+                period?: string;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the ranking */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RefusalRanking"];
+                };
+            };
+            /** @description the body, query or a header is invalid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, malformed, expired or revoked credential */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description the database is unavailable; retry after retry-after seconds */
             503: {
                 headers: {
@@ -5238,6 +6646,15 @@ export interface operations {
             };
             /** @description no such resource in your tenant */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5303,6 +6720,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description the database is unavailable; retry after retry-after seconds */
             503: {
                 headers: {
@@ -5341,6 +6767,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description the database is unavailable; retry after retry-after seconds */
             503: {
                 headers: {
@@ -5372,6 +6807,15 @@ export interface operations {
             };
             /** @description missing, malformed, expired or revoked credential */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description too many requests: the tenant's rate or its share of the database, or failed authentications from your address; retry after retry-after seconds (docs: limits) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };

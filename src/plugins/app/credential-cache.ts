@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
@@ -13,6 +14,11 @@ declare module 'fastify' {
      * revocation answers only after its invalidation has gone round.
      */
     awaitAuthNotification: (payload: string, timeoutMs?: number) => Promise<void>
+    /**
+     * The channel's other listeners (the limits cache): 'notification' with each payload, and 'listening'
+     * with whether notifications arrive (false while the listener is lost: changes may be missed).
+     */
+    authNotifications: EventEmitter<{ notification: [payload: string], listening: [listening: boolean] }>
   }
 }
 
@@ -36,6 +42,8 @@ async function credentialCachePlugin (fastify: FastifyInstance, options: Credent
   const cache = new CredentialCache(options.ttlMs)
   fastify.decorate('credentialCache', cache)
   const waiters = new Map<string, Set<() => void>>()
+  const notifications = new EventEmitter<{ notification: [payload: string], listening: [listening: boolean] }>()
+  fastify.decorate('authNotifications', notifications)
   fastify.decorate('awaitAuthNotification', async (payload: string, timeoutMs = 2000): Promise<void> => {
     if (!cache.enabled) return // nothing is cached that this instance's listener would have to clear
     await new Promise<void>((resolve) => {
@@ -66,6 +74,7 @@ async function credentialCachePlugin (fastify: FastifyInstance, options: Credent
       if (client !== listener) return
       client = undefined
       cache.disable()
+      notifications.emit('listening', false)
       listener.end().catch(() => {}) // already lost, and said below (or closing on purpose)
       if (closing) return
       const err = tlsFailure(error, options.tls) ?? error
@@ -81,6 +90,7 @@ async function credentialCachePlugin (fastify: FastifyInstance, options: Credent
     listener.on('notification', (message) => {
       if (message.channel !== AUTH_CHANNEL || message.payload === undefined) return
       cache.apply(message.payload)
+      notifications.emit('notification', message.payload)
       for (const done of [...(waiters.get(message.payload) ?? [])]) done()
     })
     client = listener
@@ -89,6 +99,7 @@ async function credentialCachePlugin (fastify: FastifyInstance, options: Credent
       await listener.query(`LISTEN ${AUTH_CHANNEL}`)
       backoff = 250
       cache.enable()
+      notifications.emit('listening', true)
     } catch (error) {
       lost(error as Error)
     }

@@ -3,7 +3,7 @@ import type { Socket } from 'node:net'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { problemFromDatabaseError } from '../../db/errors.ts'
-import { HttpProblem, PROBLEM_CONTENT_TYPE, type FieldError } from '../../errors.ts'
+import { HttpProblem, PROBLEM_BASE, PROBLEM_CONTENT_TYPE, type FieldError } from '../../errors.ts'
 import { NO_NUL_PATTERN } from '../../schemas/common.ts'
 
 /**
@@ -18,6 +18,8 @@ interface ValidationItem {
   message?: string
   params: Record<string, unknown>
 }
+
+const QUOTA_EXCEEDED = `${PROBLEM_BASE}quota-exceeded`
 
 /** A response lists this many problems at most (and says how many there were): its size stays bounded. */
 export const LISTED_PROBLEMS = 10
@@ -120,6 +122,11 @@ async function errorsPlugin (fastify: FastifyInstance): Promise<void> {
       ? error
       : problemFromFastifyError(error) ?? problemFromDatabaseError(error)
     if (problem !== undefined) {
+      // (request.tenant is only decorated under /v1: undefined elsewhere.)
+      const tenantId = request.tenant?.tenantId
+      if (problem.type === QUOTA_EXCEEDED && tenantId !== undefined && fastify.hasDecorator('limitRefusals')) {
+        fastify.limitRefusals.record('quota', tenantId)
+      }
       if (problem.status >= 500) request.log.warn({ err: error }, `request failed: ${problem.detail ?? problem.title}`)
       return send(reply, problem, request)
     }

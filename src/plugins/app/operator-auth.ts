@@ -19,6 +19,8 @@ const digest = (value: string): Buffer => createHash('sha256').update(value).dig
  */
 async function operatorAuth (fastify: FastifyInstance, options: OperatorAuthOptions): Promise<void> {
   const expected = digest(options.adminToken)
+  // An address that failed too often is refused first (a wrong token counts as a failure: logAccessDenied).
+  fastify.addHook('onRequest', fastify.rateLimits.refuseBlockedAddress)
   fastify.addHook('onRequest', async (request) => {
     let reason: string | undefined
     let token: string | undefined
@@ -38,4 +40,4 @@ async function operatorAuth (fastify: FastifyInstance, options: OperatorAuthOpti
   })
 }
 
-export default fp(operatorAuth, { name: 'operator-auth', dependencies: ['errors'] })
+export default fp(operatorAuth, { name: 'operator-auth', dependencies: ['errors', 'rate-limit'] })

@@ -1,8 +1,10 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { PoolSaturated } from '../../db/pool-queue.ts'
-import type { TenantTransaction } from '../../db/tenant-transaction.ts'
+import { startTenantTransaction, type BeginOptions, type TenantTransaction } from '../../db/tenant-transaction.ts'
+import type { Slot } from '../../limits/fair-share.ts'
 import { HttpProblem, unavailable } from '../../errors.ts'
+import { takeTenantSlot } from './fair-share.ts'
 
 /**
  * A tenant request's transaction, from the moment the tenant pipeline (tenant-context.ts) opens it to
@@ -19,6 +21,11 @@ import { HttpProblem, unavailable } from '../../errors.ts'
 declare module 'fastify' {
   interface FastifyRequest {
     tenantTransaction: TenantTransaction | null
+    /**
+     * The slot of its tenant's share of the pool (fair-share.ts) that the request holds or waits for:
+     * released when its transaction ends (endTransaction), whatever the outcome.
+     */
+    tenantSlot: Slot | null
     /**
      * Work to do inside the request's transaction after the handler, just before a successful
      * COMMIT, with the serialised response (e.g. storing it for an idempotency key).
@@ -57,20 +64,57 @@ export function shedWhenSaturated (request: FastifyRequest): (error: unknown) =>
   }
 }
 
-/** Ends the request's transaction, if one is open: COMMIT (which may throw) or ROLLBACK. */
+/**
+ * Opens the request's transaction once it holds a slot of its tenant's share of the pool (`share`: its
+ * concurrent_requests limit), so that a tenant's requests past its share wait in its own queue, never in
+ * the pool's. The slot is the transaction's: endTransaction releases it, and so does a start that fails here.
+ */
+export async function openTransaction (
+  fastify: FastifyInstance, request: FastifyRequest, tenantId: string, share: number | null,
+  choose: BeginOptions | (() => BeginOptions)
+): Promise<TenantTransaction> {
+  await takeTenantSlot(fastify, request, tenantId, share)
+  const trx = await startTenantTransaction(fastify.dbPool, tenantId, choose, {
+    maxWaiting: fastify.dbLimits.maxWaiting,
+  }).catch((error: unknown) => {
+    releaseSlot(request)
+    return shedWhenSaturated(request)(error)
+  })
+  // Held as the request's transaction from here, so that its deadline and a client leaving cancel it.
+  holdTransaction(request, trx)
+  return trx
+}
+
+/** Gives back the request's slot of its tenant's share, held or awaited (once: later calls do nothing). */
+export function releaseSlot (request: FastifyRequest): void {
+  const slot = request.tenantSlot
+  request.tenantSlot = null
+  slot?.release()
+}
+
+/**
+ * Ends the request's transaction, if one is open: COMMIT (which may throw) or ROLLBACK. Then, however
+ * that went and even with no transaction open (its start failed), the slot of its tenant's share is
+ * released: once the connection is back in the pool, for the tenant's next request to take.
+ */
 export async function endTransaction (request: FastifyRequest, commit: boolean): Promise<void> {
   const trx = request.tenantTransaction
-  if (trx === null) return
-  request.tenantTransaction = null
-  request.tenantDb = null
-  // Reads too wait for their COMMIT (for a single-query read it left with the query and is answered
-  // in the same packet): the response never goes out ahead of its transaction's end.
-  if (commit) await trx.commit()
-  else await trx.rollback()
+  try {
+    if (trx === null) return
+    request.tenantTransaction = null
+    request.tenantDb = null
+    // Reads too wait for their COMMIT (for a single-query read it left with the query and is answered
+    // in the same packet): the response never goes out ahead of its transaction's end.
+    if (commit) await trx.commit()
+    else await trx.rollback()
+  } finally {
+    releaseSlot(request)
+  }
 }
 
 async function requestTransaction (fastify: FastifyInstance): Promise<void> {
   fastify.decorateRequest('tenantTransaction', null)
+  fastify.decorateRequest('tenantSlot', null)
   fastify.decorateRequest('beforeCommit', null)
   fastify.decorateRequest('afterCommit', null)
   fastify.decorateRequest('tenantDeadline', null)
@@ -91,6 +135,7 @@ async function requestTransaction (fastify: FastifyInstance): Promise<void> {
       request.log.warn({ event: 'deadline_exceeded', deadlineMs },
         'request deadline passed: cancelling its transaction')
       request.tenantTransaction?.abort(request.interruption.problem)
+      request.tenantSlot?.cancel(request.interruption.problem) // still waiting for its turn: leaves the queue
     }, deadlineMs).unref()
     // A client that disconnects gets its work rolled back, and its running statement cancelled so
     // that it stops holding a backend and a pooled connection. (onResponse does not run for it;
@@ -102,6 +147,7 @@ async function requestTransaction (fastify: FastifyInstance): Promise<void> {
       request.interruption = { reason: 'client-gone', problem: clientGone() }
       request.log.info('client disconnected before the response; its transaction is cancelled and rolled back')
       request.tenantTransaction?.abort(request.interruption.problem)
+      request.tenantSlot?.cancel(request.interruption.problem)
     })
   })
 

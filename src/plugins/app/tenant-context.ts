@@ -7,15 +7,16 @@ import {
   CredentialRejected, presentedCredential, requestedTenant, unauthorizedFor, type JwtVerifier, type TenantCredential,
 } from '../../auth/credentials.ts'
 import type { TenantIdentity } from '../../auth/identity.ts'
+import type { Limits } from '../../limits/limits.ts'
 import {
   cachedKeyIdentity, cachedMemberIdentity, cacheEntryOf, identify, isDenial, rememberIdentity, sameIdentity,
 } from '../../auth/tenant-access.ts'
 import { registerScope } from '../../db/query-templates.ts'
 import type { DB } from '../../db/schema.ts'
 import { TenantScopePlugin } from '../../db/tenant-scope.ts'
-import { startTenantTransaction, type Binding } from '../../db/tenant-transaction.ts'
+import type { Binding } from '../../db/tenant-transaction.ts'
 import { badRequest, forbidden, unauthorized, unavailable } from '../../errors.ts'
-import requestTransaction, { endTransaction, holdTransaction, shedWhenSaturated } from './request-transaction.ts'
+import requestTransaction, { endTransaction, openTransaction } from './request-transaction.ts'
 
 /**
  * The tenant pipeline, installed on the /v1 scope only:
@@ -26,7 +27,8 @@ import requestTransaction, { endTransaction, holdTransaction, shedWhenSaturated 
  *              key up under its tenant's binding (one short transaction) and refuse it (401/403) before
  *              the body is read; a key anyone made up costs no parsing
  *  preHandler  after body validation: pick the tenant (the key's own; for a user x-tenant-id, else the
- *              tid claim, else the user's only tenant), check a connection out and send BEGIN and
+ *              tid claim, else the user's only tenant), take a slot of the tenant's share of the pool
+ *              (fair-share.ts: past its share, wait in its own queue), check a connection out and send BEGIN and
  *              bind_tenant(): the transaction-local binding, the tenant's shared lock, and a fresh read
  *              of the tenant, the presented key or the user's membership — one statement, one round
  *              trip. A credential this instance verified recently (CredentialCache) lets the handler's
@@ -112,6 +114,8 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     return rows[0]!.tenant_id
   }
 
+  // An address that failed to authenticate too often is refused before any credential work (rate-limit.ts).
+  fastify.addHook('onRequest', fastify.rateLimits.refuseBlockedAddress)
   fastify.addHook('onRequest', async (request) => {
     request.requestedTenantId = requestedTenant(request.headers) ?? null
     try {
@@ -204,10 +208,12 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
       return
     }
     const generation = cache.generation
-    const trx = await startTenantTransaction(fastify.dbPool, tenantId, { readOnly: true, check: { keyId }, timeouts },
-      { maxWaiting: limits.maxWaiting }).catch(shedWhenSaturated(request))
-    // Held as the request's transaction meanwhile, so that its deadline and a client leaving cancel it.
-    holdTransaction(request, trx)
+    // A short read-only check, under the share this instance knows for the tenant or else the default:
+    // the tenant's limits are not read first for a key that may be made up. Its slot is released (in
+    // endTransaction, below) before preHandler takes the request's own.
+    const share = (fastify.tenantLimits.cached(tenantId) ?? fastify.tenantLimits.defaults).concurrent_requests
+    const limitsGeneration = fastify.tenantLimits.generation
+    const trx = await openTransaction(fastify, request, tenantId, share, { readOnly: true, check: { keyId }, timeouts })
     let binding: Binding
     try {
       binding = await trx.ready
@@ -219,6 +225,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     const found = identify(binding, credential, tenantId)
     if (isDenial(found)) throw deny(request, found.problem, found.reason, credential.key.prefix, found.extra)
     assertScope(request, found, credential.key.prefix)
+    fastify.tenantLimits.remember(tenantId, binding.limits, limitsGeneration) // read with the key, for preHandler
     // A tenant being moved is not remembered: its shard is about to change (preHandler waits for its check).
     if (binding.status === 'active') {
       rememberIdentity(cache, found, binding, credential, generation)
@@ -246,7 +253,25 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     let cached: TenantIdentity | undefined
     let generation = 0
     const check = credential.kind === 'api_key' ? { keyId: credential.key.keyId } : { userId: credential.userId }
-    const trx = await startTenantTransaction(fastify.dbPool, tenantId, () => {
+    // The tenant's rate counts each request once, and only once its credential is known good: anyone can
+    // make up a key naming a tenant. When this instance confirmed the credential recently and holds the
+    // tenant's limits, the rate is judged here, so that a refused request takes no slot and no connection,
+    // and the handler's queries may follow BEGIN and the binding at once. Otherwise it is judged once the
+    // binding has answered: the credential confirmed, and the tenant's limits read fresh with it.
+    const limitsGeneration = fastify.tenantLimits.generation
+    let inForce = fastify.tenantLimits.cached(tenantId)
+    let rateJudged = false
+    const judgeRate = async (limits: Limits): Promise<void> => {
+      rateJudged = true
+      await fastify.rateLimits.judgeTenant(request, reply, tenantId, limits)
+    }
+    const known = credential.kind === 'api_key'
+      ? cachedKeyIdentity(cache, credential.key) ?? request.confirmedKey ?? undefined
+      : cachedMemberIdentity(cache, tenantId, credential.userId)
+    if (known !== undefined && inForce !== undefined) await judgeRate(inForce)
+    // Until its limits are known, a tenant's share is the default.
+    const share = (inForce ?? fastify.tenantLimits.defaults).concurrent_requests
+    const trx = await openTransaction(fastify, request, tenantId, share, () => {
       generation = cache.generation
       if (credential.kind === 'api_key') {
         // Confirmed before the body was read, if the cache could not keep it (disabled, or invalidated since).
@@ -254,7 +279,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
       } else {
         cached = cachedMemberIdentity(cache, tenantId, credential.userId)
       }
-      if (cached === undefined) return { readOnly, check, timeouts }
+      if (cached === undefined || !rateJudged) return { readOnly, check, timeouts }
       const assumed = cached
       return {
         readOnly,
@@ -262,15 +287,17 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
         timeouts,
         holdWrites: true,
         singleQuery: request.routeOptions.config.singleQuery === true,
-        confirm: (binding: Binding) => { confirmCached(request, binding, credential, assumed, prefix) },
+        confirm: (binding: Binding) => {
+          confirmCached(request, binding, credential, assumed, prefix)
+          fastify.tenantLimits.remember(tenantId, binding.limits, limitsGeneration)
+        },
       }
-    }, { maxWaiting: limits.maxWaiting }).catch(shedWhenSaturated(request))
-    holdTransaction(request, trx)
+    })
     request.beforeCommit = []
     request.afterCommit = []
 
     let identity: TenantIdentity
-    if (cached !== undefined) {
+    if (cached !== undefined && rateJudged) {
       identity = cached
       assertScope(request, identity, prefix) // again, against the fresh answer, in confirmCached
     } else {
@@ -286,6 +313,8 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
       // A tenant that is being moved is served, but not cached: its shard is about to change. An
       // invitation not accepted yet is not cached either: it grants nothing.
       if (binding.status === 'active') rememberIdentity(cache, identity, binding, credential, generation)
+      inForce = fastify.tenantLimits.remember(tenantId, binding.limits, limitsGeneration)
+      if (!rateJudged) await judgeRate(inForce) // a refusal rolls the transaction back (request-transaction.ts)
       assertScope(request, identity, prefix)
       recordUse(identity)
     }
@@ -299,5 +328,6 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
 }
 
 export default fp(tenantContext, {
-  name: 'tenant-context', dependencies: ['db', 'errors', 'key-usage', 'credential-cache'],
+  name: 'tenant-context',
+  dependencies: ['db', 'errors', 'key-usage', 'credential-cache', 'fair-share', 'rate-limit'],
 })

@@ -10,6 +10,7 @@ import invoices from './invoices/index.ts'
 import members from './members/index.ts'
 import membership from './membership/index.ts'
 import tenant from './tenant/index.ts'
+import usage from './usage/index.ts'
 import webhookEndpoints from './webhook-endpoints/index.ts'
 import type { WebhookSettings } from '../../webhooks/settings.ts'
 
@@ -35,5 +36,6 @@ export default async function v1 (fastify: FastifyInstance, options: V1Options):
   await fastify.register(events, { prefix: '/events' })
   await fastify.register(auditEvents, { prefix: '/audit-events' })
   await fastify.register(tenantExports, { prefix: '/exports', exportTtlMs: options.exportTtlMs })
+  await fastify.register(usage, { prefix: '/usage' })
   await fastify.register(webhookEndpoints, { prefix: '/webhook-endpoints', webhooks: options.webhooks })
 }

@@ -13,6 +13,7 @@ import {
 } from '../../../repositories/tenant-exports.ts'
 import { IdParamsSchema, PageQuerySchema, paginate, problems, ProblemSchema, Ref } from '../../../schemas/common.ts'
 import { CreateExportSchema, ExportPage, ExportSchema } from '../../../schemas/exports.ts'
+import { assertPeriodQuotaLeft } from '../../../limits/usage.ts'
 
 const tags = ['exports']
 const errors = [400, 401, 403, 503]
@@ -34,7 +35,8 @@ const tenantExports: FastifyPluginAsyncTypebox<ExportsOptions> = async (fastify,
         '`{"table": ..., "row": {...}}` object a line, every table the tenant has rows in, parents before children ' +
         '(the format of the operator\'s export), without secrets: no API key hashes, no webhook signing secrets. ' +
         'Rows changed while it runs may appear as they were or as they became. One export at a time: 409 while ' +
-        'another is queued or running.',
+        'another is queued or running. 403 `quota-exceeded` once the period\'s `export_bytes` quota is used up (an ' +
+        'export under way is finished and counted).',
       tags,
       body: CreateExportSchema,
       response: { 202: Ref(ExportSchema, 'the export, queued'), ...problems(...errors, 409) },
@@ -43,6 +45,7 @@ const tenantExports: FastifyPluginAsyncTypebox<ExportsOptions> = async (fastify,
     preValidation: async (request) => { if (request.body === undefined) request.body = {} },
   }, async (request, reply) => {
     const actor = request.tenant!
+    await assertPeriodQuotaLeft(request.db, actor.tenantId, 'export_bytes')
     await lockExportRequests(request.db, actor.tenantId)
     const unfinished = await findUnfinishedExport(request.db)
     if (unfinished !== undefined) {

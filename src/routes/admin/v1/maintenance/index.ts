@@ -5,6 +5,7 @@ import { sweepShards } from '../../../../tenancy/sweep.ts'
 import { runSafetyChecks } from '../../../../ops/safety-checks.ts'
 import { problems, Ref } from '../../../../schemas/common.ts'
 import { SafetyReportSchema, SweepResultSchema } from '../../../../schemas/maintenance.ts'
+import { closeUsagePeriods } from '../../../../limits/period-close.ts'
 
 /**
  * Operator maintenance: recovery after a crash or a partition release that gave up, and the full
@@ -35,7 +36,8 @@ const maintenance: FastifyPluginAsyncTypebox<{ eventRetentionDays: number }> = a
       description: 'Sets tenants stuck in `moving` with no live move back to active, and drops the partitions of ' +
         'dedicated shards that belong to no tenant (left by a crash, or by an erasure or move whose partition drop ' +
         'gave up), recording it on the erasure receipt. Then deletes every tenant\'s events older than ' +
-        'EVENT_RETENTION_DAYS, and the tenants\' own exports past their expires_at (with their files). Safe to ' +
+        'EVENT_RETENTION_DAYS, and the tenants\' own exports past their expires_at (with their files), and sends ' +
+        'usage.period_closed for each tenant\'s billing period that is over. Safe to ' +
         'run at any time; every erasure also runs the recovery part when it finishes. ' +
         'Run it regularly (e.g. daily from cron) until the job queue schedules retention.',
       tags: ['operator'],
@@ -45,13 +47,15 @@ const maintenance: FastifyPluginAsyncTypebox<{ eventRetentionDays: number }> = a
     const swept = await sweepShards(fastify.ownerPool, { log: request.log })
     const eventsDeleted = await deleteExpiredEvents(fastify.ownerPool, options.eventRetentionDays)
     const exportsDeleted = await deleteExpiredExports(fastify.ownerPool)
-    request.log.info({ ...swept, eventsDeleted, exportsDeleted }, 'maintenance sweep')
+    const periodsClosed = await closeUsagePeriods(fastify.ownerPool)
+    request.log.info({ ...swept, eventsDeleted, exportsDeleted, periodsClosed }, 'maintenance sweep')
     return {
       tenants_reset: swept.tenantsReset,
       shards_released: swept.shardsReleased,
       shards_left: swept.shardsLeft,
       events_deleted: eventsDeleted,
       exports_deleted: exportsDeleted,
+      usage_periods_closed: periodsClosed,
     }
   })
 }
