@@ -143,7 +143,7 @@ export async function buildApp (config: AppConfig, options: BuildOptions = {}): 
     tls: config.databaseTls,
   })
 
-  await app.register(tenantLimitsPlugin, { defaults: limits })
+  await app.register(tenantLimitsPlugin, { defaults: limits, refusalDelayMs: config.LIMIT_REFUSAL_DELAY_MS })
   await app.register(rateLimitPlugin, rateLimitOptions(config, options.rateLimitKeyPrefix))
   await app.register(usageMeterPlugin, { flushEveryMs: config.USAGE_FLUSH_MS })
   await app.register(fairSharePlugin, { queueMax: config.TENANT_QUEUE_MAX })

@@ -165,6 +165,11 @@ export const ConfigSchema = Type.Object({
   TENANT_POOL_SHARE: Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.5 }),
   /** A tenant's requests waiting for its share beyond this many are refused with 429 at once. */
   TENANT_QUEUE_MAX: Type.Integer({ minimum: 0, maximum: 100_000, default: 32 }),
+  /**
+   * How long a request refused for its tenant's rate or share waits before its 429 is sent (never past its
+   * Retry-After): a client that retries at once slows down instead of spinning. 0: at once.
+   */
+  LIMIT_REFUSAL_DELAY_MS: Type.Integer({ minimum: 0, maximum: 10_000, default: 1000 }),
   /** Shared rate-limit counters (redis:// or rediss://), so limits hold across instances; unset: in-process. */
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', description: 'a redis:// or rediss:// URL' })),
   /** When Redis cannot answer: refuse requests (503) instead of letting them through uncounted. */

@@ -61,6 +61,7 @@ export async function buildTestApp (
     LIMIT_CONCURRENT_REQUESTS: 'unlimited',
     TENANT_QUEUE_MAX: 10_000,
     AUTH_FAILURES_PER_MINUTE: 'unlimited',
+    LIMIT_REFUSAL_DELAY_MS: 0,
     // Request counts are written when a test flushes them (app.usageMeter.flush()) or at close: a flush in the
     // middle of a test would change the usage rows a test compares (exports, for one).
     USAGE_FLUSH_MS: 600_000,

@@ -75,6 +75,30 @@ t.test('a tenant over its burst gets 429 with Retry-After and RateLimit fields; 
   t.equal(remaining(other, 'sustained'), 5999)
 })
 
+t.test('a refusal for the rate is held before it is sent, holding no connection meanwhile', async (t) => {
+  const ctx = await buildTestApp(t, { LIMIT_BURST: 1, LIMIT_REQUESTS_PER_SECOND: 100, LIMIT_REFUSAL_DELAY_MS: 400 })
+  const tenant = await provisionTenant(ctx)
+  let refused: LightMyRequestResponse | undefined
+  let held = 0
+  for (let i = 0; i < 20 && refused === undefined; i++) {
+    const started = Date.now()
+    const pending = ctx.app.inject(as(tenant, TENANT))
+    // While a refusal waits, every connection of the pool is free: it waits outside the transaction.
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    const busy = ctx.app.dbPool.totalCount - ctx.app.dbPool.idleCount
+    const res = await pending
+    if (res.statusCode === 429) {
+      refused = res
+      held = Date.now() - started
+      t.equal(busy, 0, 'no connection held while the refusal waited')
+    }
+  }
+  if (refused === undefined) throw new Error('no request was refused')
+  // A lower bound: the refusal was not sent before its delay (nor past its window: never more than a second).
+  t.ok(held >= 390, `the 429 came after its delay (${held} ms)`)
+  assertProblem(t, refused, 429, 'rate-limited')
+})
+
 t.test('made-up keys naming a tenant do not spend its budget', async (t) => {
   const ctx = await buildTestApp(t, { LIMIT_REQUESTS_PER_SECOND: 1, LIMIT_BURST: 'unlimited' })
   const victim = await provisionTenant(ctx)

@@ -49,6 +49,7 @@ export async function takeTenantSlot (
     fastify.limitRefusals.record('concurrency', tenantId)
     request.log.debug({ event: 'tenant_queue_full', share: error.share, waiting: error.waiting },
       'refused: the tenant holds its share of the database and its queue is full')
+    await fastify.limitRefusals.hold(request, 1)
     throw tenantConcurrencyExceeded(error.share)
   }
   if (slot === null) return

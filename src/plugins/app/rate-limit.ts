@@ -186,6 +186,7 @@ async function rateLimitPlugin (fastify: FastifyInstance, options: RateLimitOpti
         const over = decision.states.filter((s) => s.remaining === 0).map((s) => s.policy.name)
         request.log.debug({ event: 'rate_limited', tenantId, policies: over, retryAfter: decision.retryAfterSeconds },
           'refused: the tenant is over its rate limit')
+        await fastify.limitRefusals.hold(request, decision.retryAfterSeconds)
         throw rateLimited(`this tenant is over its ${over.join(' and ')} rate limit; ` +
           `retry in ${decision.retryAfterSeconds} s`, decision.retryAfterSeconds, headers)
       }
@@ -203,6 +204,7 @@ async function rateLimitPlugin (fastify: FastifyInstance, options: RateLimitOpti
         fastify.limitRefusals.record('auth_failures', null)
         request.log.debug({ event: 'address_blocked', retryAfter: decision.retryAfterSeconds },
           'refused: too many failed authentications from this address')
+        await fastify.limitRefusals.hold(request, decision.retryAfterSeconds)
         throw tooManyFailedAuthentications(decision.retryAfterSeconds, rateLimitHeaders(decision.states))
       }
     },

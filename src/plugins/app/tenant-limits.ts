@@ -16,12 +16,14 @@ declare module 'fastify' {
 export interface TenantLimitsOptions {
   /** The configured defaults (src/limits/limits.ts: defaultLimits). */
   defaults: Limits
+  /** LIMIT_REFUSAL_DELAY_MS: how long a refusal for load waits before it is sent (Refusals.hold). */
+  refusalDelayMs: number
 }
 
 async function tenantLimits (fastify: FastifyInstance, options: TenantLimitsOptions): Promise<void> {
   const cache = new TenantLimitsCache(options.defaults)
   fastify.decorate('tenantLimits', cache)
-  fastify.decorate('limitRefusals', new Refusals(fastify.metrics))
+  fastify.decorate('limitRefusals', new Refusals(fastify.metrics, options.refusalDelayMs))
   fastify.authNotifications.on('notification', (payload) => { cache.apply(payload) })
   fastify.authNotifications.on('listening', (listening) => {
     cache.listening = listening
