@@ -30,6 +30,9 @@ function securityHeaders (options: HelmetOptions): Record<string, string> {
   return headers
 }
 
+/** How often the event-loop delay is sampled (under-pressure's default). */
+const SAMPLE_INTERVAL_MS = 1000
+
 /** Liveness and metrics answer even under pressure: an overloaded process is still alive. */
 const ALWAYS_SERVED = new Set(['/healthz', '/metrics'])
 
@@ -58,12 +61,18 @@ async function httpHardening (fastify: FastifyInstance, options: HttpHardeningOp
         maxAge: 600,
       })
   if (options.maxEventLoopDelayMs > 0) {
+    // Start-up (compiling every route's schemas) blocks the loop for a while, and the sample taken over it
+    // would shed the first requests of a server that is idle: the pressure counts from one sample after ready.
+    let judgedFrom = Infinity
+    fastify.addHook('onReady', async () => { judgedFrom = performance.now() + SAMPLE_INTERVAL_MS })
     await fastify.register(underPressure, {
+      sampleInterval: SAMPLE_INTERVAL_MS,
       maxEventLoopDelay: options.maxEventLoopDelayMs,
       // A rejected promise goes to next(error), so the error handler answers (problem+json); sending
       // from here would let the request's other hooks run on after the reply.
       pressureHandler: async (request, _reply, type, value) => {
         if (ALWAYS_SERVED.has(request.url.split('?')[0]!)) return // handled as usual
+        if (performance.now() < judgedFrom) return
         request.log.warn({ event: 'load_shed', pressure: type, value }, 'refused: the server is under pressure')
         throw unavailable('the server is overloaded; retry shortly', 1)
       },
