@@ -140,7 +140,8 @@ export interface PgbenchScript { sql: string, weight: number }
  *   (reads name the tenant's partition), COMMIT — but one at a time. A table name cannot be a
  *   pgbench variable, so there is one script per shard, picking only tenants of that shard, weighted
  *   by their number.
- * The route's statements are captured from the repository functions the routes call.
+ * The route's statements are captured from the repository functions the routes call; `bindSql` is another
+ * checkout's binding statement (its BIND_WITH_TIMEOUTS_SQL), for a server from before or after this one.
  */
 export async function pgbenchScripts (
   scenario: Exclude<Scenario, 'healthz' | 'forged-key-huge-body'>,
@@ -148,13 +149,14 @@ export async function pgbenchScripts (
   tables: TenantTables,
   tenants: number,
   invoices: number,
-  shards: Map<number, number[]>
+  shards: Map<number, number[]>,
+  bindSql = BIND_WITH_TIMEOUTS_SQL
 ): Promise<PgbenchScript[]> {
   if (mode === 'naive') return [{ sql: await script(scenario, mode, tables, tenants, invoices, undefined), weight: 1 }]
   const scripts: PgbenchScript[] = []
   for (const [shard, members] of shards) {
     scripts.push({
-      sql: await script(scenario, mode, tables, tenants, invoices, { shard, members }),
+      sql: await script(scenario, mode, tables, tenants, invoices, { shard, members }, bindSql),
       weight: members.length,
     })
   }
@@ -167,7 +169,8 @@ async function script (
   tables: TenantTables,
   tenants: number,
   invoices: number,
-  only: { shard: number, members: number[] } | undefined
+  only: { shard: number, members: number[] } | undefined,
+  bindSql = BIND_WITH_TIMEOUTS_SQL
 ): Promise<string> {
   const { db, raw, driver } = capturing(tables, { tenantId: S.tenant, shard: S.shard }, mode === 'server')
   if (scenario === 'get-invoice') {
@@ -219,8 +222,8 @@ async function script (
   driver.queries.length = 0
   let opening: string[]
   if (mode === 'server') {
-    opening = [BIND_WITH_TIMEOUTS_SQL.replace('$1', sqlTenant(':t')).replace('$2', literal(S.key)).replace('$3', 'NULL')
-      .replace('$4', "'5000'").replace('$5', "'10000'").replace('$6', "''").replace(/\s+/g, ' ') + ';']
+    opening = [bindSql.replace('$1', sqlTenant(':t')).replace('$2', literal(S.key)).replace('$3', 'NULL')
+      .replace('$4', "'5000'").replace('$5', "'10000'").replace('$6', "'{}'").replace(/\s+/g, ' ') + ';']
   } else {
     await raw.selectFrom('api_keys').select(['id', 'scopes', 'secret_hash'])
       .where('tenant_id', '=', S.tenant).where('id', '=', S.key).where('revoked_at', 'is', null).execute()

@@ -87,6 +87,20 @@ const limitList = (limits: SomeLimits, none: string): string => LIMIT_NAMES
   .map((name) => `${name}=${shown(limits[name]!)}`)
   .join(', ') || none
 
+/**
+ * The tenant's plan as it is here, or undefined when no plan has its name (a tenant imported from a
+ * deployment with plans this one lacks: the server's defaults apply to it).
+ */
+async function planIfAny (api: OperatorApi, name: string | null): Promise<Plan | undefined> {
+  if (name === null) return undefined
+  try {
+    return await findPlan(api, name)
+  } catch (error) {
+    if (error instanceof CliError && error.exitCode === EXIT.notFound) return undefined
+    throw error
+  }
+}
+
 /** The plan, or a not-found error that says where the plans are listed. */
 async function findPlan (api: OperatorApi, name: string): Promise<Plan> {
   try {
@@ -109,7 +123,9 @@ function tenantLimitLines (tenantId: string, limits: TenantLimits, plan: Plan | 
   return [
     ...fields([
       ['tenant', tenantId],
-      ['plan', limits.plan ?? 'none (the server\'s defaults)'],
+      ['plan', limits.plan === null
+        ? 'none (the server\'s defaults)'
+        : plan === undefined ? `${limits.plan} (no such plan here: the server's defaults apply)` : limits.plan],
       ['overrides', limitList(limits.overrides, 'none')],
       ['changed', limits.updated_at ?? 'never'],
     ]),
@@ -199,7 +215,7 @@ const limitsShow: Command = {
     const api = await connect(context)
     const tenantId = await tenantIdOf(api, context.args[0]!)
     const limits = await api.request<TenantLimits>('GET', `/admin/v1/tenants/${tenantId}/limits`)
-    const plan = limits.plan === null ? undefined : await findPlan(api, limits.plan)
+    const plan = await planIfAny(api, limits.plan)
     context.out.result(tenantLimitLines(tenantId, limits, plan), { tenant_id: tenantId, ...limits })
   },
 }
@@ -251,7 +267,7 @@ const limitsSet: Command = {
     }
     const plan = noPlan ? null : newPlan ?? current.plan
     const changed = await api.request<TenantLimits>('PUT', path, { plan, overrides })
-    const planLimits = changed.plan === null ? undefined : await findPlan(api, changed.plan)
+    const planLimits = await planIfAny(api, changed.plan)
     context.out.result(tenantLimitLines(tenantId, changed, planLimits), { tenant_id: tenantId, ...changed })
   },
 }

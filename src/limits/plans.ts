@@ -111,11 +111,12 @@ export async function setTenantLimits (
 ): Promise<LimitsChange> {
   return withTenantTransaction(pool, tenantId, async ({ db }) => {
     if (await lockTenant(db, tenantId) === undefined) return { outcome: 'no-tenant' }
-    if (change.plan !== null) {
+    const before = await readTenantLimits(db, tenantId, defaults)
+    // A new plan must exist; the tenant's own may not (imported from a deployment with other plans).
+    if (change.plan !== null && change.plan !== before.plan) {
       const plan = await sql`SELECT 1 FROM plans WHERE name = ${change.plan} FOR SHARE`.execute(db)
       if (plan.rows.length === 0) throw new UnknownPlan(`no plan is named ${change.plan}`)
     }
-    const before = await readTenantLimits(db, tenantId, defaults)
     await sql`
       INSERT INTO tenant_limits (tenant_id, plan, overrides) VALUES (${tenantId}, ${change.plan},
         ${JSON.stringify(change.overrides)}::jsonb)

@@ -7,6 +7,10 @@ import type { TenantRefusalSink } from './refusals.ts'
 /** How many tenants' counts are written at once: a slow tenant holds up one lane, not the flush. */
 const PARALLEL_TENANTS = 4
 
+class TenantFlushTimedOut extends Error {
+  override name = 'TenantFlushTimedOut'
+}
+
 /** One tenant's counts of one UTC day, not written yet. */
 interface Tally {
   tenantId: string
@@ -21,11 +25,15 @@ interface Tally {
  * A write per request would double the cost of a read; what a crash can lose is bounded instead: the
  * counts since the last flush that committed, at most `flushEveryMs` of them (plus a flush that was
  * under way). Counts stay pending until their tenant's write commits, so a tenant that fails (its lock
- * held by an erasure, a lost connection) is retried by the next flush with nothing lost or counted twice.
+ * held by an erasure, a lost connection) is retried by the next flush with nothing lost. (A connection lost
+ * after the database committed a write but before it answered has its counts written again: such a
+ * count may be doubled, never lost.)
  * Billable work is never counted here: the database counts it in the transaction that does it.
  */
 export class UsageMeter {
   readonly #pool: pg.Pool
+  /** How long one tenant's write may take before it is cancelled and left to the next flush. */
+  readonly #tenantLimitMs: number
   #pending = new Map<string, Tally>()
   #timer: NodeJS.Timeout | undefined
   #flushing: Promise<void> = Promise.resolve()
@@ -33,6 +41,7 @@ export class UsageMeter {
 
   constructor (pool: pg.Pool, flushEveryMs: number, onError: (error: unknown) => void) {
     this.#pool = pool
+    this.#tenantLimitMs = Math.max(100, Math.min(5000, flushEveryMs / 2))
     this.#timer = setInterval(() => {
       if (!this.#busy) this.flush().catch(onError)
     }, flushEveryMs)
@@ -120,13 +129,23 @@ export class UsageMeter {
     // Sent with BEGIN and the binding (holdWrites); a tenant erased since matches nothing and fails the
     // binding's foreign keys: not transient, so its counts are dropped with it.
     await withTenantTransaction(this.#pool, tally.tenantId, async (trx) => {
-      await Promise.all([
+      // A tenant whose lock is held (a placement move, an erasure) waits for the next flush; the others
+      // are written meanwhile, so a crash then loses no more of theirs than one interval.
+      const limit = setTimeout(() => {
+        trx.abort(new TenantFlushTimedOut(`writing request counts of tenant ${tally.tenantId} took over ` +
+          `${this.#tenantLimitMs} ms`))
+      }, this.#tenantLimitMs)
+      try {
         // Losing a flush to a crash is already accepted: no need to wait for the WAL flush.
-        sql`SELECT set_config('synchronous_commit', 'off', true)`.execute(trx.db),
-        sql`SELECT usage_record_requests(${tally.day}::date, ${routes.map((r) => r[0])}::text[],
+        await Promise.all([
+          sql`SELECT set_config('synchronous_commit', 'off', true)`.execute(trx.db),
+          sql`SELECT usage_record_requests(${tally.day}::date, ${routes.map((r) => r[0])}::text[],
               ${routes.map((r) => r[1])}::bigint[], ${metrics.map((m) => m[0])}::text[],
               ${metrics.map((m) => m[1])}::bigint[])`.execute(trx.db),
-      ])
+        ])
+      } finally {
+        clearTimeout(limit)
+      }
     }, { holdWrites: true })
   }
 }

@@ -15,8 +15,11 @@ const LIMIT_DESCRIPTIONS: Record<LimitName, string> = {
   export_bytes: 'bytes of the tenant\'s own exports, per billing period',
 }
 
+/** Rates and the share start at 1 (0 would lock the tenant out for good); a quota of 0 allows none. */
+const MINIMUM: Partial<Record<LimitName, number>> = { requests_per_second: 1, burst: 1, concurrent_requests: 1 }
+
 const LimitValue = (name: LimitName): TSchema => Type.Union([
-  Type.Integer({ minimum: 0, maximum: 1e15 }), Type.Null(),
+  Type.Integer({ minimum: MINIMUM[name] ?? 0, maximum: 1e15 }), Type.Null(),
 ], {
   description: `${LIMIT_DESCRIPTIONS[name]}; null: unlimited`,
 })
@@ -55,7 +58,7 @@ export const TenantLimitsSchema = Type.Object({
 }, { $id: 'TenantLimits', title: 'TenantLimits', description: 'a tenant\'s plan, its own overrides, and the result' })
 
 export const PeriodSchema = Type.String({
-  pattern: '^[0-9]{4}-(0[1-9]|1[0-2])$', maxLength: 7, description: 'a billing period: a UTC calendar month, YYYY-MM',
+  pattern: '^2[0-9]{3}-(0[1-9]|1[0-2])$', maxLength: 7, description: 'a billing period: a UTC calendar month, YYYY-MM',
 })
 
 export const UsageCounterSchema = Type.Object({

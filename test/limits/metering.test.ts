@@ -182,3 +182,23 @@ t.test('a crash loses at most one flush interval of request counts, and no billa
   t.equal(after.invoices_created, 30, 'every invoice created is counted: billable counts commit with the work')
   t.ok(after.requests! >= 20 && after.requests! <= 30, `lost at most the last interval's requests (${after.requests})`)
 })
+
+t.test('a request with an invalid body is counted, and judged for its rate like any other', async (t) => {
+  const c = await buildTestApp(t, { LIMIT_BURST: 3, LIMIT_REQUESTS_PER_SECOND: 100 })
+  const tenant = await provisionTenant(c)
+  // Known to this instance from here on: its key and its tenant's limits.
+  t.equal((await c.app.inject(as(tenant, { method: 'GET', url: '/v1/tenant' }))).statusCode, 200)
+  const statuses: number[] = []
+  for (let i = 0; i < 4; i++) {
+    const res = await c.app.inject(as(tenant, { method: 'POST', url: '/v1/invoices', payload: { currency: 'EURO' } }))
+    statuses.push(res.statusCode)
+  }
+  // Within one second: the burst of 3 holds two more, then the rate refuses (all four in the same second
+  // unless the machine stalls, when the window restarts and a later one is a 400 too).
+  t.ok(statuses.includes(400), `invalid bodies are still answered 400 (${statuses.join(', ')})`)
+  t.ok(statuses.every((s) => s === 400 || s === 429), 'and nothing else')
+  await c.app.usageMeter.flush()
+  const after = await totals(c, tenant.id)
+  t.equal(after.requests, 5, 'all five requests counted, invalid and refused ones included')
+  t.equal(after.refusals_rate ?? 0, statuses.filter((s) => s === 429).length, 'each refusal counted too')
+})

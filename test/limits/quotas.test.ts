@@ -1,3 +1,4 @@
+import pg from 'pg'
 import t from 'tap'
 import { as, buildTestApp, provisionTenant, type ProvisionedTenant, type TestApp } from '../helpers/app.ts'
 import { operator } from '../helpers/operator.ts'
@@ -183,4 +184,62 @@ t.test('configured defaults apply where plans are silent; operators manage plans
   await putOnPlan(c, tenant, null)
   const deleted = await c.app.inject({ method: 'DELETE', url: '/admin/v1/plans/hooks', headers: operator(c) })
   t.equal(deleted.statusCode, 204)
+})
+
+t.test('as the runtime role, no trick of its own gets a write past a quota', async (t) => {
+  const c = await buildTestApp(t)
+  const tenant = await provisionTenant(c)
+  await putOnPlan(c, tenant, null, { customers: 2, api_keys: 2 })
+  /** One transaction as `app`, bound as a request binds, with `also` run before COMMIT. */
+  const attempt = async (insert: string, also: string[] = [], defaults = '{}'): Promise<string | undefined> => {
+    const client = new pg.Client({ connectionString: c.db.appUrl })
+    await client.connect()
+    try {
+      await client.query('BEGIN')
+      await client.query('SELECT set_config($1, $2, true), set_config($3, $4, true)',
+        ['app.current_tenant_id', tenant.id, 'app.default_limits', defaults])
+      await client.query(insert)
+      for (const statement of also) await client.query(statement)
+      await client.query('COMMIT')
+      return undefined
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => {})
+      return (error as { code?: string }).code
+    } finally {
+      await client.end()
+    }
+  }
+  const three = "INSERT INTO customers (id, name) SELECT gen_random_uuid(), 'c' || n FROM generate_series(1, 3) n"
+  t.equal(await attempt(three), 'RQ001', 'three customers at once: over the quota of two')
+  const backdated = "INSERT INTO customers (id, name, created_at) SELECT gen_random_uuid(), 'c' || n, " +
+    "now() - interval '1 hour' FROM generate_series(1, 3) n"
+  t.equal(await attempt(backdated), 'RQ001', 'nor with an earlier created_at')
+  t.equal(await attempt(three, ["SELECT set_config('app.current_tenant_id', '', true)"]), '42501',
+    'nor by unbinding before COMMIT: refused')
+  t.equal(await attempt(three, [], ''), '42501', 'nor without the default quotas: refused')
+  const names = await c.app.inject(as(tenant, { method: 'GET', url: '/v1/customers' }))
+  t.same(names.json().data, [], 'none of them was written')
+
+  // A revoked key made live again counts like a new one.
+  const newKey = async (name: string): Promise<{ statusCode: number, id: string }> => {
+    const payload = { name, scopes: ['read'] }
+    const res = await c.app.inject(as(tenant, { method: 'POST', url: '/v1/api-keys', payload }))
+    return { statusCode: res.statusCode, id: res.json().id as string }
+  }
+  const second = await newKey('second')
+  t.equal(second.statusCode, 201, 'the second key: the quota is full')
+  const revoked = await c.app.inject(as(tenant, { method: 'DELETE', url: `/v1/api-keys/${second.id}` }))
+  t.equal(revoked.statusCode, 204)
+  t.equal((await newKey('third')).statusCode, 201)
+  t.equal(await attempt(`UPDATE api_keys SET revoked_at = NULL WHERE id = '${second.id}'`), 'RQ001',
+    'reviving the revoked key would make three live keys')
+
+  // The operator is not held to a tenant's quotas: a replacement key for a leaked one.
+  const issued = await c.app.inject({
+    method: 'POST',
+    url: `/admin/v1/tenants/${tenant.id}/api-keys`,
+    headers: operator(c),
+    payload: { name: 'replacement' },
+  })
+  t.equal(issued.statusCode, 201, issued.body)
 })

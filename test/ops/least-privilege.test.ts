@@ -17,13 +17,17 @@ async function migrationsBefore (version: string, through = false): Promise<stri
   return dir
 }
 
-/** Runs statements in one transaction bound to a tenant, as the given role. */
+/**
+ * Runs statements in one transaction bound to a tenant, as the given role, with what a request's binding
+ * sets (no default quotas: sql/0021 refuses a metered write of the runtime role without them).
+ */
 async function inTenant (url: string, tenantId: string, statements: Array<[string, unknown[]]>): Promise<void> {
   const client = new pg.Client({ connectionString: url })
   await client.connect()
   try {
     await client.query('BEGIN')
     await client.query("SELECT set_config('app.current_tenant_id', $1, true)", [tenantId])
+    await client.query("SELECT set_config('app.default_limits', '{}', true)")
     for (const [text, values] of statements) await client.query(text, values)
     await client.query('COMMIT')
   } finally {

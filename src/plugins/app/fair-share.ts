@@ -46,7 +46,8 @@ export async function takeTenantSlot (
     slot = fastify.fairShare.take(tenantId, share)
   } catch (error) {
     if (!(error instanceof TenantQueueFull)) throw error
-    fastify.limitRefusals.record('concurrency', tenantId)
+    // Per tenant only for a confirmed credential: a key anyone made up must not count against its tenant.
+    fastify.limitRefusals.record('concurrency', request.meteredTenantId === tenantId ? tenantId : null)
     request.log.debug({ event: 'tenant_queue_full', share: error.share, waiting: error.waiting },
       'refused: the tenant holds its share of the database and its queue is full')
     await fastify.limitRefusals.hold(request, 1)

@@ -7,7 +7,6 @@ import {
   CredentialRejected, presentedCredential, requestedTenant, unauthorizedFor, type JwtVerifier, type TenantCredential,
 } from '../../auth/credentials.ts'
 import type { TenantIdentity } from '../../auth/identity.ts'
-import type { Limits } from '../../limits/limits.ts'
 import {
   cachedKeyIdentity, cachedMemberIdentity, cacheEntryOf, identify, isDenial, rememberIdentity, sameIdentity,
 } from '../../auth/tenant-access.ts'
@@ -55,6 +54,8 @@ declare module 'fastify' {
     /** The key as the database confirmed it before the body was read (the preParsing check), if it was. */
     confirmedKey: TenantIdentity | null
     requestedTenantId: string | null
+    /** The request was counted against its tenant's rate (once, in preValidation or preHandler). */
+    tenantRateJudged: boolean
   }
   interface FastifyContextConfig {
     /** The scope a credential needs for this route; defaults to read for GET/HEAD, write otherwise. */
@@ -94,6 +95,7 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   fastify.decorateRequest('tenantCredential', null)
   fastify.decorateRequest('confirmedKey', null)
   fastify.decorateRequest('requestedTenantId', null)
+  fastify.decorateRequest('tenantRateJudged', false)
 
   const cache = fastify.credentialCache
   const verifyJwt: JwtVerifier | undefined = fastify.hasDecorator('jwt')
@@ -233,6 +235,34 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     }
   })
 
+  /**
+   * The tenant's rate counts each request once, and only once its credential is known good: anyone can
+   * make up a key naming a tenant. When this instance confirmed the credential recently and holds the
+   * tenant's limits, the rate is judged before the body is validated, so that a request refused for its
+   * rate (or whose body is invalid) is still counted, and takes no slot and no connection; the handler's
+   * queries may then follow BEGIN and the binding at once. Otherwise it is judged in preHandler, once the
+   * binding has answered: the credential confirmed, and the tenant's limits read fresh with it. A JWT that
+   * names no tenant waits for preHandler (its tenant is looked up there).
+   */
+  fastify.addHook('preValidation', async (request, reply) => {
+    const credential = request.tenantCredential
+    if (credential === null) return
+    const tenantId = credential.kind === 'api_key'
+      ? credential.key.tenantId
+      : request.requestedTenantId ?? credential.claimedTenantId
+    if (tenantId === undefined) return
+    const known = credential.kind === 'api_key'
+      ? cachedKeyIdentity(cache, credential.key) ?? request.confirmedKey ?? undefined
+      : cachedMemberIdentity(cache, tenantId, credential.userId)
+    const inForce = fastify.tenantLimits.cached(tenantId)
+    if (known === undefined || inForce === undefined) return
+    // Scope first: a key that may not make this request does not spend its tenant's budget.
+    assertScope(request, known, credentialPrefix(credential))
+    request.meteredTenantId = tenantId
+    request.tenantRateJudged = true
+    await fastify.rateLimits.judgeTenant(request, reply, tenantId, inForce)
+  })
+
   fastify.addHook('preHandler', async (request, reply) => {
     const credential = request.tenantCredential
     if (credential === null) throw unauthorized('missing credentials')
@@ -253,22 +283,10 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     let cached: TenantIdentity | undefined
     let generation = 0
     const check = credential.kind === 'api_key' ? { keyId: credential.key.keyId } : { userId: credential.userId }
-    // The tenant's rate counts each request once, and only once its credential is known good: anyone can
-    // make up a key naming a tenant. When this instance confirmed the credential recently and holds the
-    // tenant's limits, the rate is judged here, so that a refused request takes no slot and no connection,
-    // and the handler's queries may follow BEGIN and the binding at once. Otherwise it is judged once the
-    // binding has answered: the credential confirmed, and the tenant's limits read fresh with it.
+    // Judged in preValidation when the credential and the tenant's limits were known; else below.
     const limitsGeneration = fastify.tenantLimits.generation
     let inForce = fastify.tenantLimits.cached(tenantId)
-    let rateJudged = false
-    const judgeRate = async (limits: Limits): Promise<void> => {
-      rateJudged = true
-      await fastify.rateLimits.judgeTenant(request, reply, tenantId, limits)
-    }
-    const known = credential.kind === 'api_key'
-      ? cachedKeyIdentity(cache, credential.key) ?? request.confirmedKey ?? undefined
-      : cachedMemberIdentity(cache, tenantId, credential.userId)
-    if (known !== undefined && inForce !== undefined) await judgeRate(inForce)
+    const rateJudged = request.tenantRateJudged
     // Until its limits are known, a tenant's share is the default.
     const share = (inForce ?? fastify.tenantLimits.defaults).concurrent_requests
     const trx = await openTransaction(fastify, request, tenantId, share, () => {
@@ -314,8 +332,13 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
       // invitation not accepted yet is not cached either: it grants nothing.
       if (binding.status === 'active') rememberIdentity(cache, identity, binding, credential, generation)
       inForce = fastify.tenantLimits.remember(tenantId, binding.limits, limitsGeneration)
-      if (!rateJudged) await judgeRate(inForce) // a refusal rolls the transaction back (request-transaction.ts)
       assertScope(request, identity, prefix)
+      request.meteredTenantId = tenantId
+      if (!rateJudged) {
+        request.tenantRateJudged = true
+        // A refusal rolls the transaction back (request-transaction.ts).
+        await fastify.rateLimits.judgeTenant(request, reply, tenantId, inForce)
+      }
       recordUse(identity)
     }
     request.tenant = identity

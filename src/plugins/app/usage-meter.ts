@@ -8,6 +8,13 @@ declare module 'fastify' {
     /** Batches per-tenant request counts (see src/limits/usage-meter.ts). */
     usageMeter: UsageMeter
   }
+  interface FastifyRequest {
+    /**
+     * The tenant a request is counted for, set by the tenant pipeline once its credential is confirmed
+     * (before its body is validated when the credential is known); null: not counted.
+     */
+    meteredTenantId: string | null
+  }
 }
 
 export interface UsageMeterOptions {
@@ -20,11 +27,11 @@ async function usageMeter (fastify: FastifyInstance, options: UsageMeterOptions)
   })
   fastify.decorate('usageMeter', meter)
   fastify.limitRefusals.setSink(meter.refusal)
-  // Every tenant request the pipeline admitted (request.tenant is set only under /v1, once the
-  // credential was accepted), whatever its outcome.
+  fastify.decorateRequest('meteredTenantId', null)
+  // Every tenant request whose credential was confirmed, whatever its outcome (an invalid body, a refusal).
   fastify.addHook('onResponse', async (request) => {
-    const tenantId = request.tenant?.tenantId
-    if (tenantId !== undefined) meter.request(tenantId, `${request.method} ${request.routeOptions.url ?? ''}`)
+    const tenantId = request.meteredTenantId
+    if (tenantId !== null) meter.request(tenantId, `${request.method} ${request.routeOptions.url ?? ''}`)
   })
   // preClose runs before any onClose hook, so the pools are still open for the last flush.
   fastify.addHook('preClose', async () => {
