@@ -223,7 +223,8 @@ async function script (
   let opening: string[]
   if (mode === 'server') {
     opening = [bindSql.replace('$1', sqlTenant(':t')).replace('$2', literal(S.key)).replace('$3', 'NULL')
-      .replace('$4', "'5000'").replace('$5', "'10000'").replace('$6', "'{}'").replace(/\s+/g, ' ') + ';']
+      .replace('$4', "'5000'").replace('$5', "'10000'").replace('$6', "'{}'").replace('$7', 'false')
+      .replace(/\s+/g, ' ') + ';']
   } else {
     await raw.selectFrom('api_keys').select(['id', 'scopes', 'secret_hash'])
       .where('tenant_id', '=', S.tenant).where('id', '=', S.key).where('revoked_at', 'is', null).execute()

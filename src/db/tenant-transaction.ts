@@ -27,13 +27,14 @@ export const BIND_SQL = 'SELECT shard, status, key_scopes, key_secret_hash, memb
  * bind_tenant() plus the transaction's own settings, set transaction-locally like the binding (no
  * session state, so it holds behind a transaction-pooling PgBouncer too): no statement runs longer
  * than $4 ms, a transaction left idle by its client for $5 ms is ended by the server, and $6 holds
- * the configured default quotas the database judges writes against (sql/0020: tenant_limit).
+ * the configured default quotas the database judges writes against (sql/0020: tenant_limit); with $7 it
+ * also answers the tenant's limits (sql/0022).
  */
 export const BIND_WITH_TIMEOUTS_SQL = `SELECT shard, status, key_scopes, key_secret_hash, member_role, limits,
   set_config('statement_timeout', $4, true) AS statement_timeout,
   set_config('idle_in_transaction_session_timeout', $5, true) AS idle_timeout,
   set_config('app.default_limits', $6, true) AS default_limits
-  FROM bind_tenant($1::uuid, $2::uuid, $3::text)`
+  FROM bind_tenant($1::uuid, $2::uuid, $3::text, $7::boolean)`
 
 export interface TransactionTimeouts {
   statementMs: number
@@ -59,10 +60,10 @@ export interface Binding {
   /** The user's role in this tenant, when a member. */
   member_role: string | null
   /**
-   * With a check: the tenant's plan limits and overrides (sql/0020), null when the operator set none;
-   * src/limits/limits.ts resolves them against the defaults.
+   * When asked (BeginOptions.wantLimits): the tenant's plan limits and overrides (sql/0022), each null when
+   * the operator set none; null when not asked. src/limits/limits.ts resolves them against the defaults.
    */
-  limits: { plan: PartialLimits | null, overrides: PartialLimits } | null
+  limits: { plan: PartialLimits | null, overrides: PartialLimits | null } | null
 }
 
 const NO_BINDING: Binding = {
@@ -228,6 +229,8 @@ export interface BeginOptions {
   confirm?: (binding: Binding) => void
   /** Transaction-local statement and idle-in-transaction timeouts, set by the binding statement. */
   timeouts?: TransactionTimeouts
+  /** With timeouts: the binding also answers the tenant's limits (Binding.limits). */
+  wantLimits?: boolean
 }
 
 /**
@@ -260,8 +263,8 @@ export async function startTenantTransaction (
   const bind = timeouts === undefined
     ? client.query<Binding>(statement(BIND_SQL, bound, prepared))
     : client.query<Binding>(statement(BIND_WITH_TIMEOUTS_SQL,
-      [...bound, String(timeouts.statementMs), String(timeouts.idleInTransactionMs), timeouts.defaultLimits ?? ''],
-      prepared))
+      [...bound, String(timeouts.statementMs), String(timeouts.idleInTransactionMs), timeouts.defaultLimits ?? '',
+        options.wantLimits === true], prepared))
   if (options.holdWrites === true && stream?.uncork !== undefined) setImmediate(() => stream.uncork!())
   else stream?.uncork?.()
   const ready = Promise.allSettled([begin, bind]).then(([began, bound]) => {

@@ -46,11 +46,13 @@ export class TenantLimitsCache {
   get generation (): number { return this.#generation }
 
   /**
-   * The limits a request's binding answered (bind_tenant, sql/0020), resolved against the defaults and
-   * remembered, unless a notification came in since `generation` was read (the answer may predate it).
+   * The limits a request's binding answered when asked (bind_tenant, sql/0022), resolved against the
+   * defaults and remembered, unless a notification came in since `generation` was read (the answer may
+   * predate it). Undefined when the binding was not asked.
    */
-  remember (tenantId: string, answer: Binding['limits'], generation: number): Limits {
-    const limits = resolveLimits(this.#defaults, answer?.plan ?? null, answer?.overrides ?? null)
+  remember (tenantId: string, answer: Binding['limits'], generation: number): Limits | undefined {
+    if (answer === null) return undefined
+    const limits = resolveLimits(this.#defaults, answer.plan, answer.overrides ?? null)
     if (generation === this.#generation) this.#remember(tenantId, limits)
     return limits
   }

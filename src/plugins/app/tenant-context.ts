@@ -213,9 +213,11 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     // A short read-only check, under the share this instance knows for the tenant or else the default:
     // the tenant's limits are not read first for a key that may be made up. Its slot is released (in
     // endTransaction, below) before preHandler takes the request's own.
-    const share = (fastify.tenantLimits.cached(tenantId) ?? fastify.tenantLimits.defaults).concurrent_requests
+    const knownLimits = fastify.tenantLimits.cached(tenantId)
+    const share = (knownLimits ?? fastify.tenantLimits.defaults).concurrent_requests
     const limitsGeneration = fastify.tenantLimits.generation
-    const trx = await openTransaction(fastify, request, tenantId, share, { readOnly: true, check: { keyId }, timeouts })
+    const trx = await openTransaction(fastify, request, tenantId, share,
+      { readOnly: true, check: { keyId }, timeouts, wantLimits: knownLimits === undefined })
     let binding: Binding
     try {
       binding = await trx.ready
@@ -297,12 +299,15 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
       } else {
         cached = cachedMemberIdentity(cache, tenantId, credential.userId)
       }
-      if (cached === undefined || !rateJudged) return { readOnly, check, timeouts }
+      // The binding answers the tenant's limits too when this instance does not hold them (anymore).
+      const wantLimits = fastify.tenantLimits.cached(tenantId) === undefined
+      if (cached === undefined || !rateJudged) return { readOnly, check, timeouts, wantLimits }
       const assumed = cached
       return {
         readOnly,
         check,
         timeouts,
+        wantLimits,
         holdWrites: true,
         singleQuery: request.routeOptions.config.singleQuery === true,
         confirm: (binding: Binding) => {
@@ -331,7 +336,8 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
       // A tenant that is being moved is served, but not cached: its shard is about to change. An
       // invitation not accepted yet is not cached either: it grants nothing.
       if (binding.status === 'active') rememberIdentity(cache, identity, binding, credential, generation)
-      inForce = fastify.tenantLimits.remember(tenantId, binding.limits, limitsGeneration)
+      inForce = fastify.tenantLimits.remember(tenantId, binding.limits, limitsGeneration) ??
+        inForce ?? fastify.tenantLimits.defaults
       assertScope(request, identity, prefix)
       request.meteredTenantId = tenantId
       if (!rateJudged) {
