@@ -135,12 +135,18 @@ t.test('an address that failed to authenticate too often gets 429; requests that
     ]
     for (const request of failures) t.equal((await ctx.app.inject(request)).statusCode, 401)
 
-    const blocked = await ctx.app.inject(as(tenant, { ...TENANT, ...guesser }))
+    // A key this instance has not confirmed (a second key of the tenant, never used here) is refused at once.
+    const issued = await ctx.app.inject({
+      method: 'POST', url: `/admin/v1/tenants/${tenant.id}/api-keys`, headers: admin, payload: { name: 'fresh' },
+    })
+    t.equal(issued.statusCode, 201)
+    const fresh = { key: issued.json().key as string }
+    const blocked = await ctx.app.inject(as(fresh, { ...TENANT, ...guesser }))
     assertProblem(t, blocked, 429, 'too-many-failed-authentications')
     t.equal(blocked.headers['ratelimit-policy'], '"failed_authentications";q=3;w=60')
     t.equal(remaining(blocked, 'failed_authentications'), 0)
     // Refused before the credential or the body is looked at: a body that is not JSON is not a 400.
-    const unread = await ctx.app.inject(as(tenant, {
+    const unread = await ctx.app.inject(as(fresh, {
       method: 'POST',
       url: '/v1/customers',
       payload: '{not json',
@@ -150,6 +156,9 @@ t.test('an address that failed to authenticate too often gets 429; requests that
     t.equal(unread.statusCode, 429)
     const operator = await ctx.app.inject({ method: 'GET', url: '/admin/v1/tenants', headers: admin, ...guesser })
     assertProblem(t, operator, 429, 'too-many-failed-authentications')
+    // The key this instance confirmed before is still served: whoever holds it is not guessing.
+    t.equal((await ctx.app.inject(as(tenant, { ...TENANT, ...guesser }))).statusCode, 200,
+      'a credential confirmed here goes on')
     t.ok(await metric(ctx, 'rowfence_limit_refusals_total{reason="auth_failures"}') >= 3)
 
     // Another address is not affected, and its own two failures leave it below the limit.

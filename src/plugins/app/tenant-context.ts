@@ -116,18 +116,30 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     return rows[0]!.tenant_id
   }
 
-  // An address that failed to authenticate too often is refused before any credential work (rate-limit.ts).
-  fastify.addHook('onRequest', fastify.rateLimits.refuseBlockedAddress)
+  /** Whether this instance confirmed the credential recently (the credential cache): no guess, then. */
+  function confirmedHere (request: FastifyRequest, credential: TenantCredential): boolean {
+    if (credential.kind === 'api_key') return cachedKeyIdentity(cache, credential.key) !== undefined
+    const tenantId = request.requestedTenantId ?? credential.claimedTenantId
+    return tenantId !== undefined && cachedMemberIdentity(cache, tenantId, credential.userId) !== undefined
+  }
+
   fastify.addHook('onRequest', async (request) => {
     request.requestedTenantId = requestedTenant(request.headers) ?? null
+    let credential: TenantCredential
     try {
-      request.tenantCredential = presentedCredential(request.headers, verifyJwt)
+      credential = presentedCredential(request.headers, verifyJwt)
     } catch (error) {
       if (!(error instanceof CredentialRejected)) throw error
+      await fastify.rateLimits.refuseBlockedAddress(request)
       throw deny(request, unauthorizedFor(error), error.reason, error.credentialPrefix)
     }
+    // An address that failed to authenticate too often is refused (rate-limit.ts) before its body is read
+    // or its credential looked up, unless this instance confirmed that credential recently: a client using
+    // a credential it holds is not guessing, and a guesser behind the same address (a NAT, a proxy) does
+    // not lock it out; nor does every request of a confirmed credential ask the shared store about it.
+    if (!confirmedHere(request, credential)) await fastify.rateLimits.refuseBlockedAddress(request)
+    request.tenantCredential = credential
     // A key names its tenant: naming another one in x-tenant-id is refused before any database work.
-    const credential = request.tenantCredential
     const requested = request.requestedTenantId
     if (credential.kind === 'api_key' && requested !== null && requested !== credential.key.tenantId) {
       const problem = forbidden('this credential does not belong to the tenant in x-tenant-id')
