@@ -2,6 +2,7 @@
 //                  [--soak-scenario get-invoice] [--connections 16,64]
 //                  [--scenarios healthz,get-invoice,list-invoices,create-invoice,forged-key-huge-body] [--workers 1]
 //                  [--pool 10] [--server-dir .] [--label name] [--growth 1000x10000] [--noisy-b-rate 50]
+//                  [--before-dir DIR (with --scenarios limits-cost)]
 //
 // Measures the server against the database's own ceiling, in one run on one machine:
 //   1. seeds the dataset (tenants × invoices of 3 lines, one key per tenant; reused between runs),
@@ -15,6 +16,8 @@
 // T tenants × I invoices (see measureGrowth, scripts/lib/bench-growth.ts).
 // --scenarios noisy-neighbour: one tenant's latency alone and while another hammers the server, under
 // several limit configurations (servers of its own; see scripts/lib/bench-noisy.ts).
+// --scenarios limits-cost --before-dir DIR: what limits and metering cost, --server-dir's server against DIR's,
+// at the first --connections (servers and databases of their own; see scripts/lib/bench-limits-cost.ts).
 // Database: BENCH_DATABASE_URL (a superuser), else an embedded PostgreSQL kept under .data/bench.
 // `--server-dir` runs another checkout's server against the same data (before/after comparisons).
 import { mkdir, writeFile } from 'node:fs/promises'
@@ -23,6 +26,7 @@ import { parseArgs } from 'node:util'
 import { startEmbedded } from '../src/ops/embedded.ts'
 import type { Scenario } from './lib/bench-data.ts'
 import { measureGrowth, writeGrowth } from './lib/bench-growth.ts'
+import { measureLimitsCost } from './lib/bench-limits-cost.ts'
 import { measureNoisyNeighbour } from './lib/bench-noisy.ts'
 import {
   findPgbench, median, processStats, runLoad, runPgbench, say, WRK, type Measure,
@@ -48,6 +52,7 @@ async function main (): Promise<void> {
       repeat: { type: 'string', default: '3' },
       growth: { type: 'string' },
       'noisy-b-rate': { type: 'string', default: '50' },
+      'before-dir': { type: 'string' },
     },
   })
   const tenants = Number(values.tenants)
@@ -55,12 +60,17 @@ async function main (): Promise<void> {
   const seconds = Number(values.seconds)
   const connections = values.connections.split(',').map(Number)
   const selected = values.scenarios.split(',')
-  const scenarios = selected.filter((s) => s !== 'noisy-neighbour') as Scenario[]
+  const scenarios = selected.filter((s) => s !== 'noisy-neighbour' && s !== 'limits-cost') as Scenario[]
   const serverDir = path.resolve(values['server-dir'])
   const repeat = Math.max(1, Number(values.repeat))
   const soakScenario = values['soak-scenario'] as Scenario
   if (!['healthz', 'get-invoice', 'list-invoices', 'create-invoice'].includes(soakScenario)) {
     throw new Error(`--soak-scenario: unknown scenario ${soakScenario}`)
+  }
+
+  const beforeDir = selected.includes('limits-cost') ? values['before-dir'] : undefined
+  if (selected.includes('limits-cost') && beforeDir === undefined) {
+    throw new Error('--scenarios limits-cost needs --before-dir (the checkout from before limits)')
   }
 
   const growth = values.growth === undefined ? undefined : /^(\d+)x(\d+)$/.exec(values.growth)
@@ -85,6 +95,14 @@ async function main (): Promise<void> {
     say('using the embedded PostgreSQL under .data/bench (BENCH_DATABASE_URL to use another server)')
   }
   // Nothing below may leave an embedded database running when it fails.
+  if (beforeDir !== undefined) {
+    const { workers, pool, label, profile } = values
+    const job = { adminUrl, tenants, invoices, seconds, repeat, workers, pool, label, profile }
+    const dirs = { beforeDir: path.resolve(beforeDir), afterDir: serverDir }
+    await measureLimitsCost({ ...job, ...dirs, connections: connections[0]! })
+      .catch(async (error: unknown) => { await stopDatabase(); throw error })
+    if (scenarios.length === 0 && !selected.includes('noisy-neighbour')) return await stopDatabase()
+  }
   const data = await prepareDataset(adminUrl, tenants, invoices)
     .catch(async (error: unknown) => { await stopDatabase(); throw error })
   const { urls, tables, shards } = data

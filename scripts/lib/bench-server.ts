@@ -47,11 +47,20 @@ export interface Dataset {
   shards: Map<number, number[]>,
 }
 
-/** The benchmark database of a size: created, migrated and seeded (reusing what earlier runs seeded). */
-export async function prepareDataset (adminUrl: string, tenants: number, invoices: number): Promise<Dataset> {
-  const database = `rowfence_bench_${tenants}x${invoices}`
+/**
+ * The benchmark database of a size: created, migrated and seeded (reusing what earlier runs seeded).
+ * `suffix` names a database of its own (several servers side by side); `sqlDir` migrates it with another
+ * checkout's migrations (a server from before a schema change, on the schema it was written for).
+ */
+export async function prepareDataset (
+  adminUrl: string,
+  tenants: number,
+  invoices: number,
+  options: { suffix?: string, sqlDir?: string } = {}
+): Promise<Dataset> {
+  const database = `rowfence_bench_${tenants}x${invoices}${options.suffix ?? ''}`
   const urls = await bootstrapDatabase({ adminUrl, database, ownerPassword: 'bench-owner', appPassword: 'bench-app' })
-  await migrate(urls.ownerUrl)
+  await migrate(urls.ownerUrl, options.sqlDir === undefined ? {} : { dir: options.sqlDir })
   say(`seeding ${tenants} tenants × ${invoices} invoices (3 lines each) in ${database}, reusing earlier runs' data`)
   await seed(withDatabase(adminUrl, database), tenants, invoices, say)
   const probe = new pg.Pool({ connectionString: urls.appUrl, max: 1 })
