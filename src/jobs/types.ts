@@ -24,7 +24,10 @@ export interface JobContext {
   log: FastifyBaseLogger
   /** Aborted when the worker is told to stop and the shutdown grace period has run out. */
   signal: AbortSignal
-  /** The configured default quotas (src/limits/limits.ts: quotaDefaultsSetting), for metered work. */
+  /**
+   * The configured default quotas (src/limits/limits.ts: quotaDefaultsSetting), for metered work: apply
+   * them (applyQuotaDefaults) in a transaction that does any, or the database refuses it (sql/0021).
+   */
   quotaDefaults: string
 }
 

@@ -33,8 +33,11 @@ export interface WorkerOptions {
   metrics: JobMetrics
   /** Fallback poll for jobs scheduled in the future (new ones arrive by NOTIFY at once). */
   pollIntervalMs?: number
-  /** The configured default quotas, handed to each job (JobContext.quotaDefaults). */
-  quotaDefaults?: string
+  /**
+   * The configured default quotas, handed to each job (JobContext.quotaDefaults): a metered write of the
+   * runtime role without them is refused (sql/0021).
+   */
+  quotaDefaults: string
 }
 
 export interface RunningWorker {
@@ -97,7 +100,7 @@ export async function startWorker (options: WorkerOptions): Promise<RunningWorke
       running.set(key, held)
       const run = handler(
         { ...refs, jobId: helpers.job.id, attempt: helpers.job.attempts, maxAttempts: helpers.job.max_attempts },
-        { pool, log: jobLog, signal: helpers.abortSignal, quotaDefaults: options.quotaDefaults ?? '' })
+        { pool, log: jobLog, signal: helpers.abortSignal, quotaDefaults: options.quotaDefaults })
       inFlight.add(run)
       try {
         await run

@@ -10,6 +10,7 @@ import { as, buildTestApp, provisionTenant, type ProvisionedTenant } from '../he
 import { query } from '../helpers/db.ts'
 import { addMember } from '../helpers/members.ts'
 import { operator } from '../helpers/operator.ts'
+import { applyQuotaDefaults } from '../../src/limits/limits.ts'
 
 // The job as the worker runs it (src/jobs/job-worker.ts): called with a pool of the runtime role, so
 // that row-level security applies to everything it reads and writes.
@@ -18,7 +19,9 @@ import { operator } from '../helpers/operator.ts'
 const ctx = await buildTestApp(t, { KEY_USAGE_FLUSH_MS: 3_600_000 })
 const appPool = new pg.Pool({ connectionString: ctx.db.appUrl, max: 2 })
 t.teardown(() => appPool.end())
-const context: JobContext = { pool: appPool, log: ctx.app.log, signal: new AbortController().signal, quotaDefaults: '' }
+const context: JobContext = {
+  pool: appPool, log: ctx.app.log, signal: new AbortController().signal, quotaDefaults: '{}',
+}
 const webhookKey = randomBytes(32)
 
 const tenant = await provisionTenant(ctx, 'self-exported')
@@ -31,6 +34,7 @@ async function populate (who: ProvisionedTenant): Promise<{ sealed: string[] }> 
   const endpointId = newId()
   const sealed = [0, 1].map((i) => sealSecret(webhookKey, `whsec_${i}`, `${who.id}:${endpointId}`))
   await withTenantTransaction(appPool, who.id, async ({ db }) => {
+    await applyQuotaDefaults(db, '{}') // as a request's binding sets them (sql/0021)
     await db.insertInto('webhook_endpoints').values({
       id: endpointId,
       url: 'https://hooks.example/rowfence',

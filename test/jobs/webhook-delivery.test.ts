@@ -49,7 +49,7 @@ function directRuns (t: Test, secretKey = TEST_WEBHOOK_SECRET_KEY): {
     ...loadConfig({}), WEBHOOK_SECRET_KEY: secretKey, WEBHOOK_ALLOW_PRIVATE_TARGETS: true,
   })
   const handler = deliverWebhookJob(settings)
-  const context = { pool, log: ctx.app.log, signal: new AbortController().signal, quotaDefaults: '' }
+  const context = { pool, log: ctx.app.log, signal: new AbortController().signal, quotaDefaults: '{}' }
   return { pool, deliver: (job) => handler({ ...job, jobId: `direct-${job.attempt}`, maxAttempts: 10 }, context) }
 }
 

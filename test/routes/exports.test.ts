@@ -12,13 +12,16 @@ import { openSecret, sealSecret } from '../../src/webhooks/secret-box.ts'
 import { as, buildTestApp, provisionTenant, TEST_EXPORT_SIGNING_KEY, type ProvisionedTenant } from '../helpers/app.ts'
 import { createTestDatabase, query } from '../helpers/db.ts'
 import { operator } from '../helpers/operator.ts'
+import { applyQuotaDefaults } from '../../src/limits/limits.ts'
 
 const TTL_MS = 120_000
 // Key usage is written back to api_keys only at close, so that exports compared byte for byte stay still.
 const ctx = await buildTestApp(t, { TENANT_EXPORT_TTL_MS: TTL_MS, KEY_USAGE_FLUSH_MS: 3_600_000 })
 const appPool = new pg.Pool({ connectionString: ctx.db.appUrl, max: 2 })
 t.teardown(() => appPool.end())
-const context: JobContext = { pool: appPool, log: ctx.app.log, signal: new AbortController().signal, quotaDefaults: '' }
+const context: JobContext = {
+  pool: appPool, log: ctx.app.log, signal: new AbortController().signal, quotaDefaults: '{}',
+}
 
 interface Export {
   id: string
@@ -198,6 +201,7 @@ t.test('the operator export carries webhook endpoints (sealed) and events, not t
   const endpointId = newId()
   const secret = `whsec_${randomBytes(8).toString('hex')}`
   await withTenantTransaction(appPool, tenant.id, async ({ db }) => {
+    await applyQuotaDefaults(db, '{}') // as a request's binding sets them (sql/0021)
     await db.insertInto('webhook_endpoints').values({
       id: endpointId,
       url: 'https://hooks.example/in',
