@@ -1,5 +1,6 @@
 import { sql } from 'kysely'
 import type pg from 'pg'
+import { PeriodicFlush } from '../db/periodic-flush.ts'
 import { withTenantTransaction } from '../db/tenant-transaction.ts'
 
 /** How many tenants' uses are written at once: a slow tenant holds up one lane, not the flush. */
@@ -36,18 +37,12 @@ export class KeyUsageRecorder {
   readonly #pool: pg.Pool
   readonly #pending = new Map<string, { tenantId: string, at: Date }>()
   readonly #tenantLimitMs: number
-  #timer: NodeJS.Timeout | undefined
-  #flushing: Promise<void> = Promise.resolve()
-  #busy = false
+  readonly #flusher: PeriodicFlush
 
   constructor (pool: pg.Pool, flushEveryMs: number, onError: (error: unknown) => void) {
     this.#pool = pool
     this.#tenantLimitMs = Math.max(100, Math.min(5000, flushEveryMs / 2))
-    // A tick that finds the previous flush still running (a slow or unreachable database) is skipped.
-    this.#timer = setInterval(() => {
-      if (!this.#busy) this.flush().catch(onError)
-    }, flushEveryMs)
-    this.#timer.unref()
+    this.#flusher = new PeriodicFlush(async () => this.#write(), flushEveryMs, onError)
   }
 
   /** Call once the key has been confirmed by the database and allowed to act (scope, tenant). */
@@ -61,21 +56,9 @@ export class KeyUsageRecorder {
   }
 
   /** Writes what has been recorded so far; concurrent calls are serialised. */
-  async flush (): Promise<void> {
-    this.#busy = true
-    // After the previous flush, whatever its outcome: that one's failure went to its own caller.
-    const flushing = this.#flushing.catch(() => {}).then(() => this.#write())
-    this.#flushing = flushing
-    // Its outcome goes to the caller; this copy only notes the end.
-    flushing.finally(() => { if (this.#flushing === flushing) this.#busy = false }).catch(() => {})
-    return flushing
-  }
+  async flush (): Promise<void> { return this.#flusher.flush() }
 
-  async close (): Promise<void> {
-    clearInterval(this.#timer)
-    this.#timer = undefined
-    await this.flush()
-  }
+  async close (): Promise<void> { return this.#flusher.close() }
 
   async #write (): Promise<void> {
     if (this.#pending.size === 0) return

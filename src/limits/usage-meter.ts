@@ -1,6 +1,7 @@
 import { sql } from 'kysely'
 import type pg from 'pg'
 import { transient } from '../auth/key-usage.ts'
+import { PeriodicFlush } from '../db/periodic-flush.ts'
 import { withTenantTransaction } from '../db/tenant-transaction.ts'
 import type { TenantRefusalSink } from './refusals.ts'
 
@@ -35,17 +36,12 @@ export class UsageMeter {
   /** How long one tenant's write may take before it is cancelled and left to the next flush. */
   readonly #tenantLimitMs: number
   #pending = new Map<string, Tally>()
-  #timer: NodeJS.Timeout | undefined
-  #flushing: Promise<void> = Promise.resolve()
-  #busy = false
+  readonly #flusher: PeriodicFlush
 
   constructor (pool: pg.Pool, flushEveryMs: number, onError: (error: unknown) => void) {
     this.#pool = pool
     this.#tenantLimitMs = Math.max(100, Math.min(5000, flushEveryMs / 2))
-    this.#timer = setInterval(() => {
-      if (!this.#busy) this.flush().catch(onError)
-    }, flushEveryMs)
-    this.#timer.unref()
+    this.#flusher = new PeriodicFlush(async () => this.#write(), flushEveryMs, onError)
   }
 
   /** One of the tenant's requests, admitted and answered, on `route` ('GET /v1/invoices/:id'). */
@@ -79,19 +75,9 @@ export class UsageMeter {
   }
 
   /** Writes what has been counted so far; concurrent calls are serialised. */
-  async flush (): Promise<void> {
-    this.#busy = true
-    const flushing = this.#flushing.catch(() => {}).then(() => this.#write())
-    this.#flushing = flushing
-    flushing.finally(() => { if (this.#flushing === flushing) this.#busy = false }).catch(() => {})
-    return flushing
-  }
+  async flush (): Promise<void> { return this.#flusher.flush() }
 
-  async close (): Promise<void> {
-    clearInterval(this.#timer)
-    this.#timer = undefined
-    await this.flush()
-  }
+  async close (): Promise<void> { return this.#flusher.close() }
 
   async #write (): Promise<void> {
     if (this.#pending.size === 0) return

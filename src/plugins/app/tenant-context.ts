@@ -116,11 +116,26 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     return rows[0]!.tenant_id
   }
 
-  /** Whether this instance confirmed the credential recently (the credential cache): no guess, then. */
+  /** The tenant a credential acts for when it says (a key always does; a JWT may leave it to preHandler). */
+  const namedTenant = (request: FastifyRequest, credential: TenantCredential): string | undefined =>
+    credential.kind === 'api_key' ? credential.key.tenantId : request.requestedTenantId ?? credential.claimedTenantId
+
+  /**
+   * Who the credential is in `tenantId` as this instance confirmed it recently (the credential cache, or,
+   * for a key, the check before its body was read); undefined when it did not.
+   */
+  function knownIdentity (
+    request: FastifyRequest, credential: TenantCredential, tenantId: string
+  ): TenantIdentity | undefined {
+    return credential.kind === 'api_key'
+      ? cachedKeyIdentity(cache, credential.key) ?? request.confirmedKey ?? undefined
+      : cachedMemberIdentity(cache, tenantId, credential.userId)
+  }
+
+  /** Whether this instance confirmed the credential recently: no guess, then. */
   function confirmedHere (request: FastifyRequest, credential: TenantCredential): boolean {
-    if (credential.kind === 'api_key') return cachedKeyIdentity(cache, credential.key) !== undefined
-    const tenantId = request.requestedTenantId ?? credential.claimedTenantId
-    return tenantId !== undefined && cachedMemberIdentity(cache, tenantId, credential.userId) !== undefined
+    const tenantId = namedTenant(request, credential)
+    return tenantId !== undefined && knownIdentity(request, credential, tenantId) !== undefined
   }
 
   fastify.addHook('onRequest', async (request) => {
@@ -261,13 +276,9 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
   fastify.addHook('preValidation', async (request, reply) => {
     const credential = request.tenantCredential
     if (credential === null) return
-    const tenantId = credential.kind === 'api_key'
-      ? credential.key.tenantId
-      : request.requestedTenantId ?? credential.claimedTenantId
+    const tenantId = namedTenant(request, credential)
     if (tenantId === undefined) return
-    const known = credential.kind === 'api_key'
-      ? cachedKeyIdentity(cache, credential.key) ?? request.confirmedKey ?? undefined
-      : cachedMemberIdentity(cache, tenantId, credential.userId)
+    const known = knownIdentity(request, credential, tenantId)
     const inForce = fastify.tenantLimits.cached(tenantId)
     if (known === undefined || inForce === undefined) return
     // Scope first: a key that may not make this request does not spend its tenant's budget.
@@ -305,12 +316,9 @@ async function tenantContext (fastify: FastifyInstance): Promise<void> {
     const share = (inForce ?? fastify.tenantLimits.defaults).concurrent_requests
     const trx = await openTransaction(fastify, request, tenantId, share, () => {
       generation = cache.generation
-      if (credential.kind === 'api_key') {
-        // Confirmed before the body was read, if the cache could not keep it (disabled, or invalidated since).
-        cached = cachedKeyIdentity(cache, credential.key) ?? request.confirmedKey ?? undefined
-      } else {
-        cached = cachedMemberIdentity(cache, tenantId, credential.userId)
-      }
+      // For a key, its check before the body was read counts when the cache could not keep it (disabled,
+      // or invalidated since).
+      cached = knownIdentity(request, credential, tenantId)
       // The binding answers the tenant's limits too when this instance does not hold them (anymore).
       const wantLimits = fastify.tenantLimits.cached(tenantId) === undefined
       if (cached === undefined || !rateJudged) return { readOnly, check, timeouts, wantLimits }
